@@ -1,0 +1,1 @@
+"""Exporters: pSConv models to ONNX (packed PSConv operators) and TFLite. Installed as pscompress.exporters."""

@@ -1,0 +1,30 @@
+"""pscompress: periodic sparse convolutions (pSConv) for fast CNN inference on edge boards.
+
+The public API is small. PyTorch-side names are imported lazily so that the board-side
+install (no PyTorch) can still ``import pscompress``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pscompress.errors import UserError
+from pscompress.patterns import PatternSet, parse_pattern
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "PSConv2d": "pscompress.layers",
+    "sparsify": "pscompress.convert",
+    "load_model": "pscompress.checkpoint",
+    "save_checkpoint": "pscompress.checkpoint",
+}
+
+__all__ = ["PatternSet", "UserError", "parse_pattern", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pscompress' has no attribute {name!r}")

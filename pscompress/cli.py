@@ -1,0 +1,74 @@
+"""The ``pscompress`` command line.
+
+Each subcommand lives in its own module under pscompress/commands/ and is imported only
+when it runs, so board-side commands (``run``, ``info``) never import PyTorch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from pscompress.errors import UserError
+
+# name -> (module, function, one-line help shown in ``pscompress --help``)
+_COMMANDS = {
+    "convert": ("pscompress.commands.convert", "convert", "Replace eligible convolutions by pSConv layers."),
+    "finetune": ("pscompress.commands.finetune", "finetune", "Fine-tune a pSConv model with its masks fixed."),
+    "export": ("pscompress.commands.export", "export", "Export a model to ONNX or TFLite."),
+    "info": ("pscompress.commands.info", "info", "Describe an exported model: layers, density, size."),
+    "run": ("pscompress.commands.run", "run", "Run an exported model on an image or .npy file."),
+    "eval": ("pscompress.commands.eval", "eval_", "Measure a model's accuracy and latency on a data set."),
+    "check": ("pscompress.commands.check", "check", "Fail when accuracy, size or speed regress."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in _COMMANDS if _available(name)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS or not _available(name):
+            return None
+        module, attr, _ = _COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _available(name: str) -> bool:
+    return importlib.util.find_spec(_COMMANDS[name][0]) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pscompress")
+def cli() -> None:
+    """Compress CNNs with periodic sparse convolutions (pSConv) and export them for edge boards.
+
+    Typical flow: convert -> finetune -> export -> run / eval -> check.
+    """
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit status 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""The native PSConv kernel library's loader. Installed as pscompress.runtime; needs no PyTorch."""
