@@ -156,6 +156,9 @@ def _parse_support(text: str) -> tuple[int, ...]:
 
 
 def _with_period(base: PatternSet, period: int | None, dense_kernel: bool) -> PatternSet:
+    if not base.covers_kernel():
+        missing = sorted(set(range(base.positions)).difference(*base.supports))
+        raise UserError(f"bad pattern: position(s) {', '.join(map(str, missing))} are in no support, so those weights could never be used")
     sparse = list(base.supports)
     length = period if period is not None else len(sparse) + (1 if dense_kernel else 0)
     if length < 1 or length > MAX_PERIOD:
