@@ -1,1 +1,98 @@
-"""The native PSConv kernel library's loader. Installed as pscompress.runtime; needs no PyTorch."""
+"""The native PSConv kernel library's loader. Installed as pscompress.runtime; needs no PyTorch.
+
+    from pscompress import runtime
+    sess = runtime.create_session("model.onnx", threads=2)   # native kernels when built
+
+The library (libpscompress_ort.so) registers the ``ai.pscompress`` operators PSConv and
+PSConvAdd with onnxruntime; without it, exported models still run through their portable
+ONNX functions. ``PSCOMPRESS_LIBRARY`` overrides where the library is looked for.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pscompress.errors import UserError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+__all__ = ["library_path", "native_available", "cpu_path", "session_options", "create_session"]
+
+LIBRARY_NAME = "libpscompress_ort.so"
+
+
+def library_path() -> Path | None:
+    """The built kernel library, or None when it was not built for this install."""
+    override = os.environ.get("PSCOMPRESS_LIBRARY")
+    path = Path(override) if override else Path(__file__).with_name(LIBRARY_NAME)
+    return path if path.is_file() else None
+
+
+def native_available() -> bool:
+    """Whether the native kernel library is present."""
+    return library_path() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_path(path: str) -> str:
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return "unavailable"
+    lib.pscompress_cpu_path.restype = ctypes.c_char_p
+    return lib.pscompress_cpu_path().decode()
+
+
+def cpu_path() -> str:
+    """The microkernel path the library picked for this CPU ("avx2-fma", "neon", "scalar"), or "unavailable"."""
+    path = library_path()
+    return _cpu_path(str(path)) if path else "unavailable"
+
+
+def session_options(threads: int | None = None, native: bool | None = None) -> "onnxruntime.SessionOptions":
+    """onnxruntime session options with the native kernels registered.
+
+    threads: intra-op threads (None: onnxruntime's default). native: None registers the
+    library when it is available, True requires it, False leaves it out (portable path).
+    """
+    import onnxruntime
+
+    if threads is not None and threads < 1:
+        raise UserError(f"threads must be >= 1, got {threads}")
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    path = library_path()
+    if native and path is None:
+        raise UserError(
+            "the native PSConv kernel library is not built for this install "
+            "(reinstall pscompress with a C++ compiler and cmake, see docs/runtime.md)"
+        )
+    if native is not False and path is not None:
+        options.register_custom_ops_library(str(path))
+    return options
+
+
+def create_session(
+    model: str | os.PathLike | bytes, threads: int | None = None, native: bool | None = None
+) -> "onnxruntime.InferenceSession":
+    """An onnxruntime CPU session for an exported model (a path or serialized bytes)."""
+    import onnxruntime
+
+    if not isinstance(model, bytes):
+        if not Path(model).is_file():
+            raise UserError(f"model file {model} does not exist")
+        model = str(model)
+    try:
+        return onnxruntime.InferenceSession(
+            model, sess_options=session_options(threads, native), providers=["CPUExecutionProvider"]
+        )
+    except (onnxruntime.capi.onnxruntime_pybind11_state.Fail,
+            onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph,
+            onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument,
+            onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
+        raise UserError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc

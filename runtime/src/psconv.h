@@ -1,0 +1,69 @@
+// PSConv / PSConvAdd (docs/operator.md) independent of onnxruntime: attribute validation,
+// weight prepacking and the threaded computation. Every violation of the contract throws
+// std::invalid_argument naming the attribute or input, before any tensor memory is touched.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ukernel.h"
+
+namespace pscompress {
+
+struct Attributes {
+  std::vector<int64_t> kernel_shape, strides{1, 1}, pads{0, 0, 0, 0}, dilations{1, 1};
+  int64_t group = 1;
+  int64_t in_channels = 0;   // required: 0 means absent
+  int64_t out_channels = 0;  // required: 0 means absent
+  std::vector<int64_t> patterns;
+  int64_t shift = 0;
+  float clip_min = -__builtin_inff(), clip_max = __builtin_inff();
+};
+
+// Runs fn(ctx, i) for every i in [0, total), possibly in parallel.
+struct Parallel {
+  void (*run)(void* self, void (*fn)(void*, size_t), size_t total, void* ctx);
+  void* self;
+};
+
+struct Inputs {
+  const int64_t* x_shape; size_t x_rank; const float* x;
+  size_t w_len; const float* w;
+  const int64_t* b_shape; size_t b_rank; const float* b;  // b == nullptr: no bias
+  const int64_t* z_shape; size_t z_rank; const float* z;  // z == nullptr: no residual
+};
+
+class PSConv {
+ public:
+  // Validates every attribute; throws std::invalid_argument on the first violation.
+  explicit PSConv(const Attributes& attrs);
+
+  // Number of floats W must hold.
+  size_t packed_length() const { return packed_len_; }
+  // Packs constant weights once; later runs then ignore their W input.
+  void prepack(const float* w, size_t w_len);
+  // Checks inputs and returns Y's shape.
+  std::vector<int64_t> output_shape(const Inputs& in, bool residual) const;
+  // Computes Y (shape from output_shape) with the given microkernel.
+  void run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& parallel) const;
+
+ private:
+  struct ClassInfo {         // one residue class r = (o + shift) mod P
+    size_t k = 0;            // kept taps per output: sum over i of popcount(patterns[(r+i)%P])
+    size_t a_offset = 0;     // where its packed panels start, per group
+  };
+  void pack_weights(const float* w, std::vector<float>& a) const;
+  size_t class_first_output(size_t g, size_t r) const;  // within group g, or mg_ when none
+
+  size_t kh_, kw_, sh_, sw_, pt_, pl_, pb_, pr_, groups_, c_, m_, cg_, mg_, p_, shift_;
+  float lo_, hi_;
+  std::vector<uint64_t> patterns_;
+  std::vector<ClassInfo> classes_;
+  size_t group_a_len_ = 0;  // packed floats per group
+  size_t packed_len_ = 0;
+  std::vector<float> prepacked_;
+};
+
+}  // namespace pscompress

@@ -1,0 +1,60 @@
+// The GEMM microkernel interface shared by every CPU path (scalar, AVX2+FMA, NEON).
+//
+// One call computes a tile of up to kMR output channels x kNR output pixels:
+//   acc[m][n] = sum_k a[k * kMR + m] * b_base[b_offsets[k] + n]
+//   y = clamp(acc + bias[m] + z[m][n], lo, hi)
+// A is prepacked (kMR outputs interleaved per k, zero rows past `m`). B rows are addressed
+// through offsets so that the same kernel reads either straight from the (padded) input
+// image, when the tile's pixels are contiguous there, or from a small gathered panel.
+// Every B row must have kNR readable floats even when n < kNR; lanes past n are discarded.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pscompress {
+
+constexpr size_t kMR = 6;   // output channels per tile
+constexpr size_t kNR = 16;  // output pixels per tile
+
+struct UkernelArgs {
+  size_t k;                   // reduction length (kept taps of the tile's residue class)
+  const float* a;             // packed weights, k * kMR floats
+  const float* b_base;        // base pointer of the B rows
+  const int64_t* b_offsets;   // k offsets from b_base, in floats
+  float* y;                   // output for row 0, pixel 0
+  size_t y_row_stride;        // floats between consecutive rows of the tile in y (and z)
+  const float* bias;          // nullable; bias for row m is bias[m * bias_stride]
+  size_t bias_stride;
+  const float* z;             // nullable residual, laid out like y
+  float lo, hi;               // fused activation
+  size_t m, n;                // valid rows (<= kMR) and pixels (<= kNR)
+};
+
+using Ukernel = void (*)(const UkernelArgs&);
+
+void ukernel_scalar(const UkernelArgs& args);
+#if defined(PSCOMPRESS_HAVE_AVX2)
+void ukernel_avx2_fma(const UkernelArgs& args);
+#endif
+#if defined(PSCOMPRESS_HAVE_NEON)
+void ukernel_neon(const UkernelArgs& args);
+#endif
+
+// Writes an accumulated tile through the epilogue (bias, residual, clamp); shared by all
+// paths for partial tiles so the fused semantics live in one place.
+inline void store_tile(const float acc[kMR][kNR], const UkernelArgs& args) {
+  for (size_t m = 0; m < args.m; ++m) {
+    const float bias = args.bias ? args.bias[m * args.bias_stride] : 0.0f;
+    float* y = args.y + m * args.y_row_stride;
+    const float* z = args.z ? args.z + m * args.y_row_stride : nullptr;
+    for (size_t n = 0; n < args.n; ++n) {
+      float v = acc[m][n] + bias;
+      if (z) v += z[n];
+      v = v < args.lo ? args.lo : v;
+      y[n] = v > args.hi ? args.hi : v;
+    }
+  }
+}
+
+}  // namespace pscompress
