@@ -62,6 +62,8 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: b
         obj = _load_trusted(path)
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
         raise UserError(f"{path} is not a PyTorch model file ({exc.__class__.__name__})") from exc
+    except Exception as exc:  # torch's loaders fail on arbitrary bytes in arbitrary ways (KeyError, ...)
+        raise UserError(f"{path} is not a PyTorch model file ({exc.__class__.__name__})") from exc
 
     if isinstance(obj, nn.Module):
         return LoadedModel(obj.eval())
@@ -142,7 +144,7 @@ def _load_state(module: nn.Module, state: dict, path: Path) -> None:
             if not isinstance(conv, nn.Conv2d):
                 raise UserError(f"{path}: {name} carries a pattern but is not a convolution of this architecture")
             pattern = PatternSet.from_bitmasks(value["kernel_size"], value["patterns"])
-            _replace(module, name, PSConv2d.from_conv(conv, pattern, int(value["shift"])))
+            replace_module(module, name, PSConv2d.from_conv(conv, pattern, int(value["shift"])))
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -158,7 +160,8 @@ def _has_submodule(module: nn.Module, name: str) -> bool:
         return False
 
 
-def _replace(module: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(module: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule called ``name`` (dotted path)."""
     parent_name, _, child = name.rpartition(".")
     parent = module.get_submodule(parent_name) if parent_name else module
     setattr(parent, child, new)
