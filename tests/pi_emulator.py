@@ -14,8 +14,8 @@ RUNNER = Path(__file__).resolve().parent / "pi_runner.py"
 BOARDS = ("pi4", "pi5")
 
 
-def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def _run(cmd: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
@@ -24,6 +24,12 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 def set_up() -> None:
     """Install qemu and friends if missing, and build (or reuse) .cache/pi-emulator/."""
     _run(["bash", str(SCRIPTS / "setup-pi-emulator.sh")], timeout=600)
+
+
+def build_pi_wheel(out_dir: Path) -> Path:
+    """The aarch64 wheel from scripts/build-pi-wheel.sh (cached in .cache/pi-wheel/)."""
+    done = _run(["bash", str(SCRIPTS / "build-pi-wheel.sh"), str(out_dir)], timeout=900)
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def install_site(site: Path, *requirements: str) -> None:
@@ -37,6 +43,7 @@ def run_job(board: str, site: Path, job: dict[str, Any], workdir: Path) -> dict[
     job_file = workdir / f"job-{board}.json"
     result_file = workdir / f"result-{board}.json"
     job_file.write_text(json.dumps({**job, "result": str(result_file)}))
+    # Run from workdir: the checkout's pscompress/ must not shadow the installed wheel.
     _run([str(SCRIPTS / "pi-python"), "--board", board, "--site", str(site), str(RUNNER), str(job_file)],
-         timeout=600)
+         timeout=600, cwd=workdir)
     return json.loads(result_file.read_text())
