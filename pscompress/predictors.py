@@ -45,13 +45,18 @@ class TorchPredictor:
         self.native = None
         convs = [m for m in self.module.modules() if isinstance(m, torch.nn.Conv2d)]
         in_channels = loaded.arch_kwargs.get("in_channels") or (convs[0].in_channels if convs else None)
-        hw = self.meta.get("input_shape") or self.meta.get("input_size")
-        hw = tuple(hw[-2:]) if hw else (None, None)
-        self.input_shape = (in_channels, *hw)
+        hw = self.meta.get("input_shape")
+        self.input_shape = (in_channels, *(tuple(hw[-2:]) if hw else (None, None)))
+        linears = [m for m in self.module.modules() if isinstance(m, torch.nn.Linear)]
+        self.num_outputs = loaded.arch_kwargs.get("num_classes") or (linears[-1].out_features if linears else None)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
-            return self.module(self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            try:
+                return self.module(self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            except RuntimeError as exc:  # a model that records no input size meets images it cannot take
+                reason = str(exc).strip().splitlines()[0]
+                raise UserError(f"the model cannot run on images of shape {list(x.shape[1:])}: {reason}") from exc
 
 
 def model_format(path: str | os.PathLike) -> str:
@@ -81,7 +86,9 @@ def open_predictor(path: str | os.PathLike, native: bool | None = None, threads:
 
 
 def num_classes(predictor: Predictor) -> int | None:
-    """The number of logits: from the model's class names, else from one probe run when the input size is known."""
+    """The number of logits: from the model's class names or layers, else from one probe run when the input size is known."""
+    if getattr(predictor, "num_outputs", None):
+        return int(predictor.num_outputs)
     if predictor.classes:
         return len(predictor.classes)
     channels, *hw = predictor.input_shape

@@ -1,0 +1,65 @@
+"""Small real models and a CLI runner shared by the eval/check tests.
+
+The models are linear classifiers fitted on Fashion-MNIST by least squares (a second of
+numpy, ~80% accuracy), so their predictions vary from image to image like a real model's.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pscompress.checkpoint import LoadedModel, save_checkpoint
+from pscompress.data import load_dataset
+
+
+def fit_linear(images: int = 5000, ridge: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression of one-hot labels on pixels: weight [10, 784], bias [10]."""
+    train = load_dataset("fashion-mnist", "train").subset(images)
+    x = train.x.reshape(len(train), -1).astype(np.float64)
+    x1 = np.hstack([x, np.ones((len(x), 1))])
+    targets = np.eye(10)[train.y]
+    solution = np.linalg.solve(x1.T @ x1 + ridge * np.eye(x1.shape[1]), x1.T @ targets)
+    return solution[:-1].T.astype(np.float32), solution[-1].astype(np.float32)
+
+
+def linear_module(weight: np.ndarray, bias: np.ndarray) -> nn.Module:
+    """An identity 1x1 conv (so the model declares 1 input channel), then the linear classifier."""
+    conv = nn.Conv2d(1, 1, 1)
+    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.zero_()
+        linear.weight.copy_(torch.from_numpy(weight))
+        linear.bias.copy_(torch.from_numpy(bias))
+    return nn.Sequential(conv, nn.Flatten(), linear).eval()
+
+
+def save_module(module: nn.Module, path: Path) -> Path:
+    """A pickled module: loading it needs --trust-pickle."""
+    save_checkpoint(LoadedModel(module), path)
+    return path
+
+
+def torch_predictions(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The oracle: the module's own top-1 predictions."""
+    with torch.inference_mode():
+        return module(torch.from_numpy(x)).argmax(1).numpy()
+
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """Run ``pscompress ARGS`` in this process exactly as the console script does: (exit status, stdout, stderr)."""
+    from pscompress.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["pscompress", *map(str, args)])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
