@@ -1,0 +1,367 @@
+"""TFLite export: a PyTorch CNN (pSConv layers included) to one .tflite file, without TensorFlow.
+
+The model is traced with torch.fx after batch norm is folded into the convolutions, then each
+node is lowered to TFLite builtins in NHWC layout. pSConv filters are stored as sparse
+constants expanded once at load by DENSIFY; with ``fp16`` every weight is stored in float16 and
+turned back into float32 by DEQUANTIZE. The model's input is NHWC [1, H, W, C] float32 in
+[0, 1] (the same images as PyTorch's NCHW input, transposed); its output is the logits.
+"""
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from pscompress.checkpoint import LoadedModel
+from pscompress.errors import UserError
+from pscompress.exporters.fold import fold_batchnorm
+from pscompress.exporters.tflite_sparse import smallest_encoding
+from pscompress.exporters.tflite_writer import TFLiteGraph, enum
+from pscompress.files import atomic_output
+from pscompress.layers import PSConv2d
+
+METADATA_NAME = "pscompress"
+METADATA_VERSION = 1
+
+_RELUS: dict[Any, str] = {nn.ReLU: "RELU", nn.ReLU6: "RELU6", F.relu: "RELU", torch.relu: "RELU", F.relu6: "RELU6", "relu": "RELU"}
+
+
+def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = False,
+                  input_shape: Sequence[int] | None = None) -> dict[str, Any]:
+    """Write ``loaded`` as a .tflite file at ``path`` (atomically) and return a size report.
+
+    ``input_shape`` is (C, H, W); by default it comes from the checkpoint's meta. The report
+    holds the file size, the size of the same export with every filter dense, and what it used.
+    """
+    shape = resolve_input_shape(loaded, input_shape)
+    data = build_tflite(loaded, shape, fp16=fp16, sparse=True)
+    dense = build_tflite(loaded, shape, fp16=fp16, sparse=False)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return {"path": str(path), "bytes": len(data), "dense_bytes": len(dense), "fp16": fp16,
+            "input_shape": list(shape), "sparse_layers": len(_psconv_names(loaded.module))}
+
+
+def build_tflite(loaded: LoadedModel, input_shape: tuple[int, int, int], *, fp16: bool = False, sparse: bool = True) -> bytes:
+    """The bytes of the .tflite model; ``sparse=False`` stores pSConv filters dense (for size comparisons)."""
+    module = loaded.module.eval()
+    with torch.no_grad():
+        gm = fold_batchnorm(module)
+        ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    graph = TFLiteGraph()
+    _Lowering(gm, graph, fp16=fp16, sparse=sparse).run()
+    return graph.serialize(description="pscompress TFLite export", metadata={METADATA_NAME: _metadata(loaded, input_shape, fp16)})
+
+
+def resolve_input_shape(loaded: LoadedModel, input_shape: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """(C, H, W): ``input_shape`` if given, else what the checkpoint's meta records."""
+    shape = input_shape if input_shape is not None else loaded.meta.get("input_shape")
+    if shape is None:
+        raise UserError("the model does not record its input shape: pass --input-shape C,H,W (e.g. 1,28,28)")
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"input shape {','.join(map(str, shape))} is not C,H,W with positive sizes")
+    return shape  # type: ignore[return-value]
+
+
+def _psconv_names(module: nn.Module) -> list[str]:
+    return [name for name, m in module.named_modules() if isinstance(m, PSConv2d)]
+
+
+def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool) -> bytes:
+    layers = {name: {"kernel_size": list(m.pattern.kernel_size), "patterns": m.pattern.bitmasks, "shift": m.shift,
+                     "density": m.pattern.density()}
+              for name, m in loaded.module.named_modules() if isinstance(m, PSConv2d)}
+    meta = {"format": METADATA_NAME, "version": METADATA_VERSION, "input_shape": list(input_shape),
+            "input_layout": "NHWC", "classes": loaded.meta.get("classes"), "arch": loaded.arch,
+            "fp16": fp16, "psconv_layers": layers, "meta": loaded.meta}
+    return json.dumps(meta, default=str, sort_keys=True).encode()
+
+
+@dataclass
+class _Value:
+    tensor: int
+    nhwc: bool  # 4-D activations are stored NHWC; anything else keeps PyTorch's layout
+
+
+class _Lowering:
+    """Walks the fx graph once, emitting TFLite operators for each node."""
+
+    def __init__(self, gm: fx.GraphModule, graph: TFLiteGraph, fp16: bool, sparse: bool) -> None:
+        self.gm, self.graph, self.fp16, self.sparse = gm, graph, fp16, sparse
+        self.modules = dict(gm.named_modules())
+        self.values: dict[fx.Node, _Value] = {}
+
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node in self.values:
+                continue  # an activation already fused into its producer
+            if node.op == "placeholder":
+                self._input(node)
+            elif node.op == "output":
+                self._output(node)
+            elif node.op == "call_module":
+                self._module(node, self.modules[node.target])
+            elif node.op in ("call_function", "call_method"):
+                self._function(node)
+            else:
+                raise UserError(f"cannot export {node.name} ({node.op} {node.target}) to TFLite")
+
+    # -- graph boundary
+
+    def _input(self, node: fx.Node) -> None:
+        if self.graph.inputs:
+            raise UserError("TFLite export supports models with one input")
+        n, c, h, w = self._shape(node)
+        tensor = self.graph.activation("input", (n, h, w, c))
+        self.graph.inputs.append(tensor)
+        self.values[node] = _Value(tensor, True)
+
+    def _output(self, node: fx.Node) -> None:
+        result = node.args[0]
+        if not isinstance(result, fx.Node):
+            raise UserError("TFLite export supports models that return one tensor")
+        value = self.values[result]
+        if value.nhwc or value.tensor in self.graph.inputs:
+            raise UserError("the model must end in logits of shape [N, classes] to be exported to TFLite")
+        self.graph.tensors[value.tensor].name = "logits"
+        self.graph.outputs.append(value.tensor)
+
+    # -- dispatch
+
+    def _module(self, node: fx.Node, m: nn.Module) -> None:
+        if isinstance(m, nn.Conv2d):
+            self._conv(node, m)
+        elif isinstance(m, nn.Linear):
+            self._linear(node, m)
+        elif type(m) in _RELUS:
+            self._activation(node, _RELUS[type(m)])
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            self._pool(node, m)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            self._adaptive_avg_pool(node)
+        elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            self._flatten(node)
+        elif isinstance(m, nn.Softmax) and m.dim in (1, -1):
+            self._softmax(node)
+        elif isinstance(m, (nn.Identity, nn.Dropout)):
+            self.values[node] = self.values[node.args[0]]
+        elif isinstance(m, nn.BatchNorm2d):
+            raise UserError(f"layer {node.target}: a batch norm that does not directly follow a convolution cannot be exported to TFLite")
+        else:
+            raise UserError(f"layer {node.target} ({type(m).__name__}) cannot be exported to TFLite")
+
+    def _function(self, node: fx.Node) -> None:
+        target = node.target
+        if target in (operator.add, torch.add) and len(node.args) == 2 and not node.kwargs:
+            self._add(node)
+        elif target in _RELUS:
+            self._activation(node, _RELUS[target])
+        elif target in (torch.flatten, "flatten") and tuple(node.args[1:]) == (1,) and not node.kwargs:
+            self._flatten(node)
+        elif target in (F.softmax, torch.softmax, "softmax") and (node.args[1:] or (node.kwargs.get("dim"),))[0] in (1, -1):
+            self._softmax(node)
+        else:
+            name = getattr(target, "__name__", str(target))
+            raise UserError(f"operation {node.name} ({name}) cannot be exported to TFLite")
+
+    # -- operators
+
+    def _conv(self, node: fx.Node, conv: nn.Conv2d) -> None:
+        if conv.padding_mode != "zeros":
+            raise UserError(f"layer {node.target}: padding_mode={conv.padding_mode!r} cannot be exported to TFLite (only zeros)")
+        x = self._nhwc(node.args[0], node)
+        _, c, h, w = self._shape(node.args[0])
+        _, out_c, oh, ow = self._shape(node)
+        weight = (conv.masked_weight() if isinstance(conv, PSConv2d) else conv.weight).detach().numpy()
+        bias = conv.bias.detach().numpy() if conv.bias is not None else np.zeros(out_c, np.float32)
+        kh, kw = conv.kernel_size
+        pads = (0, 0) if conv.padding == "valid" else _same_pads(conv) if conv.padding == "same" else conv.padding
+        padding = _tf_padding((h, w), (oh, ow), conv.kernel_size, conv.stride, conv.dilation, pads)
+        if padding is None:  # PyTorch's symmetric padding is not what SAME would pad: pad explicitly
+            x = self._pad(x, node, pads)
+            padding = "VALID"
+        if conv.groups == 1:
+            opcode, table = "CONV_2D", "Conv2DOptions"
+            filt, extra = weight.transpose(0, 2, 3, 1), {}  # [O, KH, KW, I]
+        elif conv.groups == c and out_c % c == 0:
+            opcode, table = "DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions"
+            filt, extra = weight[:, 0].transpose(1, 2, 0)[None], {"DepthMultiplier": out_c // c}  # [1, KH, KW, O]
+        else:
+            raise UserError(f"layer {node.target}: grouped convolution (groups={conv.groups}) cannot be exported to TFLite")
+        filt_tensor = self._weight(f"{node.name}/filter", filt, sparse=self.sparse and isinstance(conv, PSConv2d))
+        bias_tensor = self.graph.constant(f"{node.name}/bias", bias.astype(np.float32))
+        out, fused = self._result(node, (1, oh, ow, out_c))
+        self.graph.op(opcode, [x, filt_tensor, bias_tensor], [out], table, Padding=enum("Padding", padding),
+                      StrideH=conv.stride[0], StrideW=conv.stride[1], DilationHFactor=conv.dilation[0],
+                      DilationWFactor=conv.dilation[1], FusedActivationFunction=fused, **extra)
+
+    def _linear(self, node: fx.Node, linear: nn.Linear) -> None:
+        x = self.values[node.args[0]]
+        if x.nhwc or len(self._shape(node.args[0])) != 2:
+            raise UserError(f"layer {node.target}: TFLite export supports Linear on flattened [N, features] inputs only")
+        weight = self._weight(f"{node.name}/weight", linear.weight.detach().numpy(), sparse=False)
+        bias = linear.bias.detach().numpy() if linear.bias is not None else np.zeros(linear.out_features, np.float32)
+        bias_tensor = self.graph.constant(f"{node.name}/bias", bias.astype(np.float32))
+        out, fused = self._result(node, (1, linear.out_features), nhwc=False)
+        self.graph.op("FULLY_CONNECTED", [x.tensor, weight, bias_tensor], [out], "FullyConnectedOptions",
+                      FusedActivationFunction=fused, KeepNumDims=False)
+
+    def _add(self, node: fx.Node) -> None:
+        a, b = node.args
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or self._shape(a) != self._shape(b):
+            raise UserError(f"operation {node.name}: TFLite export supports adding two tensors of the same shape only")
+        left, right = self.values[a], self.values[b]  # same shape, so the same layout
+        out, fused = self._result(node, self._tflite_shape(node, left.nhwc), nhwc=left.nhwc)
+        self.graph.op("ADD", [left.tensor, right.tensor], [out], "AddOptions", FusedActivationFunction=fused)
+
+    def _activation(self, node: fx.Node, opcode: str) -> None:
+        x = self.values[node.args[0]]
+        out = self.graph.activation(node.name, self._tflite_shape(node, x.nhwc))
+        self.graph.op(opcode, [x.tensor], [out])
+        self.values[node] = _Value(out, x.nhwc)
+
+    def _pool(self, node: fx.Node, pool: nn.MaxPool2d | nn.AvgPool2d) -> None:
+        x = self._nhwc(node.args[0], node)
+        _, _, h, w = self._shape(node.args[0])
+        _, c, oh, ow = self._shape(node)
+        kernel, stride, pads = (_pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding))
+        dilation = _pair(getattr(pool, "dilation", 1))
+        padding = _tf_padding((h, w), (oh, ow), kernel, stride, dilation, pads)
+        is_max = isinstance(pool, nn.MaxPool2d)
+        # TFLite's SAME average pool leaves padding out of the count where PyTorch may not: VALID only.
+        if padding is None or dilation != (1, 1) or (not is_max and padding != "VALID"):
+            raise UserError(f"layer {node.target}: this pooling window, stride and padding have no TFLite equivalent")
+        out = self.graph.activation(node.name, (1, oh, ow, c))
+        self.graph.op("MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D", [x], [out], "Pool2DOptions",
+                      Padding=enum("Padding", padding), StrideH=stride[0], StrideW=stride[1],
+                      FilterHeight=kernel[0], FilterWidth=kernel[1])
+        self.values[node] = _Value(out, True)
+
+    def _adaptive_avg_pool(self, node: fx.Node) -> None:
+        x = self._nhwc(node.args[0], node)
+        _, _, h, w = self._shape(node.args[0])
+        _, c, oh, ow = self._shape(node)
+        out = self.graph.activation(node.name, (1, oh, ow, c))
+        if (oh, ow) == (1, 1):
+            axes = self.graph.constant(f"{node.name}/axes", np.array([1, 2], np.int32))
+            self.graph.op("MEAN", [x, axes], [out], "ReducerOptions", KeepDims=True)
+        elif h % oh == 0 and w % ow == 0:
+            self.graph.op("AVERAGE_POOL_2D", [x], [out], "Pool2DOptions", Padding=enum("Padding", "VALID"),
+                          StrideH=h // oh, StrideW=w // ow, FilterHeight=h // oh, FilterWidth=w // ow)
+        else:
+            raise UserError(f"layer {node.target}: adaptive average pooling from {h}x{w} to {oh}x{ow} has no TFLite equivalent")
+        self.values[node] = _Value(out, True)
+
+    def _flatten(self, node: fx.Node) -> None:
+        source = node.args[0]
+        x = self.values[source]
+        features = math.prod(self._shape(source)[1:])
+        tensor = x.tensor
+        if x.nhwc and self._shape(source)[2:] != (1, 1):  # PyTorch flattens C, H, W in that order
+            tensor = self._transpose(tensor, (0, 3, 1, 2), f"{node.name}/nchw")
+        shape = self.graph.constant(f"{node.name}/shape", np.array([-1, features], np.int32))
+        out = self.graph.activation(node.name, (1, features))
+        self.graph.op("RESHAPE", [tensor, shape], [out])
+        self.values[node] = _Value(out, False)
+
+    def _softmax(self, node: fx.Node) -> None:
+        x = self.values[node.args[0]]
+        if x.nhwc or len(self._shape(node)) != 2:
+            raise UserError(f"operation {node.name}: TFLite export supports softmax over [N, classes] only")
+        out = self.graph.activation(node.name, self._shape(node))
+        self.graph.op("SOFTMAX", [x.tensor], [out], "SoftmaxOptions", Beta=1.0)
+        self.values[node] = _Value(out, False)
+
+    # -- helpers
+
+    def _weight(self, name: str, array: np.ndarray, sparse: bool) -> int:
+        """A float32 weight tensor: stored sparse + DENSIFY and/or float16 + DEQUANTIZE as asked."""
+        data = array.astype(np.float16 if self.fp16 else np.float32)
+        encoding = smallest_encoding(data) if sparse else None
+        if encoding is None:
+            tensor = self.graph.constant(name, data)
+        else:
+            stored = self.graph.sparse_constant(f"{name}/sparse", encoding)
+            tensor = self.graph.activation(f"{name}/dense", data.shape, dtype=data.dtype, batch_dynamic=False)
+            self.graph.op("DENSIFY", [stored], [tensor])
+        if self.fp16:
+            stored, tensor = tensor, self.graph.activation(f"{name}/float32", data.shape, batch_dynamic=False)
+            self.graph.op("DEQUANTIZE", [stored], [tensor])
+        return tensor
+
+    def _result(self, node: fx.Node, shape: tuple[int, ...], nhwc: bool = True) -> tuple[int, int]:
+        """The output tensor of ``node``, with a single following ReLU fused into it."""
+        fused, produced_by = "NONE", node
+        users = list(node.users)
+        if len(users) == 1 and self._relu_kind(users[0]) is not None and users[0].args[0] is node:
+            fused, produced_by = self._relu_kind(users[0]), users[0]
+        out = self.graph.activation(produced_by.name, shape)
+        self.values[node] = self.values[produced_by] = _Value(out, nhwc)
+        return out, enum("ActivationFunctionType", "RELU6" if fused == "RELU6" else fused)
+
+    def _relu_kind(self, node: fx.Node) -> str | None:
+        if node.op == "call_module":
+            return _RELUS.get(type(self.modules[node.target]))
+        if node.op in ("call_function", "call_method"):
+            return _RELUS.get(node.target)
+        return None
+
+    def _nhwc(self, source: Any, user: fx.Node) -> int:
+        value = self.values.get(source) if isinstance(source, fx.Node) else None
+        if value is None or not value.nhwc:
+            raise UserError(f"operation {user.name}: expects a 4-D image tensor")
+        return value.tensor
+
+    def _pad(self, x: int, node: fx.Node, pads: tuple[int, int]) -> int:
+        n, h, w, c = self.graph.shape_of(x)
+        widths = self.graph.constant(f"{node.name}/pads", np.array([[0, 0], [pads[0], pads[0]], [pads[1], pads[1]], [0, 0]], np.int32))
+        out = self.graph.activation(f"{node.name}/padded", (n, h + 2 * pads[0], w + 2 * pads[1], c))
+        self.graph.op("PAD", [x, widths], [out])
+        return out
+
+    def _transpose(self, x: int, perm: tuple[int, ...], name: str) -> int:
+        shape = self.graph.shape_of(x)
+        out = self.graph.activation(name, tuple(shape[p] for p in perm))
+        self.graph.op("TRANSPOSE", [x, self.graph.constant(f"{name}/perm", np.array(perm, np.int32))], [out])
+        return out
+
+    def _shape(self, node: Any) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        if meta is None or not hasattr(meta, "shape"):
+            raise UserError(f"operation {getattr(node, 'name', node)} does not produce one tensor: cannot export it to TFLite")
+        return tuple(int(d) for d in meta.shape)
+
+    def _tflite_shape(self, node: fx.Node, nhwc: bool) -> tuple[int, ...]:
+        shape = self._shape(node)
+        return (shape[0], shape[2], shape[3], shape[1]) if nhwc else shape
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _same_pads(conv: nn.Conv2d) -> tuple[int, int]:
+    return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))  # type: ignore[return-value]
+
+
+def _tf_padding(size: tuple[int, int], out: tuple[int, int], kernel, stride, dilation, pads) -> str | None:
+    """"VALID" or "SAME" when TFLite's padding gives PyTorch's windows exactly, else None."""
+    modes = {"VALID", "SAME"}
+    for n, o, k, s, d, p in zip(size, out, _pair(kernel), _pair(stride), _pair(dilation), _pair(pads)):
+        extent = (k - 1) * d + 1
+        if not (p == 0 and o == (n - extent) // s + 1):
+            modes.discard("VALID")
+        same_out = -(-n // s)
+        if not (o == same_out and max((same_out - 1) * s + extent - n, 0) // 2 == p):
+            modes.discard("SAME")
+    return "VALID" if "VALID" in modes else "SAME" if modes else None

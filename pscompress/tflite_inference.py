@@ -1,0 +1,133 @@
+"""Running exported .tflite models without PyTorch or TensorFlow.
+
+Uses whichever TFLite interpreter is installed: ``ai-edge-litert`` (numpy 2 works) or
+``tflite-runtime`` (needs numpy < 2). The model's input is NHWC; ``predict`` takes PyTorch's
+NCHW images and transposes them, so callers never see the difference.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pscompress.errors import UserError
+
+METADATA_NAME = "pscompress"  # the Model.metadata entry the exporter writes
+_INTERPRETERS = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+_MAX_BATCH = 64
+
+
+def interpreter_module() -> Any:
+    """The first importable TFLite interpreter module."""
+    for name in _INTERPRETERS:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise UserError("running .tflite models needs a TFLite interpreter: pip install ai-edge-litert "
+                    "(or tflite-runtime, which needs numpy<2)")
+
+
+class TFLitePredictor:
+    """A .tflite model: ``predict(x)`` maps float32 [N, C, H, W] images in [0, 1] to logits [N, classes].
+
+    ``xnnpack=False`` turns the runtime's default XNNPACK delegate off; ``threads`` sets the
+    interpreter's thread count (None: the runtime's default).
+    """
+
+    def __init__(self, path: str | os.PathLike, xnnpack: bool = True, threads: int | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"cannot read {path}: no such file")
+        content = path.read_bytes()
+        if content[4:8] != b"TFL3":
+            raise UserError(f"{path} is not a TFLite model")
+        module = interpreter_module()
+        options: dict[str, Any] = {"model_content": content, "num_threads": threads}
+        if not xnnpack:
+            options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            self._interpreter = module.Interpreter(**options)
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"{path}: the TFLite runtime cannot load it ({exc})") from exc
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = 0
+        self.meta: dict[str, Any] = read_metadata(content)
+        _, h, w, c = (int(d) for d in self._input["shape"])
+        self.input_shape: tuple[int, int, int] = (c, h, w)
+        classes = self.meta.get("classes")
+        self.classes: list[str] | None = [str(name) for name in classes] if classes else None
+        self.native = None  # pscompress's native kernels are an ONNX runtime matter
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise UserError(f"expected images of shape [N, {', '.join(map(str, self.input_shape))}], got {list(x.shape)}")
+        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        return np.concatenate([self._run(nhwc[i:i + _MAX_BATCH]) for i in range(0, len(nhwc), _MAX_BATCH)]
+                              or [np.zeros((0, self._output["shape"][-1]), np.float32)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) != self._batch:  # re-plan only when the batch size changes
+            self._interpreter.resize_tensor_input(self._input["index"], list(batch.shape), strict=False)
+            self._interpreter.allocate_tensors()
+            self._batch = len(batch)
+        self._interpreter.set_tensor(self._input["index"], batch)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output["index"]).copy()
+
+
+def read_metadata(content: bytes) -> dict[str, Any]:
+    """The exporter's JSON metadata from a .tflite file's Model.metadata, or {} if it has none.
+
+    A few lines of flatbuffer reading, so neither the ``tflite`` schema package nor
+    ``flatbuffers`` is needed on a board.
+    """
+    model = _u32(content, 0)
+    buffers = _vector(content, model, 4)  # Model field 4: buffers
+    for entry in _vector(content, model, 6):  # Model field 6: metadata
+        name_at = _field(content, entry, 0)
+        if name_at is None or _string(content, name_at) != METADATA_NAME:
+            continue
+        buffer_at = _field(content, entry, 1)
+        if buffer_at is None:
+            return {}
+        data = _field(content, buffers[_u32(content, buffer_at)], 0)  # Buffer field 0: data
+        if data is None:
+            return {}
+        start = data + _u32(content, data)
+        return json.loads(content[start + 4:start + 4 + _u32(content, start)])
+    return {}
+
+
+def _u32(buf: bytes, at: int) -> int:
+    return struct.unpack_from("<I", buf, at)[0]
+
+
+def _field(buf: bytes, table: int, index: int) -> int | None:
+    """Where field ``index`` of the table at ``table`` is stored, or None when absent."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vtable_size = struct.unpack_from("<H", buf, vtable)[0]
+    slot = 4 + 2 * index
+    offset = struct.unpack_from("<H", buf, vtable + slot)[0] if slot < vtable_size else 0
+    return table + offset if offset else None
+
+
+def _vector(buf: bytes, table: int, index: int) -> list[int]:
+    """The tables of a vector-of-tables field."""
+    at = _field(buf, table, index)
+    if at is None:
+        return []
+    start = at + _u32(buf, at)
+    return [start + 4 + 4 * i + _u32(buf, start + 4 + 4 * i) for i in range(_u32(buf, start))]
+
+
+def _string(buf: bytes, at: int) -> str:
+    start = at + _u32(buf, at)
+    return buf[start + 4:start + 4 + _u32(buf, start)].decode()

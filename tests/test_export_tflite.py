@@ -1,0 +1,197 @@
+"""TFLite export checked against PyTorch (the oracle) in ai-edge-litert, with XNNPACK on and off."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pscompress import archs
+from pscompress.checkpoint import LoadedModel
+from pscompress.errors import UserError
+from pscompress.exporters.tflite import build_tflite, export_tflite
+from pscompress.exporters.tflite_writer import schema
+from pscompress.layers import PSConv2d
+from pscompress.patterns import parse_pattern
+from pscompress.tflite_inference import TFLitePredictor
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def fashion_mnist_test_images(limit: int | None = None) -> np.ndarray:
+    """Fashion-MNIST test images as float32 [N, 1, 28, 28] in [0, 1] (idx format: 16-byte header)."""
+    with gzip.open(FASHION_MNIST / "t10k-images-idx3-ubyte.gz") as f:
+        pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    return (pixels[:limit] / np.float32(255)).astype(np.float32)
+
+
+def psconv_resnet20(pattern: str = "4of9", seed: int = 0) -> LoadedModel:
+    """A random-init resnet20 whose 3x3 convs (except the stem) are pSConv, with non-trivial batch norm."""
+    torch.manual_seed(seed)
+    module = archs.build("resnet20", in_channels=1, num_classes=10)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):  # so that folding has real statistics to fold
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    patterns = parse_pattern(pattern)
+    for name, conv in list(module.named_modules()):
+        if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.in_channels > 1:
+            parent, _, child = name.rpartition(".")
+            setattr(module.get_submodule(parent), child, PSConv2d.from_conv(conv, patterns, shift=len(name) % patterns.period))
+    return LoadedModel(module.eval(), "resnet20", {"in_channels": 1, "num_classes": 10},
+                       {"input_shape": [1, 28, 28], "classes": CLASSES})
+
+
+def torch_logits(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return module(torch.from_numpy(x)).numpy()
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def operator_names(path: Path) -> list[str]:
+    model = schema("Model").Model.GetRootAs(path.read_bytes(), 0)
+    builtin = {v: k for k, v in vars(schema("BuiltinOperator").BuiltinOperator).items() if not k.startswith("_")}
+    codes = [builtin[model.OperatorCodes(i).BuiltinCode()] for i in range(model.OperatorCodesLength())]
+    graph = model.Subgraphs(0)
+    return [codes[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())]
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    return psconv_resnet20()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory) -> dict[bool, tuple[Path, dict]]:
+    """fp16 flag -> (path, size report)."""
+    out = {}
+    for fp16 in (False, True):
+        path = tmp_path_factory.mktemp("tflite") / ("model_fp16.tflite" if fp16 else "model.tflite")
+        out[fp16] = (path, export_tflite(model, path, fp16=fp16))
+    return out
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    """Random images and real Fashion-MNIST test images."""
+    random = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    return np.concatenate([random, fashion_mnist_test_images(248)])
+
+
+@pytest.mark.parametrize("xnnpack", [True, False], ids=["xnnpack", "builtin-kernels"])
+def test_fp32_export_matches_pytorch(model, exported, images, xnnpack):
+    path, _ = exported[False]
+    predictor = TFLitePredictor(path, xnnpack=xnnpack)
+    assert relative_error(predictor.predict(images), torch_logits(model.module, images)) < 1e-4
+
+
+def test_psconv_filters_are_stored_sparse_and_densified(model, exported):
+    path, report = exported[False]
+    ops = operator_names(path)
+    psconv = [m for m in model.module.modules() if isinstance(m, PSConv2d)]
+    assert ops.count("DENSIFY") == len(psconv) == report["sparse_layers"] == 18
+    assert "BATCH_NORM" not in " ".join(ops) and ops.count("CONV_2D") == 21  # 19 3x3 + 2 projection shortcuts
+    tflite_model = schema("Model").Model.GetRootAs(path.read_bytes(), 0)
+    graph = tflite_model.Subgraphs(0)
+    sparse = [graph.Tensors(i) for i in range(graph.TensorsLength()) if graph.Tensors(i).Sparsity() is not None]
+    assert len(sparse) == len(psconv)
+    assert path.stat().st_size == report["bytes"] < 0.65 * report["dense_bytes"]
+    # The dense baseline really is the same model with dense filters.
+    dense_path = path.with_name("dense.tflite")
+    dense_path.write_bytes(build_tflite(model, (1, 28, 28), sparse=False))
+    assert "DENSIFY" not in operator_names(dense_path)
+    assert dense_path.stat().st_size == report["dense_bytes"]
+
+
+def test_relu_is_fused_into_conv_and_add(exported):
+    ops = operator_names(exported[False][0])
+    assert "RELU" not in ops and ops.count("ADD") == 9
+    assert ops[-2:] == ["RESHAPE", "FULLY_CONNECTED"] and "MEAN" in ops
+
+
+@pytest.mark.parametrize("xnnpack", [True, False], ids=["xnnpack", "builtin-kernels"])
+def test_fp16_export_dequantizes_and_is_smaller(model, exported, images, xnnpack):
+    (path32, report32), (path16, report16) = exported[False], exported[True]
+    ops = operator_names(path16)
+    assert ops.count("DEQUANTIZE") == 22  # 21 conv filters and the classifier
+    assert ops.count("DENSIFY") == 18
+    assert report16["bytes"] < 0.7 * report32["bytes"] and report16["bytes"] < report16["dense_bytes"]
+    logits = TFLitePredictor(path16, xnnpack=xnnpack).predict(images)
+    expected = torch_logits(model.module, images)
+    assert relative_error(logits, expected) < 1e-2
+    assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.99
+
+
+def test_predictor_reads_metadata_and_batches(model, exported, images):
+    path, _ = exported[False]
+    predictor = TFLitePredictor(path)
+    assert predictor.input_shape == (1, 28, 28) and predictor.classes == CLASSES
+    assert predictor.meta["input_layout"] == "NHWC" and predictor.meta["arch"] == "resnet20"
+    layers = predictor.meta["psconv_layers"]
+    for name, layer in model.module.named_modules():
+        if isinstance(layer, PSConv2d):
+            assert layers[name]["patterns"] == layer.pattern.bitmasks and layers[name]["shift"] == layer.shift
+    x = images[:70]  # more than one internal batch, then a different size
+    whole = predictor.predict(x)
+    parts = np.concatenate([predictor.predict(x[:3]), predictor.predict(x[3:])])
+    np.testing.assert_allclose(whole, parts, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="expected images of shape"):
+        predictor.predict(images[:, :, :27])
+
+
+class _Coverage(nn.Module):
+    """Operators the bundled architectures do not all need: explicit pads, depthwise, pools, softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)   # 14x14 -> 7x7: PyTorch pads where SAME would not
+        self.depthwise = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.relu6 = nn.ReLU6()
+        self.maxpool = nn.MaxPool2d(2, 2, ceil_mode=True)    # 7x7 -> 4x4: a SAME pool
+        self.sparse = PSConv2d(16, 16, 3, padding=1, dilation=1, pattern=parse_pattern("2of9"), shift=1)
+        self.avgpool = nn.AvgPool2d(2)
+        self.drop = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(16 * 2 * 2, 12)
+        self.fc2 = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu6(self.depthwise(torch.relu(self.stem(x)))))
+        x = self.avgpool(self.sparse(x) + x)
+        x = torch.flatten(self.drop(x), 1)  # 2x2 spatial: needs NCHW order before flattening
+        return torch.softmax(self.fc2(torch.relu(self.fc1(x))), dim=1)
+
+
+@pytest.mark.parametrize("xnnpack", [True, False], ids=["xnnpack", "builtin-kernels"])
+def test_operator_coverage_matches_pytorch(tmp_path, xnnpack):
+    torch.manual_seed(1)
+    module = _Coverage().eval()
+    loaded = LoadedModel(module, None, {}, {"input_shape": [3, 14, 14]})
+    path = tmp_path / "coverage.tflite"
+    export_tflite(loaded, path)
+    ops = operator_names(path)
+    assert {"PAD", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "SOFTMAX", "DENSIFY"} <= set(ops)
+    x = np.random.default_rng(2).random((4, 3, 14, 14), dtype=np.float32)
+    assert relative_error(TFLitePredictor(path, xnnpack=xnnpack).predict(x), torch_logits(module, x)) < 1e-4
+
+
+@pytest.mark.parametrize("layer, message", [
+    (nn.Upsample(scale_factor=2), "layer bad .Upsample. cannot be exported to TFLite"),
+    (nn.BatchNorm2d(8), "layer bad: a batch norm that does not directly follow a convolution"),
+])
+def test_unsupported_layer_is_named_and_nothing_is_written(tmp_path, layer, message):
+    module = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Sequential()).eval()
+    module.add_module("bad", layer)
+    module.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    path = tmp_path / "bad.tflite"
+    with pytest.raises(UserError, match=message):
+        export_tflite(LoadedModel(module, None, {}, {"input_shape": [1, 12, 12]}), path)
+    assert list(tmp_path.iterdir()) == []
