@@ -1,8 +1,8 @@
 """Runs inside the emulated Raspberry Pi (aarch64 Python with only the Pi's site packages):
 executes ONNX models as a job file says and writes outputs and facts for the host to compare.
 
-Job: {"cases": [{"name", "model", "inputs": {input: .npy}, "native": null | true | false}],
-      "out": folder, "result": json path}.
+Job: {"cases": [{"name", "model", "inputs": {input: .npy}, "native": null | true | false,
+                 "threads": null | int}], "out": folder, "result": json path}.
 native null runs a plain onnxruntime session (no pscompress); true/false go through
 pscompress.runtime. Profiling is on, so the host sees which kernel ran each node.
 """
@@ -29,7 +29,7 @@ def run_case(case, out):
     else:
         from pscompress import runtime
 
-        options = runtime.session_options(native=case["native"])
+        options = runtime.session_options(threads=case.get("threads"), native=case["native"])
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(out, case["name"])
     session = ort.InferenceSession(case["model"], options, providers=["CPUExecutionProvider"])

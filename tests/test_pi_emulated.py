@@ -4,6 +4,10 @@ the workstation's x86-64 outputs. Emulation is ~300x slower than a Pi: models st
 no time is read off it."""
 from __future__ import annotations
 
+import re
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import pi_emulator
+import pi_models
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +83,70 @@ def test_stock_onnxruntime_conv_matches_host(board, stock_site, tmp_path):
     assert (host > 0).any() and (host == 0).any(), "Relu should clip part of the output"
     assert_close(emulated, host)
     assert "Conv" in " ".join(result["cases"]["conv"]["op_names"])
+
+
+# --- the aarch64 wheel on the emulated boards ---
+
+@pytest.fixture(scope="module")
+def pi_wheel(emulator, tmp_path_factory) -> Path:
+    return pi_emulator.build_pi_wheel(tmp_path_factory.mktemp("pi-wheel"))
+
+
+@pytest.fixture(scope="module")
+def pi_site(pi_wheel, tmp_path_factory) -> Path:
+    """What `pip install pscompress-...aarch64.whl` puts on a Pi (the light install)."""
+    site = tmp_path_factory.mktemp("pi-site")
+    pi_emulator.install_site(site, str(pi_wheel))
+    return site
+
+
+def test_pi_wheel_is_an_aarch64_light_install(pi_wheel, pi_site):
+    name, version, python_tag, abi, platform = pi_wheel.stem.split("-")
+    assert (name, python_tag, abi) == ("pscompress", "py3", "none")
+    glibc = re.fullmatch(r"manylinux_2_(\d+)_aarch64", platform)
+    assert glibc and int(glibc.group(1)) <= 36, f"{platform}: must install on Raspberry Pi OS bookworm (glibc 2.36)"
+    with zipfile.ZipFile(pi_wheel) as zf:
+        (library,) = [n for n in zf.namelist() if n.endswith(".so")]
+        header = zf.read(library)[:20]
+    assert library == "pscompress/runtime/libpscompress_ort.so"
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    installed = {p.name.split("-")[0].lower() for p in pi_site.glob("*.dist-info")}
+    assert {"pscompress", "numpy", "onnxruntime", "click", "tqdm", "pillow"} <= installed
+    assert not installed & {"torch", "onnx", "onnxscript", "scipy"}, f"the light install pulled {installed}"
+
+
+@pytest.fixture(scope="module")
+def coverage(tmp_path_factory):
+    """The PSConv coverage model, its feeds, and the x86-64 oracle's outputs (dense Conv)."""
+    folder = tmp_path_factory.mktemp("pi-coverage")
+    psconv, oracle, feeds = pi_models.build(np.random.default_rng(2024))
+    model = _save(psconv, folder / "psconv.onnx")
+    oracle_path = _save(oracle, folder / "oracle.onnx")
+    inputs = {}
+    for name, value in feeds.items():
+        inputs[name] = str(folder / f"{name}.npy")
+        np.save(inputs[name], value)
+    session = ort.InferenceSession(oracle_path, providers=["CPUExecutionProvider"])
+    expected = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+    names = [o.name for o in session.get_outputs()]
+    return model, inputs, dict(zip(names, expected))
+
+
+@pytest.mark.parametrize("board", pi_emulator.BOARDS)
+def test_native_neon_kernel_matches_x86_oracle_on_every_path(board, pi_site, coverage, tmp_path):
+    model, inputs, expected = coverage
+    # Two threads: tiles are shared out through onnxruntime's pool, as on a real Pi.
+    job = {"out": str(tmp_path), "cases": [
+        {"name": "coverage", "model": model, "inputs": inputs, "native": True, "threads": 2}]}
+    result = pi_emulator.run_job(board, pi_site, job, tmp_path)
+    assert result["machine"] == "aarch64"
+    assert result["native_available"] and result["cpu_path"] == "neon"
+    assert result["library_path"].startswith(str(pi_site))
+    case = result["cases"]["coverage"]
+    # The native kernels ran: the profile names the custom operators, and nothing else ran.
+    assert set(case["op_names"]) == {"PSConv", "PSConvAdd"}
+    outputs = [np.load(p) for p in case["outputs"]]
+    assert len(outputs) == len(expected)
+    for (name, want), got in zip(expected.items(), outputs):
+        assert np.unique(want).size > 1, f"{name}: a constant output proves nothing"
+        assert_close(got, want)

@@ -1,0 +1,176 @@
+"""Small PSConv models (docs/operator.md, built node by node) that reach every path of the
+native kernel, each paired with an oracle model made of standard ONNX Conv on the dense
+masked weights. The dense weights are rebuilt here from the contract alone, not with
+pscompress's own code.
+
+Paths covered, chosen so that they stay covered for any tile size of 4, 8, 12 or 16 pixels
+and 4, 6 or 8 output rows: tiles read straight from the image (wide outputs) and gathered
+panels (outputs narrower than a tile); pixel tails (widths and row-spanning sizes that are not
+multiples of the tile); row tails (outputs per residue class 1, 2, 7 and 13); residue classes
+with no output; strides 1 and 2 (column phases); asymmetric pads; a 5x5 kernel; groups;
+bias or none; no activation, Relu, Clip and the residual of PSConvAdd; periods 3, 4 and 8
+with a dense support; weights that are a graph input (packed on every run) or a constant
+(prepacked once).
+"""
+from __future__ import annotations
+
+import gzip
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+DOMAIN = "ai.pscompress"
+SQUARES_4OF9 = [0b000011011, 0b000110110, 0b011011000, 0b110110000]  # the four 2x2 squares with the centre
+PAIRS_2OF9 = [(1 << 4) | (1 << p) for p in (0, 1, 2, 3, 5, 6, 7, 8)]  # centre plus one neighbour
+SQUARES_WITH_DENSE = SQUARES_4OF9 * 2
+SQUARES_WITH_DENSE[7] = (1 << 9) - 1  # one kernel in eight stays dense
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    patterns: tuple[int, ...]
+    shift: int = 0
+    kernel: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (1, 1, 1, 1)
+    group: int = 1
+    bias: bool = True
+    clip: tuple[float, float] = (-math.inf, math.inf)
+    residual: bool = False
+    weights_as_input: bool = False
+    fashion_mnist: bool = False  # a real image instead of noise
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (pt, pl, pb, pr) = self.kernel, self.strides, self.pads
+        return (self.height + pt + pb - kh) // sh + 1, (self.width + pl + pr - kw) // sw + 1
+
+
+RELU = (0.0, math.inf)
+CASES = (
+    # 52 outputs / period 4 = 13 per class; output width 37 = 2 tiles + 5.
+    Case("direct_row_and_pixel_tails", 2, 8, 5, 37, 52, tuple(SQUARES_4OF9), shift=1, clip=RELU),
+    Case("direct_full_tiles_no_bias", 1, 4, 4, 32, 8, tuple(SQUARES_4OF9), bias=False),
+    # 7x7 output = 49 pixels spanning rows: gathered panels with a tail; 13 outputs over 4 classes.
+    Case("gathered_clip", 1, 6, 7, 7, 13, tuple(SQUARES_4OF9), shift=3, clip=(0.0, 1.5)),
+    Case("direct_stride2", 1, 8, 9, 34, 12, tuple(PAIRS_2OF9), shift=5, strides=(2, 2), clip=RELU),
+    Case("gathered_stride2_dense_support", 1, 4, 8, 8, 16, tuple(SQUARES_WITH_DENSE), strides=(2, 2), clip=RELU),
+    Case("residual_relu", 1, 8, 6, 18, 8, tuple(SQUARES_4OF9), shift=2, residual=True, clip=RELU),
+    Case("residual_gathered_no_bias", 1, 3, 5, 5, 7, tuple(SQUARES_4OF9), bias=False, residual=True),
+    Case("grouped", 1, 8, 6, 20, 28, tuple(SQUARES_4OF9), shift=1, group=2, clip=RELU),
+    Case("kernel5x5_asymmetric_pads", 1, 5, 9, 19, 9, (0x1F0F0F1, 0x0E8A8E, 0x1555555), shift=2, kernel=(5, 5),
+         pads=(2, 1, 0, 2)),
+    Case("weights_as_input", 1, 4, 6, 17, 6, tuple(SQUARES_4OF9), weights_as_input=True, clip=RELU),
+    # A first layer on a real 28x28 image: one output, so three of the four classes are empty.
+    Case("first_layer_fashion_mnist", 1, 1, 28, 28, 1, tuple(SQUARES_4OF9), shift=1, fashion_mnist=True),
+)
+
+
+def dense_weights(case: Case, packed: np.ndarray) -> np.ndarray:
+    """Wd[M, Cg, KH, KW] per docs/operator.md: kept positions take W in (o, i, p) order."""
+    kh, kw = case.kernel
+    cg = case.in_channels // case.group
+    dense = np.zeros((case.out_channels, cg, kh * kw), np.float32)
+    k = 0
+    for o in range(case.out_channels):
+        for i in range(cg):
+            mask = case.patterns[(o + i + case.shift) % len(case.patterns)]
+            for p in range(kh * kw):
+                if mask >> p & 1:
+                    dense[o, i, p] = packed[k]
+                    k += 1
+    assert k == len(packed)
+    return dense.reshape(case.out_channels, cg, kh, kw)
+
+
+def packed_length(case: Case) -> int:
+    cg = case.in_channels // case.group
+    return sum(bin(case.patterns[(o + i + case.shift) % len(case.patterns)]).count("1")
+               for o in range(case.out_channels) for i in range(cg))
+
+
+def fashion_mnist_image() -> np.ndarray:
+    with gzip.open(FASHION_MNIST) as f:
+        data = f.read(16 + 28 * 28)
+    return (np.frombuffer(data[16:], np.uint8).astype(np.float32) / 255.0).reshape(1, 1, 28, 28)
+
+
+def _parts(case: Case, rng: np.random.Generator):
+    """Inputs, constants and (for both models) the value infos of one case."""
+    x = fashion_mnist_image() if case.fashion_mnist else \
+        rng.random((case.batch, case.in_channels, case.height, case.width), dtype=np.float32)
+    w = (rng.standard_normal(packed_length(case)) * 0.5).astype(np.float32)
+    b = rng.standard_normal(case.out_channels).astype(np.float32)
+    oh, ow = case.output_hw
+    y_shape = [case.batch, case.out_channels, oh, ow]
+    feeds = {f"{case.name}_x": x}
+    if case.residual:
+        feeds[f"{case.name}_z"] = rng.standard_normal(y_shape).astype(np.float32)
+    if case.weights_as_input:
+        feeds[f"{case.name}_w"] = w
+    return feeds, w, b, y_shape
+
+
+def _info(name: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def _model(nodes, inputs, outputs, initializers, opsets) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "pi_coverage", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets], ir_version=10)
+    onnx.checker.check_model(model)
+    return model
+
+
+def build(rng: np.random.Generator) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, np.ndarray]]:
+    """(PSConv model, dense oracle model, feeds): one independent node per case."""
+    ps_nodes, ref_nodes, inputs, outputs, ps_init, ref_init, all_feeds = [], [], [], [], [], [], {}
+    weight_inputs = {f"{case.name}_w" for case in CASES if case.weights_as_input}
+    for case in CASES:
+        n = case.name
+        feeds, w, b, y_shape = _parts(case, rng)
+        all_feeds.update(feeds)
+        inputs += [_info(name, value.shape) for name, value in feeds.items()]
+        outputs.append(_info(f"{n}_y", y_shape))
+        w_name = f"{n}_w"
+        if not case.weights_as_input:
+            ps_init.append(numpy_helper.from_array(w, w_name))
+        if case.bias:
+            ps_init.append(numpy_helper.from_array(b, f"{n}_b"))
+            ref_init.append(numpy_helper.from_array(b, f"{n}_b"))
+        b_name = f"{n}_b" if case.bias else ""
+        geometry = dict(kernel_shape=list(case.kernel), strides=list(case.strides), pads=list(case.pads),
+                        dilations=[1, 1], group=case.group)
+        ps_inputs = [f"{n}_x", w_name, b_name] + ([f"{n}_z"] if case.residual else [])
+        ps_nodes.append(helper.make_node(
+            "PSConvAdd" if case.residual else "PSConv", ps_inputs, [f"{n}_y"], domain=DOMAIN, **geometry,
+            in_channels=case.in_channels, out_channels=case.out_channels, patterns=list(case.patterns),
+            shift=case.shift, clip_min=case.clip[0], clip_max=case.clip[1]))
+
+        # Oracle: Conv on the dense weights, then Add and Clip, all standard operators.
+        ref_init.append(numpy_helper.from_array(dense_weights(case, w), f"{n}_wd"))
+        ref_init += [numpy_helper.from_array(np.array(v, np.float32), f"{n}_{k}")
+                     for k, v in (("lo", case.clip[0]), ("hi", case.clip[1]))]
+        conv_inputs = [f"{n}_x", f"{n}_wd"] + ([b_name] if case.bias else [])
+        ref_nodes.append(helper.make_node("Conv", conv_inputs, [f"{n}_t"], **geometry))
+        pre_clip = f"{n}_t"
+        if case.residual:
+            ref_nodes.append(helper.make_node("Add", [f"{n}_t", f"{n}_z"], [f"{n}_s"]))
+            pre_clip = f"{n}_s"
+        ref_nodes.append(helper.make_node("Clip", [pre_clip, f"{n}_lo", f"{n}_hi"], [f"{n}_y"]))
+
+    ref_inputs = [i for i in inputs if i.name not in weight_inputs]
+    psconv = _model(ps_nodes, inputs, outputs, ps_init, [("", 17), (DOMAIN, 1)])
+    oracle = _model(ref_nodes, ref_inputs, outputs, ref_init, [("", 17)])
+    return psconv, oracle, all_feeds
