@@ -30,6 +30,10 @@ for f in "${sources[@]}"; do [ -f "$f" ] && existing+=("$f"); done
 key="$( (aarch64-linux-gnu-g++ --version | head -n1; for f in "${existing[@]}"; do printf '%s\0' "$f"; cat "$f"; done) \
   | sha256sum | cut -c1-16)"
 cache="$root/.cache/pi-wheel/$key"
+# Several test runs may share one checkout: one build at a time.
+mkdir -p "$root/.cache/pi-wheel"
+exec 9>"$root/.cache/pi-wheel/.lock"
+flock 9
 
 if ! compgen -G "$cache/*.whl" >/dev/null; then
   # A fixed staging folder keeps setup.py's CMake build folder (stage/build/) between runs, so

@@ -27,10 +27,14 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Several test runs may share one checkout: one setup at a time.
+mkdir -p "$emu"
+exec 9>"$emu/.lock"
+flock 9
+
 if [ ! -f "$emu/sysroot/.complete" ]; then
   echo "setup-pi-emulator: building the arm64 bookworm sysroot"
   rm -rf "$emu/sysroot"
-  mkdir -p "$emu"
   # --variant=extract only unpacks the listed packages and their dependencies: nothing is
   # configured, so no arm64 code runs and no binfmt is needed.
   as_root mmdebstrap --quiet --mode=root --arch=arm64 --variant=extract \
@@ -46,18 +50,21 @@ fi
 # crashes on it: each board gets the cpuinfo of the real one. A board folder holds links to
 # the sysroot's top-level entries plus its own proc/.
 write_board() {  # name, cpu part, cpu variant, revision, features, model, board revision
-  local board="$emu/$1" entry core
-  rm -rf "$board"
-  mkdir -p "$board/proc"
-  for entry in "$emu/sysroot"/*; do ln -s "../sysroot/$(basename "$entry")" "$board/"; done
-  {
+  local board="$emu/$1" entry core cpuinfo
+  cpuinfo="$(
     for core in 0 1 2 3; do
       printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: %s\n' "$core" "$5"
       printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: %s\n' "$3"
       printf 'CPU part\t: %s\nCPU revision\t: %s\n\n' "$2" "$4"
     done
     printf 'Revision\t: %s\nModel\t\t: %s\n' "$7" "$6"
-  } > "$board/proc/cpuinfo"
+  )"
+  # Left alone when up to date: a test may be running on it.
+  [ -f "$board/proc/cpuinfo" ] && [ "$(cat "$board/proc/cpuinfo")" = "$cpuinfo" ] && return
+  rm -rf "$board"
+  mkdir -p "$board/proc"
+  for entry in "$emu/sysroot"/*; do ln -s "../sysroot/$(basename "$entry")" "$board/"; done
+  printf '%s\n' "$cpuinfo" > "$board/proc/cpuinfo"
 }
 # Pi 4: Cortex-A72 (ARMv8.0-A). Pi 5: Cortex-A76 (ARMv8.2-A: fp16 arithmetic, dot product).
 write_board pi4 0xd08 0x0 3 'fp asimd evtstrm crc32 cpuid' 'Raspberry Pi 4 Model B Rev 1.4' c03114
