@@ -1,49 +1,52 @@
-// AVX2+FMA microkernel: 6 rows x 16 pixels in 12 ymm accumulators. Compiled with
-// -mavx2 -mfma for this file only and chosen at run time (see dispatch.cc).
+// AVX2+FMA microkernel: up to 6 rows x 16 pixels in 12 ymm accumulators. Compiled with
+// -mavx2 -mfma for this file only and chosen at run time (see dispatch.cc). The row count
+// is a template parameter so a class's last, partial panel computes no padding rows.
+// Accumulators are named variables, not an array: GCC then keeps them in registers.
 #include <immintrin.h>
 
 #include "ukernel.h"
 
 namespace pscompress {
+namespace {
 
-void ukernel_avx2_fma(const UkernelArgs& args) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+template <size_t R>
+void tile(const UkernelArgs& args) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   const float* a = args.a;
-  for (size_t k = 0; k < args.k; ++k, a += kMR) {
-    const float* b = args.b_base + args.b_offsets[k];
+  const float* const b_base = args.b_base;
+  const int64_t* const offsets = args.b_offsets;
+  const size_t k_end = args.k;
+  for (size_t k = 0; k < k_end; ++k, a += kMR) {
+    const float* b = b_base + offsets[k];
     const __m256 b0 = _mm256_loadu_ps(b);
     const __m256 b1 = _mm256_loadu_ps(b + 8);
-    __m256 w = _mm256_broadcast_ss(a + 0);
-    c00 = _mm256_fmadd_ps(w, b0, c00); c01 = _mm256_fmadd_ps(w, b1, c01);
-    w = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(w, b0, c10); c11 = _mm256_fmadd_ps(w, b1, c11);
-    w = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(w, b0, c20); c21 = _mm256_fmadd_ps(w, b1, c21);
-    w = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(w, b0, c30); c31 = _mm256_fmadd_ps(w, b1, c31);
-    w = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(w, b0, c40); c41 = _mm256_fmadd_ps(w, b1, c41);
-    w = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(w, b0, c50); c51 = _mm256_fmadd_ps(w, b1, c51);
-  }
-  const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
-                              {c30, c31}, {c40, c41}, {c50, c51}};
-  if (args.m != kMR || args.n != kNR) {
-    float tile[kMR][kNR];
-    for (size_t m = 0; m < kMR; ++m) {
-      _mm256_storeu_ps(tile[m], acc[m][0]);
-      _mm256_storeu_ps(tile[m] + 8, acc[m][1]);
+#define PSC_ROW(m, lo, hi)                         \
+    if constexpr (R > m) {                         \
+      const __m256 w = _mm256_broadcast_ss(a + m); \
+      lo = _mm256_fmadd_ps(w, b0, lo);             \
+      hi = _mm256_fmadd_ps(w, b1, hi);             \
     }
-    store_tile(tile, args);
+    PSC_ROW(0, c00, c01)
+    PSC_ROW(1, c10, c11)
+    PSC_ROW(2, c20, c21)
+    PSC_ROW(3, c30, c31)
+    PSC_ROW(4, c40, c41)
+    PSC_ROW(5, c50, c51)
+#undef PSC_ROW
+  }
+  const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  if (args.n != kNR) {
+    float partial[kMR][kNR];
+    for (size_t m = 0; m < R; ++m) {
+      _mm256_storeu_ps(partial[m], acc[m][0]);
+      _mm256_storeu_ps(partial[m] + 8, acc[m][1]);
+    }
+    store_tile(partial, args);
     return;
   }
   const __m256 lo = _mm256_set1_ps(args.lo), hi = _mm256_set1_ps(args.hi);
-  for (size_t m = 0; m < kMR; ++m) {
+  for (size_t m = 0; m < R; ++m) {
     const __m256 bias = _mm256_set1_ps(args.bias ? args.bias[m * args.bias_stride] : 0.0f);
     __m256 v0 = _mm256_add_ps(acc[m][0], bias), v1 = _mm256_add_ps(acc[m][1], bias);
     float* y = args.y + m * args.y_row_stride;
@@ -54,6 +57,19 @@ void ukernel_avx2_fma(const UkernelArgs& args) {
     }
     _mm256_storeu_ps(y, _mm256_min_ps(_mm256_max_ps(v0, lo), hi));
     _mm256_storeu_ps(y + 8, _mm256_min_ps(_mm256_max_ps(v1, lo), hi));
+  }
+}
+
+}  // namespace
+
+void ukernel_avx2_fma(const UkernelArgs& args) {
+  switch (args.m) {
+    case 1: return tile<1>(args);
+    case 2: return tile<2>(args);
+    case 3: return tile<3>(args);
+    case 4: return tile<4>(args);
+    case 5: return tile<5>(args);
+    default: return tile<6>(args);
   }
 }
 
