@@ -14,8 +14,8 @@ RUNNER = Path(__file__).resolve().parent / "pi_runner.py"
 BOARDS = ("pi4", "pi5")
 
 
-def _run(cmd: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
@@ -43,7 +43,6 @@ def run_job(board: str, site: Path, job: dict[str, Any], workdir: Path) -> dict[
     job_file = workdir / f"job-{board}.json"
     result_file = workdir / f"result-{board}.json"
     job_file.write_text(json.dumps({**job, "result": str(result_file)}))
-    # Run from workdir: the checkout's pscompress/ must not shadow the installed wheel.
     _run([str(SCRIPTS / "pi-python"), "--board", board, "--site", str(site), str(RUNNER), str(job_file)],
-         timeout=600, cwd=workdir)
+         timeout=600)
     return json.loads(result_file.read_text())

@@ -7,7 +7,7 @@ Paths covered, chosen so that they stay covered for any tile size of 4, 8, 12 or
 and 4, 6 or 8 output rows: tiles read straight from the image (wide outputs) and gathered
 panels (outputs narrower than a tile); pixel tails (widths and row-spanning sizes that are not
 multiples of the tile); row tails (outputs per residue class 1, 2, 7 and 13); residue classes
-with no output; strides 1 and 2 (column phases); asymmetric pads; a 5x5 kernel; groups;
+with no output; strides 1 and 2 (column phases); long reductions as in the benchmark's layers; asymmetric pads; a 5x5 kernel; groups;
 bias or none; no activation, Relu, Clip and the residual of PSConvAdd; periods 3, 4 and 8
 with a dense support; weights that are a graph input (packed on every run) or a constant
 (prepacked once).
@@ -66,12 +66,16 @@ CASES = (
     Case("gathered_clip", 1, 6, 7, 7, 13, tuple(SQUARES_4OF9), shift=3, clip=(0.0, 1.5)),
     Case("direct_stride2", 1, 8, 9, 34, 12, tuple(PAIRS_2OF9), shift=5, strides=(2, 2), clip=RELU),
     Case("gathered_stride2_dense_support", 1, 4, 8, 8, 16, tuple(SQUARES_WITH_DENSE), strides=(2, 2), clip=RELU),
-    Case("residual_relu", 1, 8, 6, 18, 8, tuple(SQUARES_4OF9), shift=2, residual=True, clip=RELU),
+    Case("residual_relu", 1, 8, 6, 16, 8, tuple(SQUARES_4OF9), shift=2, residual=True, clip=RELU),
     Case("residual_gathered_no_bias", 1, 3, 5, 5, 7, tuple(SQUARES_4OF9), bias=False, residual=True),
     Case("grouped", 1, 8, 6, 20, 28, tuple(SQUARES_4OF9), shift=1, group=2, clip=RELU),
     Case("kernel5x5_asymmetric_pads", 1, 5, 9, 19, 9, (0x1F0F0F1, 0x0E8A8E, 0x1555555), shift=2, kernel=(5, 5),
          pads=(2, 1, 0, 2)),
     Case("weights_as_input", 1, 4, 6, 17, 6, tuple(SQUARES_4OF9), weights_as_input=True, clip=RELU),
+    # ResNet-18-CIFAR-like layers as benchmarks/kernel_speed.py runs them, with fewer channels:
+    # long reductions (k = 256 and 64), rows per class 16 = 6 + 6 + 4 and 8 = 6 + 2.
+    Case("resnet_like_4of9", 2, 64, 8, 8, 64, tuple(SQUARES_4OF9), clip=RELU),
+    Case("resnet_like_downsample_2of9", 1, 32, 16, 16, 64, tuple(PAIRS_2OF9), strides=(2, 2), clip=RELU),
     # A first layer on a real 28x28 image: one output, so three of the four classes are empty.
     Case("first_layer_fashion_mnist", 1, 1, 28, 28, 1, tuple(SQUARES_4OF9), shift=1, fashion_mnist=True),
 )
