@@ -43,6 +43,18 @@ const int64_t* panel_offsets(size_t k) {
   return offsets.data();
 }
 
+// A residue class's outputs split into ceil(count / kMR) panels of near-equal height, so no
+// panel is left with one or two rows (which would run the microkernel at a fraction of speed).
+struct Panels {
+  size_t count, panels, base, big;  // the first `big` panels hold base + 1 rows, the rest base
+  explicit Panels(size_t n) : count(n), panels(ceil_div(n, kMR)), base(n / panels), big(n % panels) {}
+  size_t start(size_t p) const { return p * base + std::min(p, big); }
+  size_t rows(size_t p) const { return base + (p < big ? 1 : 0); }
+  size_t panel_of(size_t j) const {
+    return j < big * (base + 1) ? j / (base + 1) : big + (j - big * (base + 1)) / base;
+  }
+};
+
 }  // namespace
 
 PSConv::PSConv(const Attributes& a) {
@@ -114,8 +126,10 @@ void PSConv::pack_weights(const float* w, std::vector<float>& a) const {
   size_t start = 0;  // W offset of output o's first weight
   for (size_t o = 0; o < m_; ++o) {
     const size_t g = o / mg_, r = (o + shift_) % p_, k = classes_[r].k;
-    const size_t j = (o - class_first_output(g, r)) / p_;
-    float* dst = a.data() + g * group_a_len_ + classes_[r].a_offset + (j / kMR) * kMR * k + j % kMR;
+    const size_t first = class_first_output(g, r);
+    const Panels panels(((g + 1) * mg_ - first + p_ - 1) / p_);
+    const size_t j = (o - first) / p_, panel = panels.panel_of(j);
+    float* dst = a.data() + g * group_a_len_ + classes_[r].a_offset + panel * kMR * k + (j - panels.start(panel));
     for (size_t t = 0; t < k; ++t) dst[t * kMR] = w[start + t];
     start += k;
   }
@@ -192,9 +206,12 @@ void fill_phases(void* p, size_t task) {
       std::memcpy(row + ctx.pl, src, ctx.w * sizeof(float));
       continue;
     }
-    for (size_t iw = 0; iw < ctx.w; ++iw) {
-      const size_t col = iw + ctx.pl;
-      row[(col % ctx.sw) * phase_stride + col / ctx.sw] = src[iw];
+    for (size_t ph = 0; ph < ctx.sw; ++ph) {  // padded column col = idx * sw + ph
+      float* dst = row + ph * phase_stride;
+      for (size_t idx = 0; idx < ctx.wph; ++idx) {
+        const size_t col = idx * ctx.sw + ph;
+        if (col >= ctx.pl && col - ctx.pl < ctx.w) dst[idx] = src[col - ctx.pl];
+      }
     }
   }
 }
@@ -209,7 +226,7 @@ void compute_tile(void* p, size_t task) {
   const size_t first = ctx.first_output(ctx.self, g, r);
   const size_t group_end = (g + 1) * ctx.mg;
   if (first >= group_end) return;
-  const size_t count = (group_end - first + ctx.p - 1) / ctx.p;
+  const Panels panels((group_end - first + ctx.p - 1) / ctx.p);
   const size_t k = (*ctx.class_k)[r];
   const int64_t* rel = (*ctx.rel)[r].data();
   const float* group_image = ctx.xph + n * ctx.image + g * ctx.cg * ctx.plane;
@@ -250,11 +267,11 @@ void compute_tile(void* p, size_t task) {
   args.y_row_stride = ctx.p * ctx.ohw;
   args.bias_stride = ctx.p;
   const float* a = ctx.a + g * ctx.group_a_len + (*ctx.class_a)[r];
-  for (size_t j0 = 0; j0 < count; j0 += kMR, a += kMR * k) {
-    const size_t o = first + j0 * ctx.p;
+  for (size_t panel = 0; panel < panels.panels; ++panel, a += kMR * k) {
+    const size_t o = first + panels.start(panel) * ctx.p;
     const size_t y_index = (n * ctx.m + o) * ctx.ohw + y_offset;
     args.a = a;
-    args.m = std::min(kMR, count - j0);
+    args.m = panels.rows(panel);
     args.y = ctx.y + y_index;
     args.bias = ctx.bias ? ctx.bias + o : nullptr;
     args.z = ctx.z ? ctx.z + y_index : nullptr;
