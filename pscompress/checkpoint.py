@@ -48,7 +48,9 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: b
     """Load a pscompress checkpoint, a state dict (with ``arch``), or, if trusted, a pickled module."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"cannot read {path}: no such file")
+        raise UserError(f"cannot read {path}: {'it is a directory' if path.is_dir() else 'no such file'}")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"cannot read {path}: permission denied")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
@@ -95,8 +97,9 @@ def _is_extra(value: Any) -> bool:
 
 
 def _is_torch_file(path: Path) -> bool:
-    if zipfile.is_zipfile(path):
-        return True
+    if zipfile.is_zipfile(path):  # torch.save's zip archives hold <name>/data.pkl
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
     with open(path, "rb") as f:
         return f.read(2) == b"\x80\x02"  # legacy (non-zip) torch.save starts with a protocol-2 pickle
 

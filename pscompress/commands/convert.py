@@ -7,7 +7,7 @@ import click
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--pattern", default="4of9", show_default=True, metavar="SPEC",
               help="A family kof9 (k = 1..9 kept positions of 3x3) or explicit supports such as "
                    "'0,1,3,4/4,5,7,8' (positions row-major, 0 = top-left). See docs/patterns.md.")

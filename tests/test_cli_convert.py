@@ -1,0 +1,125 @@
+"""`pscompress convert` through the real entry point: outputs on success, one-line errors otherwise."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+from pscompress import cli
+from pscompress.archs import build
+from pscompress.checkpoint import LoadedModel, load_model, psconv_layers, save_checkpoint
+
+
+def _run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """pscompress.cli.main as the console script runs it; returns (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["pscompress", "convert", *args])
+    try:
+        cli.main()
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = build("resnet20", in_channels=1)
+    save_checkpoint(LoadedModel(model, "resnet20", {"in_channels": 1, "num_classes": 10}, {"classes": list("0123456789")}),
+                    folder / "r20.pt")
+    torch.save(model.state_dict(), folder / "state.pt")
+    torch.save(model, folder / "pickled.pt")
+    (folder / "notes.pt").write_text("not a model")
+    with zipfile.ZipFile(folder / "archive.pt", "w") as archive:
+        archive.writestr("hello.txt", "a zip, but not a torch file")
+    torch.save({"weights": [1, 2, 3]}, folder / "list.pt")
+    only_1x1 = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 1), torch.nn.Flatten())
+    torch.save(only_1x1, folder / "only_1x1.pt")
+    return folder
+
+
+def test_convert_writes_checkpoint_report_and_table(models, tmp_path, monkeypatch, capsys):
+    out, report = tmp_path / "converted.pt", tmp_path / "report.json"
+    status, stdout, stderr = _run(monkeypatch, capsys, str(models / "r20.pt"), "--pattern", "2of9", "--dense-kernel",
+                                  "-o", str(out), "--report-json", str(report))
+    assert status == 0, stderr
+    loaded = load_model(out)
+    layers = psconv_layers(loaded.module)
+    assert len(layers) == 18 and all(layer.pattern.period == 9 for layer in layers.values())
+    assert loaded.meta["classes"] == list("0123456789")  # what was there is kept
+    assert loaded.meta["pattern"] == "2of9" and loaded.meta["input_shape"] == [1, 28, 28]
+    data = json.loads(report.read_text())
+    assert data["total"] == {k: v for k, v in loaded.meta["conversion"].items() if k in data["total"]}
+    assert len(data["layers"]) == 22 and data["total"]["converted_layers"] == 18
+    assert "layers.0.conv1" in stdout and "total" in stdout and f"wrote {out}" in stdout
+
+
+def test_default_output_and_state_dict_with_arch(models, tmp_path, monkeypatch, capsys):
+    source = tmp_path / "plain.pt"
+    source.write_bytes((models / "state.pt").read_bytes())
+    status, _, stderr = _run(monkeypatch, capsys, str(source), "--arch", "resnet20", "--no-align",
+                             "--exclude", "layers.8.*")
+    assert status == 0, stderr
+    loaded = load_model(tmp_path / "plain-psconv.pt")
+    assert loaded.arch == "resnet20" and len(psconv_layers(loaded.module)) == 16
+    assert all(layer.shift == 0 for layer in psconv_layers(loaded.module).values())
+
+
+def test_trusted_pickle_converts(models, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "from_pickle.pt"
+    status, _, stderr = _run(monkeypatch, capsys, str(models / "pickled.pt"), "--trust-pickle", "-o", str(out))
+    assert status == 0, stderr
+    assert len(psconv_layers(load_model(out, trust_pickle=True).module)) == 18
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{m}/missing.pt"], "no such file"),
+        (["{m}"], "is a directory"),
+        (["{m}/notes.pt"], "not a PyTorch model file"),
+        (["{m}/archive.pt"], "not a PyTorch model file"),
+        (["{m}/list.pt"], "holds no model"),
+        (["{m}/pickled.pt"], "--trust-pickle"),
+        (["{m}/r20.pt", "--pattern", "4of10"], "3x3"),
+        (["{m}/r20.pt", "--pattern", "0of9"], "not a pattern family"),
+        (["{m}/r20.pt", "--pattern", "10of9"], "not a pattern family"),
+        (["{m}/r20.pt", "--pattern", ""], "bad pattern"),
+        (["{m}/r20.pt", "--pattern", "0,1,3,4/4,5,7,9"], "outside a 3x3 kernel"),
+        (["{m}/r20.pt", "--pattern", "0,1,3,4//4,5,7,8"], "empty support"),
+        (["{m}/r20.pt", "--period", "2"], "period 2"),
+        (["{m}/r20.pt", "--input-shape", "3,32"], "bad input shape"),
+        (["{m}/r20.pt", "--input-shape", "3,32,32"], "does not run on a 3x32x32 input"),
+        (["{m}/r20.pt", "--include", "nothing.*"], "matches no convolution"),
+        (["{m}/only_1x1.pt", "--trust-pickle"], "no convolution to convert"),
+        (["{m}/state.pt"], "--arch"),
+        (["{m}/state.pt", "--arch", "resnet99"], "unknown architecture"),
+        (["{m}/state.pt", "--arch", "resnet18"], "does not match the architecture"),
+        (["{m}/r20.pt", "--report-json", "{m}/no/such/dir/r.json"], "does not exist"),
+    ],
+)
+def test_mistakes_exit_2_with_one_line_and_no_output(models, tmp_path, monkeypatch, capsys, args, message):
+    out = tmp_path / "out.pt"
+    args = [a.format(m=models) for a in args]
+    status, stdout, stderr = _run(monkeypatch, capsys, *args, "-o", str(out))
+    assert status == 2
+    assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
+    assert message in stderr
+    assert "Traceback" not in stderr + stdout
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary file left behind
+
+
+def test_console_script_end_to_end(models, tmp_path):
+    """The installed entry point, in a fresh process."""
+    out = tmp_path / "c.pt"
+    result = subprocess.run([sys.executable, "-c", "from pscompress.cli import main; main()", "convert",
+                             str(models / "r20.pt"), "--pattern", "0,1,3,4/1,2,4,5/3,4,6,7/4,5,7,8", "-o", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(psconv_layers(load_model(out).module)) == 18

@@ -1,0 +1,149 @@
+"""sparsify(): which layers convert, how they are placed, and what the report says."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pscompress.align import align
+from pscompress.archs import build
+from pscompress.convert import sparsify
+from pscompress.errors import UserError
+from pscompress.layers import PSConv2d
+from pscompress.patterns import PatternSet, parse_pattern
+from pscompress.report import measure
+
+
+def _small_net(in_channels: int = 1) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(12, 12, 1),
+        nn.Conv2d(12, 16, 3, padding=1, groups=4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+
+
+def test_resnet20_converts_every_3x3_but_the_stem_in_place():
+    torch.manual_seed(0)
+    model = build("resnet20", in_channels=1)
+    original = copy.deepcopy(model)
+    report = sparsify(model, "4of9")
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert not isinstance(convs["conv1"], PSConv2d)
+    for name, conv in convs.items():
+        expected = conv.kernel_size == (3, 3) and name != "conv1"
+        assert isinstance(conv, PSConv2d) == expected, name
+    assert {layer.name for layer in report.converted} == {n for n, c in convs.items() if isinstance(c, PSConv2d)}
+    # each converted layer keeps its original weights inside its mask, and the energy it reports
+    for layer in report.converted:
+        before = original.get_submodule(layer.name).weight.detach()
+        after = model.get_submodule(layer.name)
+        assert torch.equal(after.weight.detach(), before * after.mask)
+        energy = float((before * after.mask).double().square().sum() / before.double().square().sum())
+        assert layer.retained_energy == pytest.approx(energy, rel=1e-9)
+        assert layer.method == "aligned" and layer.pattern == after.pattern.describe()
+
+
+def test_report_counts_parameters_and_macs_from_shapes():
+    torch.manual_seed(1)
+    model = _small_net()
+    report = sparsify(model, "2of9", input_shape=(1, 28, 28))
+    rows = {layer.name: layer for layer in report.layers}
+    # 28x28 -> stem 28x28 -> stride 2: 14x14 for the rest
+    assert rows["0"].macs == rows["0"].macs_dense == 8 * 1 * 9 * 28 * 28
+    assert rows["2"].macs_dense == 12 * 8 * 9 * 14 * 14 and rows["2"].macs == 12 * 8 * 2 * 14 * 14
+    assert rows["4"].macs == 12 * 12 * 14 * 14
+    assert rows["5"].macs_dense == 16 * 3 * 9 * 14 * 14 and rows["5"].macs == 16 * 3 * 2 * 14 * 14
+    assert rows["9"].macs == 16 * 10
+    assert rows["2"].params == 12 * 8 * 9 + 12 and rows["2"].nonzero == 12 * 8 * 2 + 12
+    assert report.params == sum(p.numel() for p in model.parameters())
+    assert report.nonzero == report.params - sum(int((~m.mask).sum()) for m in model.modules() if isinstance(m, PSConv2d))
+    data = json.loads(report.to_json())
+    assert data["total"]["macs"] == report.macs and data["total"]["macs_dense"] == report.macs_dense
+    assert [row["name"] for row in data["layers"]] == ["0", "2", "4", "5", "9"]
+    table = report.format_table()
+    assert "total" in table and "aligned" in table and f"{report.macs:,}" in table
+    assert measure(model, (1, 28, 28)).macs == report.macs  # the same numbers for any model
+
+
+def test_a_layer_that_is_already_periodic_is_recognised_exactly():
+    torch.manual_seed(2)
+    model = _small_net()
+    planted = PatternSet.from_bitmasks((3, 3), [0b000011011, 0b110110000, 0b111111111, 0b010111010, 0b000111000])
+    mask = torch.from_numpy(planted.mask(12, 8, 3))
+    with torch.no_grad():
+        model[2].weight.mul_(mask)
+    report = sparsify(model, "4of9")
+    layer = {row.name: row for row in report.layers}["2"]
+    assert layer.method == "recognised" and layer.retained_energy == 1.0
+    assert torch.equal(model[2].mask, mask)
+    assert {row.name: row for row in report.layers}["5"].method == "aligned"
+
+
+def test_include_exclude_and_no_align():
+    model = _small_net()
+    report = sparsify(model, "4of9", include=["0"], exclude=["5"], align=False)
+    assert [layer.name for layer in report.converted] == ["0", "2"]
+    assert all(layer.method == "default" and layer.shift == 0 for layer in report.converted)
+    assert model[0].pattern == parse_pattern("4of9") and not isinstance(model[5], PSConv2d)
+
+    model = _small_net()
+    sparsify(model, "4of9", exclude=["*"], include=["5"])  # include wins over exclude
+    assert [isinstance(model[i], PSConv2d) for i in (0, 2, 5)] == [False, False, True]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"include": ["nope*"]}, "matches no convolution"),
+        ({"exclude": ["2", "5"]}, "no convolution to convert"),
+        ({"pattern": "4of9", "period": 2}, "period 2"),
+        ({"pattern": parse_pattern("4of9"), "dense_kernel": True}, "PatternSet"),
+        ({"input_shape": (3, 28, 28)}, "does not run on a 3x28x28 input"),
+    ],
+)
+def test_mistakes_are_user_errors_and_leave_the_model_alone(kwargs, message):
+    model = _small_net()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(UserError, match=message):
+        sparsify(model, **kwargs)
+    assert not any(isinstance(m, PSConv2d) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_dummy_forward_leaves_training_state_and_statistics_alone():
+    model = build("resnet20", in_channels=1).train()
+    stats = copy.deepcopy([m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
+    sparsify(model, "4of9")
+    assert model.training
+    after = [m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(stats, after))
+
+
+def test_alignment_keeps_more_energy_than_the_default_on_a_trained_layer():
+    """A model trained briefly on Fashion-MNIST: alignment is never worse, per layer."""
+    from pscompress.data import load_dataset
+
+    torch.manual_seed(3)
+    train = load_dataset("fashion-mnist", "train").subset(1024)
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y).long()
+    model = _small_net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for start in range(0, len(x), 128):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x[start:start + 128]), y[start:start + 128]).backward()
+        optimizer.step()
+    aligned, default = copy.deepcopy(model), copy.deepcopy(model)
+    by_align = {r.name: r.retained_energy for r in sparsify(aligned, "4of9").converted}
+    by_default = {r.name: r.retained_energy for r in sparsify(default, "4of9", align=False).converted}
+    assert by_align.keys() == by_default.keys() == {"2", "5"}
+    for name in by_align:
+        assert by_align[name] >= by_default[name] - 1e-12
+        weight = model.get_submodule(name).weight.detach().numpy()
+        assert by_align[name] == pytest.approx(align(weight, parse_pattern("4of9")).retained_energy)
+
