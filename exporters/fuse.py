@@ -1,0 +1,204 @@
+"""Rewriting a (batch-norm folded) model so each PSConv2d becomes one PSConv operator call.
+
+A PSConv2d, the residual ``+`` that follows it and the ReLU after that become one
+``FusedPSConv`` module, which calls the torch custom op ``pscompress::psconv`` (or
+``pscompress::psconv_add``). The ONNX exporter translates those ops to the ``ai.pscompress``
+operators; run in PyTorch they compute exactly what the unfused layers did.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from pscompress.errors import UserError
+from pscompress.layers import PSConv2d
+from pscompress.patterns import PatternSet
+
+
+def _dense(w: torch.Tensor, kernel_shape: list[int], in_per_group: int, out_channels: int,
+           patterns: list[int], shift: int) -> torch.Tensor:
+    mask = PatternSet.from_bitmasks(kernel_shape, patterns).mask(out_channels, in_per_group, shift)
+    dense = w.new_zeros(mask.size)
+    dense[torch.from_numpy(mask.reshape(-1))] = w
+    return dense.reshape(mask.shape)
+
+
+def _out_shape(x: torch.Tensor, kernel_shape, strides, pads, dilations, out_channels) -> list:
+    spatial = [
+        (x.shape[2 + d] + pads[d] + pads[d + 2] - dilations[d] * (kernel_shape[d] - 1) - 1) // strides[d] + 1
+        for d in range(2)
+    ]
+    return [x.shape[0], out_channels, *spatial]
+
+
+@torch.library.custom_op("pscompress::psconv", mutates_args=())
+def psconv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, kernel_shape: list[int], strides: list[int],
+           pads: list[int], dilations: list[int], group: int, in_channels: int, out_channels: int,
+           patterns: list[int], shift: int, clip_min: float, clip_max: float) -> torch.Tensor:
+    """The operator's semantics (docs/operator.md) with F.conv2d on the rebuilt dense kernel."""
+    dense = _dense(w, kernel_shape, in_channels // group, out_channels, patterns, shift)
+    padded = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+    return F.conv2d(padded, dense, b, strides, 0, dilations, group).clamp(clip_min, clip_max)
+
+
+@torch.library.custom_op("pscompress::psconv_add", mutates_args=())
+def psconv_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, z: torch.Tensor, kernel_shape: list[int],
+               strides: list[int], pads: list[int], dilations: list[int], group: int, in_channels: int,
+               out_channels: int, patterns: list[int], shift: int, clip_min: float, clip_max: float) -> torch.Tensor:
+    dense = _dense(w, kernel_shape, in_channels // group, out_channels, patterns, shift)
+    padded = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+    return (F.conv2d(padded, dense, b, strides, 0, dilations, group) + z).clamp(clip_min, clip_max)
+
+
+@psconv.register_fake
+def _psconv_fake(x, w, b, kernel_shape, strides, pads, dilations, group, in_channels, out_channels,
+                 patterns, shift, clip_min, clip_max):
+    return x.new_empty(_out_shape(x, kernel_shape, strides, pads, dilations, out_channels))
+
+
+@psconv_add.register_fake
+def _psconv_add_fake(x, w, b, z, kernel_shape, strides, pads, dilations, group, in_channels, out_channels,
+                     patterns, shift, clip_min, clip_max):
+    return x.new_empty(_out_shape(x, kernel_shape, strides, pads, dilations, out_channels))
+
+
+class FusedPSConv(nn.Module):
+    """PSConv2d [+ residual] [+ ReLU/ReLU6] as one operator call, holding only the packed weights."""
+
+    def __init__(self, conv: PSConv2d, residual: bool, clip: tuple[float, float]) -> None:
+        super().__init__()
+        self.packed = nn.Parameter(conv.packed_weight().clone(), requires_grad=False)
+        # Always a bias (zeros when the conv had none): PSConvAdd then never needs an empty input.
+        bias = conv.bias.detach().clone() if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+        self.residual = residual
+        self.attributes = operator_attributes(conv, clip)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attributes
+        args = (a["kernel_shape"], a["strides"], a["pads"], a["dilations"], a["group"], a["in_channels"],
+                a["out_channels"], a["patterns"], a["shift"], a["clip_min"], a["clip_max"])
+        if self.residual:
+            return torch.ops.pscompress.psconv_add(x, self.packed, self.bias, z, *args)
+        return torch.ops.pscompress.psconv(x, self.packed, self.bias, *args)
+
+
+def operator_attributes(conv: PSConv2d, clip: tuple[float, float] = (-math.inf, math.inf)) -> dict:
+    """The operator's attributes for a PSConv2d, every one explicit (docs/operator.md)."""
+    return {
+        "kernel_shape": list(conv.kernel_size), "strides": list(conv.stride), "pads": _pads(conv),
+        "dilations": list(conv.dilation), "group": conv.groups, "in_channels": conv.in_channels,
+        "out_channels": conv.out_channels, "patterns": conv.pattern.bitmasks, "shift": conv.shift,
+        "clip_min": float(clip[0]), "clip_max": float(clip[1]),
+    }
+
+
+def _pads(conv: nn.Conv2d) -> list[int]:
+    if conv.padding == "valid":
+        return [0, 0, 0, 0]
+    if conv.padding == "same":
+        # Same as PyTorch: the extra pixel of an odd total goes to the bottom/right.
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        return [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
+    return [conv.padding[0], conv.padding[1], conv.padding[0], conv.padding[1]]
+
+
+_ADDS = {operator.add, torch.add}
+_RELUS = {F.relu, torch.relu}
+
+
+def fuse_psconv(gm: fx.GraphModule, example: torch.Tensor) -> int:
+    """Replace every PSConv2d (+ residual add) (+ ReLU/ReLU6) of ``gm`` by a FusedPSConv. In place.
+
+    ``example`` (an input batch) gives the shapes that decide whether an add is a residual of
+    the conv's own output shape. Returns the number of PSConv2d layers replaced.
+    """
+    ShapeProp(gm).propagate(example)
+    modules = dict(gm.named_modules())
+    count = 0
+    for node in list(gm.graph.nodes):
+        conv = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(conv, PSConv2d):
+            continue
+        check_supported(node.target, conv)
+        chain, residual = [node], None
+        add = _single_user(node)
+        if add is not None and _is_residual_add(add, node):
+            residual = add.args[1] if add.args[0] is node else add.args[0]
+            chain.append(add)
+        act = _single_user(chain[-1])
+        clip = _clip_of(act, modules) if act is not None else None
+        if clip is not None:
+            chain.append(act)
+        name = node.target.replace(".", "_") + "_fused"
+        gm.add_submodule(name, FusedPSConv(conv, residual is not None, clip or (-math.inf, math.inf)))
+        with gm.graph.inserting_before(chain[-1]):
+            args = (node.args[0],) if residual is None else (node.args[0], residual)
+            fused = gm.graph.call_module(name, args)
+        fused.meta = dict(chain[-1].meta)  # its shape lets a later conv recognise it as a residual
+        chain[-1].replace_all_uses_with(fused)
+        for dead in reversed(chain):
+            gm.graph.erase_node(dead)
+        count += 1
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return count
+
+
+def check_supported(name: str, conv: PSConv2d) -> None:
+    if conv.padding_mode != "zeros":
+        raise UserError(f"layer {name}: padding_mode={conv.padding_mode!r} is not supported by the PSConv operator (only zeros)")
+    if conv.weight.dtype != torch.float32:
+        raise UserError(f"layer {name}: weights are {conv.weight.dtype}, the PSConv operator takes float32")
+
+
+def _single_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _is_residual_add(add: fx.Node, conv_node: fx.Node) -> bool:
+    is_add = (add.op == "call_function" and add.target in _ADDS) or (add.op == "call_method" and add.target == "add")
+    if not is_add or len(add.args) != 2 or add.kwargs:
+        return False
+    other = add.args[1] if add.args[0] is conv_node else add.args[0]
+    if not isinstance(other, fx.Node) or other is conv_node:
+        return False
+    mine, theirs = conv_node.meta.get("tensor_meta"), other.meta.get("tensor_meta")
+    return mine is not None and theirs is not None and tuple(theirs.shape) == tuple(mine.shape) \
+        and theirs.dtype == torch.float32
+
+
+def _clip_of(node: fx.Node, modules: dict) -> tuple[float, float] | None:
+    """The (min, max) an activation node clips to, or None when it is not a plain clip."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if type(m) is nn.ReLU:
+            return (0.0, math.inf)
+        if type(m) is nn.ReLU6:
+            return (0.0, 6.0)
+        return None
+    if node.op == "call_function" and node.target in _RELUS and len(node.args) == 1:
+        return (0.0, math.inf)
+    if node.op == "call_method" and node.target == "relu" and len(node.args) == 1:
+        return (0.0, math.inf)
+    return None
+
+
+def densify(gm: fx.GraphModule) -> None:
+    """Replace every PSConv2d of ``gm`` by a plain nn.Conv2d with its masked weights (the dense baseline). In place."""
+    for name, conv in list(gm.named_modules()):
+        if isinstance(conv, PSConv2d):
+            check_supported(name, conv)
+            plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, conv.bias is not None)
+            with torch.no_grad():
+                plain.weight.copy_(conv.masked_weight())
+                if conv.bias is not None:
+                    plain.bias.copy_(conv.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, child, plain)

@@ -1,0 +1,230 @@
+"""ONNX export: batch norm folded, PSConv2d layers as packed ``ai.pscompress`` operators.
+
+Pipeline: fold batch norm (exporters.fold) -> fuse each PSConv2d with its residual add and
+ReLU into one custom-op call (exporters.fuse) -> torch.onnx.export (dynamo) with an
+onnxscript translation of the custom ops -> add the portable fallback functions, pin the IR
+version and opsets onnxruntime loads, write metadata -> verify against PyTorch -> write
+atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import pscompress
+from pscompress.checkpoint import LoadedModel, psconv_layers
+from pscompress.errors import UserError
+from pscompress.exporters import psconv_onnx
+from pscompress.exporters.fold import fold_batchnorm
+from pscompress.exporters.fuse import densify, fuse_psconv
+from pscompress.files import atomic_output
+from pscompress.patterns import PatternSet, parse_pattern
+
+# IR 8 is the oldest that carries opset 18 and model-local functions; onnx 1.23 would write 14,
+# which onnxruntime 1.31 refuses.
+IR_VERSION = 8
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# Export fails when onnxruntime's output differs from PyTorch's by more than this (relative).
+VERIFY_TOLERANCE = 1e-4
+
+log = logging.getLogger(__name__)
+
+
+def export_onnx(loaded: LoadedModel, path: str | os.PathLike, *, dense: bool = False,
+                input_shape: Sequence[int] | None = None) -> dict[str, Any]:
+    """Export ``loaded`` to ``path``; returns a summary (sizes, layer counts, verification).
+
+    ``dense=True`` writes every convolution as a standard Conv (the baseline to compare with).
+    """
+    shape = model_input_shape(loaded, input_shape)
+    layers = psconv_layers(loaded.module)
+    if not layers and not dense:
+        warnings.warn("the model has no pSConv layer: exporting it dense (run `pscompress convert` first)", stacklevel=2)
+    example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    graph = fold_batchnorm(loaded.module)
+    if dense:
+        densify(graph)
+    fused = 0 if dense else fuse_psconv(graph, example)
+    model = _torch_export(graph, example)
+    if fused:
+        model.functions.extend(psconv_onnx.fallback_functions())
+    _set_opsets(model)
+    _set_metadata(model, loaded, shape, layers)
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    diff = _verify(data, loaded.module, example)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    kept, total = _weight_counts(loaded.module, packed=not dense)
+    return {
+        "path": str(path), "bytes": len(data), "psconv_layers": fused,
+        "conv_layers": sum(isinstance(m, nn.Conv2d) for m in loaded.module.modules()),
+        "kept_conv_weights": kept, "conv_weights": total,
+        # Every dropped weight would be 4 more bytes in a dense file.
+        "dense_bytes_estimate": len(data) + 4 * (total - kept), "max_rel_diff": diff,
+        "input_shape": list(shape),
+    }
+
+
+def model_input_shape(loaded: LoadedModel, override: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """(C, H, W) the model takes: ``override``, else what its checkpoint metadata records."""
+    shape = override if override is not None else loaded.meta.get("input_shape")
+    if shape is None:
+        raise UserError("the model does not record its input shape: pass --input-shape C,H,W (e.g. 1,28,28)")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"input shape {','.join(map(str, shape))} is not C,H,W with positive sizes")
+    return shape  # type: ignore[return-value]
+
+
+def _torch_export(graph: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    psconv_onnx.register_schemas()
+    table = {torch.ops.pscompress.psconv.default: _translate_psconv,
+             torch.ops.pscompress.psconv_add.default: _translate_psconv_add}
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    quiet = io.StringIO()
+    try:
+        with warnings.catch_warnings(), _quiet_loggers(), contextlib.redirect_stdout(quiet):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                opset_version=psconv_onnx.OPSET, dynamic_shapes=({0: batch},),
+                custom_translation_table=table, verbose=False, external_data=False,
+            )
+    except Exception as exc:  # the exporter wraps every failure; name the layer when it says which
+        raise UserError(f"cannot export the model to ONNX: {_exporter_reason(exc)}") from exc
+    return program.model_proto
+
+
+def _translate_psconv(x, w, b, kernel_shape, strides, pads, dilations, group, in_channels, out_channels,
+                      patterns, shift, clip_min, clip_max):
+    return psconv_onnx.psconv_opset.PSConv(
+        x, w, b, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group,
+        in_channels=in_channels, out_channels=out_channels, patterns=patterns, shift=shift,
+        clip_min=clip_min, clip_max=clip_max)
+
+
+def _translate_psconv_add(x, w, b, z, kernel_shape, strides, pads, dilations, group, in_channels, out_channels,
+                          patterns, shift, clip_min, clip_max):
+    return psconv_onnx.psconv_opset.PSConvAdd(
+        x, w, b, z, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group,
+        in_channels=in_channels, out_channels=out_channels, patterns=patterns, shift=shift,
+        clip_min=clip_min, clip_max=clip_max)
+
+
+@contextlib.contextmanager
+def _quiet_loggers():
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _exporter_reason(exc: BaseException) -> str:
+    """The most specific line of the exporter's chained errors, with the layer it failed on."""
+    text = "\n".join(str(e) for e in _chain(exc))
+    node = re.search(r"Error when translating node %(\S+)", text)
+    unsupported = re.search(r"(No decompositions registered[^\n]*|Unsupported[^\n]*|not supported[^\n]*)", text)
+    reason = unsupported.group(1) if unsupported else str(_chain(exc)[-1]).strip().splitlines()[0]
+    return f"layer {node.group(1)}: {reason}" if node else reason
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _set_opsets(model: onnx.ModelProto) -> None:
+    used = {d.domain or "" for d in model.opset_import}
+    wanted = dict(psconv_onnx.opset_imports()) if model.functions else {"": psconv_onnx.OPSET}
+    wanted.update({d: 1 for d in used if d not in wanted})
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(wanted.items()))
+    model.ir_version = IR_VERSION
+
+
+def _set_metadata(model: onnx.ModelProto, loaded: LoadedModel, shape: Sequence[int], layers: dict) -> None:
+    meta = {
+        "pscompress.version": pscompress.__version__,
+        "pscompress.input_shape": json.dumps(list(shape)),
+        "pscompress.pattern": pattern_summary(layers.values()),
+        "pscompress.operator": f"{psconv_onnx.DOMAIN} v{psconv_onnx.VERSION}",
+    }
+    if loaded.meta.get("classes"):
+        meta["pscompress.classes"] = json.dumps([str(c) for c in loaded.meta["classes"]])
+    if loaded.meta.get("accuracy") is not None:
+        meta["pscompress.accuracy"] = str(float(loaded.meta["accuracy"]))
+    if loaded.arch:
+        meta["pscompress.arch"] = loaded.arch
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "pscompress", pscompress.__version__
+
+
+def pattern_summary(layers) -> str:
+    """The family name ("4of9") of the layers' patterns, or their supports when not a family."""
+    names = []
+    for layer in layers:
+        name = _family_name(layer.pattern)
+        if name not in names:
+            names.append(name)
+    return "; ".join(names) if names else "dense"
+
+
+def _family_name(pattern: PatternSet) -> str:
+    if pattern.kernel_size == (3, 3):
+        for keep in range(1, 10):
+            # Alignment reorders a family's supports per layer: it is still that family.
+            if sorted(parse_pattern(f"{keep}of9").bitmasks) == sorted(pattern.bitmasks):
+                return f"{keep}of9"
+    return pattern.describe()
+
+
+def _weight_counts(module: nn.Module, packed: bool) -> tuple[int, int]:
+    kept = total = 0
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            total += m.weight.numel()
+            kept += int(m.mask.sum()) if packed and hasattr(m, "mask") else m.weight.numel()
+    return kept, total
+
+
+def _verify(data: bytes, module: nn.Module, example: torch.Tensor) -> float:
+    """Max relative difference between onnxruntime (portable fallback) and PyTorch on ``example``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT_NAME: example.numpy()})[0]
+    with torch.no_grad():
+        expected = module.eval()(example).numpy()
+    diff = relative_difference(got, expected)
+    if not diff <= VERIFY_TOLERANCE:
+        raise UserError(f"the exported model disagrees with PyTorch (relative difference {diff:.2e}): please report this")
+    return diff
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |b|: one number that does not blow up on near-zero outputs."""
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-12))

@@ -1,0 +1,118 @@
+"""The PSConv operators (docs/operator.md) on the ONNX side: schemas and portable functions.
+
+The schemas let onnx and onnxscript type-check nodes of the ``ai.pscompress`` domain while a
+model is written. The functions go into every exported model: their bodies rebuild the dense
+kernel from the packed weights and the attributes alone (so onnxruntime folds them to
+constants at load) and call the standard Conv, so a model runs where the native kernel
+library is not installed.
+"""
+from __future__ import annotations
+
+import onnx
+import onnxscript
+from onnx.defs import OpSchema
+from onnxscript import opset18 as op
+from onnxscript.values import Opset
+
+DOMAIN = "ai.pscompress"
+VERSION = 1
+# The shared helper lives in its own domain: the native library registers ai.pscompress and
+# must never be asked for an operator it does not implement.
+HELPER_DOMAIN = "ai.pscompress.fallback"
+OPSET = 18
+OPERATORS = ("PSConv", "PSConvAdd")
+
+psconv_opset = Opset(DOMAIN, VERSION)
+_helper_opset = Opset(HELPER_DOMAIN, VERSION)
+
+_INT64, _UINT64, _BOOL = onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL
+
+
+@onnxscript.script(_helper_opset, default_opset=op)
+def DenseKernel(W, kernel_shape: list[int], group: int, in_channels: int, out_channels: int,
+                patterns: list[int], shift: int):
+    """Wd[M, Cg, KH, KW]: zeros, with the packed W at the kept positions in (o, i, p) order."""
+    zero = op.Constant(value_int=0)
+    one = op.Constant(value_int=1)
+    m = op.Constant(value_int=out_channels)
+    cg = op.Div(op.Constant(value_int=in_channels), op.Constant(value_int=group))
+    ks = op.Constant(value_ints=kernel_shape)
+    masks = op.Constant(value_ints=patterns)
+    # Support index of kernel (o, i): (o + i + shift) mod P, as an [M, Cg] table.
+    o = op.Unsqueeze(op.Range(zero, m, one), op.Constant(value_ints=[1]))
+    i = op.Unsqueeze(op.Range(zero, cg, one), op.Constant(value_ints=[0]))
+    support = op.Mod(op.Add(op.Add(o, i), op.Constant(value_int=shift)), op.Size(masks))
+    # Bit p of each pattern: a [P, K2] table of kept positions.
+    positions = op.Cast(op.Range(zero, op.ReduceProd(ks, keepdims=0), one), to=_UINT64)
+    shifted = op.BitShift(op.Unsqueeze(op.Cast(masks, to=_UINT64), op.Constant(value_ints=[1])), positions,
+                          direction="RIGHT")
+    kept = op.Cast(op.BitwiseAnd(shifted, op.Cast(one, to=_UINT64)), to=_BOOL)
+    mask = op.Reshape(op.Gather(kept, support, axis=0), op.Constant(value_ints=[-1]))
+    # The k-th kept position takes W[k]; a masked position reads any index and is zeroed.
+    index = op.Sub(op.CumSum(op.Cast(mask, to=_INT64), zero), one)
+    flat = op.Where(mask, op.Gather(W, index, axis=0), op.CastLike(zero, W))
+    shape = op.Concat(op.Unsqueeze(m, zero), op.Unsqueeze(cg, zero), ks, axis=0)
+    dense = op.Reshape(flat, shape)
+    return dense
+
+
+@onnxscript.script(psconv_opset, default_opset=op)
+def PSConv(X, W, B, kernel_shape: list[int], strides: list[int], pads: list[int], dilations: list[int],
+           group: int, in_channels: int, out_channels: int, patterns: list[int], shift: int,
+           clip_min: float, clip_max: float):
+    dense = DenseKernel(W, kernel_shape=kernel_shape, group=group, in_channels=in_channels,
+                        out_channels=out_channels, patterns=patterns, shift=shift)
+    t = op.Conv(X, dense, B, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group)
+    y = op.Clip(t, op.Constant(value_float=clip_min), op.Constant(value_float=clip_max))
+    return y
+
+
+@onnxscript.script(psconv_opset, default_opset=op)
+def PSConvAdd(X, W, B, Z, kernel_shape: list[int], strides: list[int], pads: list[int], dilations: list[int],
+              group: int, in_channels: int, out_channels: int, patterns: list[int], shift: int,
+              clip_min: float, clip_max: float):
+    dense = DenseKernel(W, kernel_shape=kernel_shape, group=group, in_channels=in_channels,
+                        out_channels=out_channels, patterns=patterns, shift=shift)
+    t = op.Conv(X, dense, B, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group)
+    y = op.Clip(op.Add(t, Z), op.Constant(value_float=clip_min), op.Constant(value_float=clip_max))
+    return y
+
+
+def fallback_functions() -> list[onnx.FunctionProto]:
+    """The model-local functions every exported model carries."""
+    return [f.to_function_proto() for f in (DenseKernel, PSConv, PSConvAdd)]
+
+
+def opset_imports() -> dict[str, int]:
+    """Domain -> version for a model that uses the operators and carries the functions."""
+    return {"": OPSET, DOMAIN: VERSION, HELPER_DOMAIN: VERSION}
+
+
+_ATTRIBUTES = [
+    ("kernel_shape", OpSchema.AttrType.INTS), ("strides", OpSchema.AttrType.INTS), ("pads", OpSchema.AttrType.INTS),
+    ("dilations", OpSchema.AttrType.INTS), ("group", OpSchema.AttrType.INT), ("in_channels", OpSchema.AttrType.INT),
+    ("out_channels", OpSchema.AttrType.INT), ("patterns", OpSchema.AttrType.INTS), ("shift", OpSchema.AttrType.INT),
+    ("clip_min", OpSchema.AttrType.FLOAT), ("clip_max", OpSchema.AttrType.FLOAT),
+]
+_REQUIRED = {"kernel_shape", "in_channels", "out_channels", "patterns"}
+
+
+def register_schemas() -> None:
+    """Make onnx (and onnxscript, which asks onnx) know the operators in this process. Idempotent."""
+    for name, inputs in (("PSConv", "X W B?"), ("PSConvAdd", "X W B? Z")):
+        try:
+            onnx.defs.get_schema(name, VERSION, DOMAIN)
+            continue
+        except onnx.defs.SchemaError:
+            pass
+        params = [
+            OpSchema.FormalParameter(n.rstrip("?"), "T", param_option=OpSchema.FormalParameterOption.Optional
+                                     if n.endswith("?") else OpSchema.FormalParameterOption.Single)
+            for n in inputs.split()
+        ]
+        onnx.defs.register_schema(OpSchema(
+            name, DOMAIN, VERSION, "See docs/operator.md.", inputs=params,
+            outputs=[OpSchema.FormalParameter("Y", "T")],
+            type_constraints=[("T", ["tensor(float)"], "float32 only in version 1")],
+            attributes=[OpSchema.Attribute(a, t, "", required=a in _REQUIRED) for a, t in _ATTRIBUTES],
+        ))

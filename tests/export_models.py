@@ -1,0 +1,54 @@
+"""Models and exports shared by the ONNX export, parity, inference and CLI tests.
+
+Exports take seconds, so each (arch, pattern) is exported once per test session.
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pscompress import archs
+from pscompress.checkpoint import LoadedModel
+from pscompress.convert import sparsify
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    """Running statistics and affine parameters as after training, so folding matters."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(1 + 0.2 * torch.randn(n, generator=gen))
+            m.bias.data.copy_(0.1 * torch.randn(n, generator=gen))
+
+
+def psconv_model(arch: str = "resnet20", in_channels: int = 1, hw: int = 28, pattern: str | None = "4of9",
+                 seed: int = 0, align: bool = True) -> LoadedModel:
+    """A reference architecture with random weights, converted to ``pattern`` (None: dense)."""
+    torch.manual_seed(seed)
+    module = archs.build(arch, in_channels=in_channels, num_classes=10)
+    randomise_batchnorm(module, seed)
+    if pattern is not None:
+        sparsify(module, pattern, input_shape=(in_channels, hw, hw), align=align)
+    meta = {"input_shape": [in_channels, hw, hw], "classes": FASHION_CLASSES, "accuracy": 0.5}
+    return LoadedModel(module.eval(), arch, {"in_channels": in_channels, "num_classes": 10}, meta)
+
+
+@functools.lru_cache(maxsize=None)
+def exported(arch: str = "resnet20", pattern: str | None = "4of9", dense: bool = False) -> tuple[Path, dict, LoadedModel]:
+    """(path, export summary, source model) of an exported ``psconv_model``; cached per session."""
+    from pscompress.exporters.onnx_export import export_onnx
+
+    loaded = psconv_model(arch, in_channels=1 if arch == "resnet20" else 3, hw=28 if arch == "resnet20" else 32,
+                          pattern=pattern, align=arch == "resnet20")  # aligning 11M random weights buys nothing
+    path = Path(tempfile.mkdtemp(prefix="pscompress-export-")) / f"{arch}-{pattern}-{'dense' if dense else 'packed'}.onnx"
+    summary = export_onnx(loaded, path, dense=dense)
+    return path, summary, loaded

@@ -1,0 +1,209 @@
+"""ONNX export: graph structure, packed weights, metadata, and parity of the portable path.
+
+Oracles: PyTorch's own forward of the unfused model, onnxruntime without the native
+library (the model-local functions), and onnx's ReferenceEvaluator.
+"""
+import math
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+
+from export_models import exported, psconv_model
+from pscompress.checkpoint import LoadedModel
+from pscompress.errors import UserError
+from pscompress.exporters.onnx_export import export_onnx, relative_difference
+from pscompress.layers import PSConv2d
+from pscompress.patterns import PatternSet, parse_pattern
+
+
+def portable_session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def torch_forward(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return module.eval()(torch.from_numpy(x)).numpy()
+
+
+def kept_positions(node: onnx.NodeProto) -> int:
+    """len(W) the operator contract demands for a node's attributes."""
+    a = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+    pattern = PatternSet.from_bitmasks(a["kernel_shape"], a["patterns"])
+    return int(pattern.mask(a["out_channels"], a["in_channels"] // a["group"], a["shift"]).sum())
+
+
+def test_resnet_graph_folds_and_fuses():
+    path, summary, _ = exported("resnet20")
+    model = onnx.load(path)
+    ops = [n.op_type for n in model.graph.node]
+    assert "BatchNormalization" not in ops
+    # 18 converted 3x3 convs; every block's second conv carries its residual add and ReLU.
+    assert ops.count("PSConv") == 9 and ops.count("PSConvAdd") == 9 and summary["psconv_layers"] == 18
+    # Dense leftovers: the stem conv and the two 1x1 projections; only the stem needs a separate Relu.
+    assert ops.count("Conv") == 3 and ops.count("Relu") == 1 and "Add" not in ops
+    for node in model.graph.node:
+        if node.domain == "ai.pscompress":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert set(attrs) == {"kernel_shape", "strides", "pads", "dilations", "group", "in_channels",
+                                  "out_channels", "patterns", "shift", "clip_min", "clip_max"}
+            assert attrs["clip_min"] == 0.0 and math.isinf(attrs["clip_max"])
+
+
+def test_initializers_hold_only_the_kept_weights():
+    path, summary, loaded = exported("resnet20")
+    model = onnx.load(path)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    layers = [m for m in loaded.module.modules() if isinstance(m, PSConv2d)]
+    packed = [n for n in model.graph.node if n.domain == "ai.pscompress"]
+    for node in packed:
+        w = inits[node.input[1]]
+        assert w.ndim == 1 and w.size == kept_positions(node)
+    assert sum(inits[n.input[1]].size for n in packed) == sum(int(m.mask.sum()) for m in layers)
+    assert not any(i.dims == [m.out_channels, m.in_channels, 3, 3] and i.data_type == onnx.TensorProto.BOOL
+                   for i in model.graph.initializer for m in layers)
+
+
+def test_ir_version_opsets_functions_and_metadata():
+    path, _, _ = exported("resnet20")
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    assert model.ir_version <= 13  # onnxruntime 1.31 refuses 14
+    opsets = {o.domain: o.version for o in model.opset_import}
+    assert opsets[""] == 18 and opsets["ai.pscompress"] == 1
+    assert {(f.domain, f.name) for f in model.functions} >= {("ai.pscompress", "PSConv"), ("ai.pscompress", "PSConvAdd")}
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["pscompress.pattern"] == "4of9"
+    assert meta["pscompress.input_shape"] == "[1, 28, 28]"
+    assert meta["pscompress.accuracy"] == "0.5"
+    assert '"Ankle boot"' in meta["pscompress.classes"]
+    assert meta["pscompress.version"]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_portable_onnxruntime_and_reference_match_pytorch(batch):
+    path, _, loaded = exported("resnet20")
+    x = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
+    expected = torch_forward(loaded.module, x)
+    got = portable_session(path).run(None, {"input": x})[0]
+    assert relative_difference(got, expected) <= 1e-4
+    if batch == 1:  # the reference evaluator is pure numpy: one image is enough
+        ref = ReferenceEvaluator(str(path)).run(None, {"input": x})[0]
+        assert relative_difference(ref, expected) <= 1e-4
+
+
+def test_portable_path_on_fashion_mnist_images():
+    from pscompress.data import load_dataset
+
+    path, _, loaded = exported("resnet20")
+    x = np.ascontiguousarray(load_dataset("fashion-mnist", "test").x[:64], dtype=np.float32)
+    expected = torch_forward(loaded.module, x)
+    got = portable_session(path).run(None, {"input": x})[0]
+    assert relative_difference(got, expected) <= 1e-4
+    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+
+
+class _Block(nn.Module):
+    """One PSConv2d, optionally with a residual add and an activation: every operator variant."""
+
+    def __init__(self, conv: nn.Conv2d, residual: bool, act: nn.Module | None):
+        super().__init__()
+        self.conv, self.residual, self.act = conv, residual, act
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.residual:
+            y = y + x
+        return self.act(y) if self.act is not None else y
+
+
+# Each case also picks an operator variant: residual add (PSConvAdd) and/or fused activation.
+_LAYERS = {
+    "stride2-pad1": dict(cin=6, cout=8, k=3, stride=2, padding=1, groups=1, dilation=1, bias=False, pattern="4of9",
+                         residual=False, act=nn.ReLU()),
+    "groups-2of9-bias": dict(cin=8, cout=8, k=3, stride=1, padding=1, groups=2, dilation=1, bias=True, pattern="2of9",
+                             residual=True, act=nn.ReLU()),
+    "depthwise": dict(cin=8, cout=8, k=3, stride=1, padding=1, groups=8, dilation=1, bias=True, pattern="4of9",
+                      residual=True, act=None),
+    "dilated-same": dict(cin=8, cout=8, k=3, stride=1, padding="same", groups=1, dilation=2, bias=False,
+                         pattern="3of9", residual=False, act=nn.ReLU6()),
+    "no-pad-5x5": dict(cin=5, cout=7, k=5, stride=1, padding=0, groups=1, dilation=1, bias=True, pattern=None,
+                       residual=False, act=None),
+}
+
+
+def _layer(spec: dict, seed: int) -> PSConv2d:
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(spec["cin"], spec["cout"], spec["k"], spec["stride"], spec["padding"], spec["dilation"],
+                     spec["groups"], spec["bias"])
+    if spec["pattern"]:
+        pattern = parse_pattern(spec["pattern"])
+    else:  # a 5x5 period-3 set of crosses and diagonals, each with the centre
+        pattern = PatternSet((5, 5), (frozenset({2, 7, 12, 17, 22}), frozenset({10, 11, 12, 13, 14}),
+                                      frozenset({0, 6, 12, 18, 24, 4, 8, 16, 20})))
+    return PSConv2d.from_conv(conv, pattern, shift=seed % pattern.period)
+
+
+@pytest.mark.parametrize("name", sorted(_LAYERS))
+def test_single_layer_variants(tmp_path, name):
+    spec = _LAYERS[name]
+    conv = _layer(spec, seed=len(name))
+    hw = 11
+    residual = spec["residual"]
+    module = _Block(conv, residual, spec["act"]).eval()
+    loaded = LoadedModel(module, meta={"input_shape": [spec["cin"], hw, hw]})
+    summary = export_onnx(loaded, tmp_path / "m.onnx")
+    model = onnx.load(tmp_path / "m.onnx")
+    assert [n.op_type for n in model.graph.node] == ["PSConvAdd" if residual else "PSConv"]
+    x = np.random.default_rng(0).random((2, spec["cin"], hw, hw), dtype=np.float32)
+    expected = torch_forward(module, x)
+    assert relative_difference(portable_session(tmp_path / "m.onnx").run(None, {"input": x})[0], expected) <= 1e-4
+    ref = ReferenceEvaluator(model).run(None, {"input": x})[0]
+    assert relative_difference(ref, expected) <= 1e-4
+    assert summary["psconv_layers"] == 1
+
+
+def test_packed_file_is_at_most_half_the_dense_one_for_resnet18():
+    packed, s_packed, _ = exported("resnet18")
+    dense, s_dense, _ = exported("resnet18", dense=True)
+    ratio = packed.stat().st_size / dense.stat().st_size
+    assert ratio <= 0.5, ratio
+    assert "ai.pscompress" not in {n.domain for n in onnx.load(dense).graph.node}
+    # The size summary's estimate of the dense file is close to the real one.
+    assert abs(s_packed["dense_bytes_estimate"] - s_dense["bytes"]) / s_dense["bytes"] < 0.01
+
+
+def test_model_without_psconv_exports_dense_with_a_warning(tmp_path):
+    loaded = LoadedModel(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval(),
+                         meta={"input_shape": [1, 8, 8]})
+    with pytest.warns(UserWarning, match="no pSConv layer"):
+        summary = export_onnx(loaded, tmp_path / "dense.onnx")
+    model = onnx.load(tmp_path / "dense.onnx")
+    assert summary["psconv_layers"] == 0 and not model.functions
+    assert "ai.pscompress" not in {o.domain for o in model.opset_import}
+
+
+def test_unsupported_layer_is_named(tmp_path):
+    conv = PSConv2d(4, 4, 3, padding=1, padding_mode="reflect", pattern=parse_pattern("4of9"))
+    loaded = LoadedModel(nn.Sequential(nn.Conv2d(1, 4, 1), conv).eval(), meta={"input_shape": [1, 8, 8]})
+    with pytest.raises(UserError, match=r"layer 1: padding_mode='reflect'"):
+        export_onnx(loaded, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    loaded = LoadedModel(nn.Sequential(nn.Conv2d(1, 2, 3)).eval(), meta={"input_shape": [1, 8, 8]})
+    with pytest.raises(UserError, match="does not exist"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(loaded, tmp_path / "missing" / "m.onnx")
+
+
+def test_missing_input_shape_is_a_clear_error(tmp_path):
+    loaded = LoadedModel(nn.Sequential(nn.Conv2d(1, 2, 3)).eval())
+    with pytest.raises(UserError, match="--input-shape"):
+        export_onnx(loaded, tmp_path / "m.onnx")
