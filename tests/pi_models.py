@@ -3,14 +3,14 @@ native kernel, each paired with an oracle model made of standard ONNX Conv on th
 masked weights. The dense weights are rebuilt here from the contract alone, not with
 pscompress's own code.
 
-Paths covered, chosen so that they stay covered for any tile size of 4, 8, 12 or 16 pixels
-and 4, 6 or 8 output rows: tiles read straight from the image (wide outputs) and gathered
-panels (outputs narrower than a tile); pixel tails (widths and row-spanning sizes that are not
-multiples of the tile); row tails (outputs per residue class 1, 2, 7 and 13); residue classes
-with no output; strides 1 and 2 (column phases); long reductions as in the benchmark's layers; asymmetric pads; a 5x5 kernel; groups;
-bias or none; no activation, Relu, Clip and the residual of PSConvAdd; periods 3, 4 and 8
-with a dense support; weights that are a graph input (packed on every run) or a constant
-(prepacked once).
+Paths covered, chosen so that they stay covered for tiles of 8 or 16 pixels and
+4, 6 or 8 output rows: tiles read straight from the image (wide outputs) and gathered panels
+(outputs narrower than a tile); pixel tails (widths and row-spanning sizes that are not
+multiples of the tile); every row count from 1 to 6 in a tail (outputs per residue class 1 to
+8, 13 and 16); residue classes with no output; strides 1 and 2 (column phases); long
+reductions as in the benchmark's layers; asymmetric pads; a 5x5 kernel; groups; bias or none;
+no activation, Relu, Clip and the residual of PSConvAdd; periods 3, 4 and 8 with a dense
+support; weights that are a graph input (packed on every run) or a constant (prepacked once).
 """
 from __future__ import annotations
 
@@ -64,11 +64,12 @@ CASES = (
     Case("direct_full_tiles_no_bias", 1, 4, 4, 32, 8, tuple(SQUARES_4OF9), bias=False),
     # 7x7 output = 49 pixels spanning rows: gathered panels with a tail; 13 outputs over 4 classes.
     Case("gathered_clip", 1, 6, 7, 7, 13, tuple(SQUARES_4OF9), shift=3, clip=(0.0, 1.5)),
-    Case("direct_stride2", 1, 8, 9, 34, 12, tuple(PAIRS_2OF9), shift=5, strides=(2, 2), clip=RELU),
+    # 40 outputs / period 8 = 5 per class.
+    Case("direct_stride2", 1, 8, 9, 34, 40, tuple(PAIRS_2OF9), shift=5, strides=(2, 2), clip=RELU),
     Case("gathered_stride2_dense_support", 1, 4, 8, 8, 16, tuple(SQUARES_WITH_DENSE), strides=(2, 2), clip=RELU),
-    Case("residual_relu", 1, 8, 6, 16, 8, tuple(SQUARES_4OF9), shift=2, residual=True, clip=RELU),
+    Case("residual_relu", 1, 8, 6, 16, 24, tuple(SQUARES_4OF9), shift=2, residual=True, clip=RELU),
     Case("residual_gathered_no_bias", 1, 3, 5, 5, 7, tuple(SQUARES_4OF9), bias=False, residual=True),
-    Case("grouped", 1, 8, 6, 20, 28, tuple(SQUARES_4OF9), shift=1, group=2, clip=RELU),
+    Case("grouped", 1, 8, 6, 20, 56, tuple(SQUARES_4OF9), shift=1, group=2, clip=RELU),
     Case("kernel5x5_asymmetric_pads", 1, 5, 9, 19, 9, (0x1F0F0F1, 0x0E8A8E, 0x1555555), shift=2, kernel=(5, 5),
          pads=(2, 1, 0, 2)),
     Case("weights_as_input", 1, 4, 6, 17, 6, tuple(SQUARES_4OF9), weights_as_input=True, clip=RELU),

@@ -150,3 +150,26 @@ def test_native_neon_kernel_matches_x86_oracle_on_every_path(board, pi_site, cov
     for (name, want), got in zip(expected.items(), outputs):
         assert np.unique(want).size > 1, f"{name}: a constant output proves nothing"
         assert_close(got, want)
+
+
+@pytest.mark.parametrize("tile_pixels", [8, 16])
+@pytest.mark.parametrize("tile_rows", [4, 6, 8])
+def test_coverage_cases_reach_every_tail(tile_pixels, tile_rows):
+    """The claim of tests/pi_models.py, checked for any plausible NEON tile size: full tiles and
+    every tail, in both direct (output row >= a tile) and gathered layouts, for pixels and rows."""
+    direct, gathered, row_tails, full_row_tiles = set(), set(), set(), False
+    for case in pi_models.CASES:
+        oh, ow = case.output_hw
+        if ow >= tile_pixels:
+            direct.add(ow % tile_pixels)  # 0: full tiles only; else the tail's width
+        else:
+            gathered.add(oh * ow % tile_pixels)
+        p, mg = len(case.patterns), case.out_channels // case.group
+        for g in range(case.group):
+            for r in range(p):
+                count = sum((o + case.shift) % p == r for o in range(g * mg, (g + 1) * mg))
+                full_row_tiles |= count >= tile_rows
+                row_tails.add(count % tile_rows)
+    assert 0 in direct and direct - {0}, direct
+    assert 0 in gathered and gathered - {0}, gathered
+    assert full_row_tiles and set(range(1, tile_rows)) <= row_tails, row_tails
