@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 namespace pscompress {
@@ -171,10 +172,12 @@ std::vector<int64_t> PSConv::output_shape(const Inputs& in, bool residual) const
 
 namespace {
 
+constexpr size_t kMaxTileBlock = 8;
+
 struct RunContext {
   // geometry
   size_t n, c, h, w, hp, wph, sw, sh, pt, pl, oh, ow, ohw, plane;  // plane = hp * wph
-  size_t m, cg, mg, p, groups, tiles;
+  size_t m, cg, mg, p, groups, tiles, tile_block;
   bool direct;  // tiles lie in one output row and read the image directly
   const float* x;
   float* xph;  // padded input split into sw column phases: [n][phase][c][hp][wph]
@@ -193,33 +196,41 @@ struct RunContext {
   Ukernel ukernel;
 };
 
+// Writes image n, channel c into its sw phase planes; only the padding is zeroed.
 void fill_phases(void* p, size_t task) {
   const RunContext& ctx = *static_cast<const RunContext*>(p);
   const size_t n = task / ctx.c, c = task % ctx.c;
-  float* base = ctx.xph + n * ctx.image + c * ctx.plane;
   const size_t phase_stride = ctx.c * ctx.plane;
-  for (size_t ph = 0; ph < ctx.sw; ++ph) std::fill_n(base + ph * phase_stride, ctx.plane, 0.0f);
-  const float* src = ctx.x + (n * ctx.c + c) * ctx.h * ctx.w;
-  for (size_t ih = 0; ih < ctx.h; ++ih, src += ctx.w) {
-    float* row = base + (ih + ctx.pt) * ctx.wph;
-    if (ctx.sw == 1) {
-      std::memcpy(row + ctx.pl, src, ctx.w * sizeof(float));
-      continue;
-    }
-    for (size_t ph = 0; ph < ctx.sw; ++ph) {  // padded column col = idx * sw + ph
-      float* dst = row + ph * phase_stride;
-      for (size_t idx = 0; idx < ctx.wph; ++idx) {
-        const size_t col = idx * ctx.sw + ph;
-        if (col >= ctx.pl && col - ctx.pl < ctx.w) dst[idx] = src[col - ctx.pl];
+  const float* image = ctx.x + (n * ctx.c + c) * ctx.h * ctx.w;
+  for (size_t ph = 0; ph < ctx.sw; ++ph) {
+    float* plane = ctx.xph + n * ctx.image + c * ctx.plane + ph * phase_stride;
+    // Phase ph holds padded columns idx * sw + ph; those in [pl, pl + w) are image columns.
+    const size_t lo = ctx.pl > ph ? std::min(ctx.wph, ceil_div(ctx.pl - ph, ctx.sw)) : 0;
+    const size_t hi = std::max(lo, std::min(ctx.wph, ceil_div(ctx.pl + ctx.w - ph, ctx.sw)));
+    std::fill_n(plane, ctx.pt * ctx.wph, 0.0f);
+    std::fill_n(plane + (ctx.pt + ctx.h) * ctx.wph, (ctx.hp - ctx.pt - ctx.h) * ctx.wph, 0.0f);
+    for (size_t ih = 0; ih < ctx.h; ++ih) {
+      float* row = plane + (ih + ctx.pt) * ctx.wph;
+      const float* src = image + ih * ctx.w + (lo * ctx.sw + ph - ctx.pl);
+      std::fill_n(row, lo, 0.0f);
+      if (ctx.sw == 1) {
+        std::memcpy(row + lo, src, (hi - lo) * sizeof(float));
+      } else {
+        for (size_t idx = lo; idx < hi; ++idx) row[idx] = src[(idx - lo) * ctx.sw];
       }
+      std::fill_n(row + hi, ctx.wph - hi, 0.0f);
     }
   }
 }
 
-void compute_tile(void* p, size_t task) {
+// One task: a block of pixel tiles of one residue class of one image. Panels run outer and
+// tiles inner, so a weight panel stays in L1 while the block's input rows stay in L2.
+void compute_tiles(void* p, size_t task) {
   const RunContext& ctx = *static_cast<const RunContext*>(p);
-  const size_t t = task % ctx.tiles;
-  size_t rest = task / ctx.tiles;
+  const size_t blocks = ceil_div(ctx.tiles, ctx.tile_block);
+  const size_t t0 = (task % blocks) * ctx.tile_block;
+  const size_t t_end = std::min(ctx.tiles, t0 + ctx.tile_block);
+  size_t rest = task / blocks;
   const size_t r = rest % ctx.p;
   rest /= ctx.p;
   const size_t g = rest % ctx.groups, n = rest / ctx.groups;
@@ -231,37 +242,39 @@ void compute_tile(void* p, size_t task) {
   const int64_t* rel = (*ctx.rel)[r].data();
   const float* group_image = ctx.xph + n * ctx.image + g * ctx.cg * ctx.plane;
 
-  UkernelArgs args{};
-  size_t y_offset, valid;
-  if (ctx.direct) {
-    const size_t tiles_per_row = (ctx.ow + kNR - 1) / kNR;
-    const size_t oh = t / tiles_per_row, ow0 = (t % tiles_per_row) * kNR;
-    args.b_base = group_image + oh * ctx.sh * ctx.wph + ow0;
-    args.b_offsets = rel;
-    y_offset = oh * ctx.ow + ow0;
-    valid = std::min(kNR, ctx.ow - ow0);
-  } else {
-    // Pixels of this tile span output rows: gather them into a panel of kNR-wide rows.
-    const size_t q0 = t * kNR;
-    valid = std::min(kNR, ctx.ohw - q0);
+  struct Tile {
+    const float* b_base;
+    const int64_t* b_offsets;
+    size_t y_offset, valid;
+  } tiles[kMaxTileBlock];
+  thread_local std::vector<float> gathered;
+  if (!ctx.direct && gathered.size() < ctx.tile_block * k * kNR) gathered.resize(ctx.tile_block * k * kNR);
+  for (size_t t = t0; t < t_end; ++t) {
+    Tile& tile = tiles[t - t0];
+    if (ctx.direct) {
+      const size_t tiles_per_row = ceil_div(ctx.ow, kNR);
+      const size_t oh = t / tiles_per_row, ow0 = (t % tiles_per_row) * kNR;
+      tile = {group_image + oh * ctx.sh * ctx.wph + ow0, rel, oh * ctx.ow + ow0, std::min(kNR, ctx.ow - ow0)};
+      continue;
+    }
+    // The tile's pixels span output rows: gather them into kNR-wide rows.
+    const size_t q0 = t * kNR, valid = std::min(kNR, ctx.ohw - q0);
     int64_t pix[kNR];
     for (size_t j = 0; j < kNR; ++j) {
       const size_t q = q0 + std::min(j, valid - 1);
       pix[j] = static_cast<int64_t>((q / ctx.ow) * ctx.sh * ctx.wph + q % ctx.ow);
     }
-    thread_local std::vector<float> panel;
-    if (panel.size() < k * kNR) panel.resize(k * kNR);
-    float* dst = panel.data();
+    float* const panel = gathered.data() + (t - t0) * k * kNR;
+    float* dst = panel;
     for (size_t kk = 0; kk < k; ++kk, dst += kNR) {
       const float* src = group_image + rel[kk];
       for (size_t j = 0; j < kNR; ++j) dst[j] = src[pix[j]];
     }
-    args.b_base = panel.data();
-    args.b_offsets = panel_offsets(k);
-    y_offset = q0;
+    tile = {panel, panel_offsets(k), q0, valid};
   }
+
+  UkernelArgs args{};
   args.k = k;
-  args.n = valid;
   args.lo = ctx.lo;
   args.hi = ctx.hi;
   args.y_row_stride = ctx.p * ctx.ohw;
@@ -269,13 +282,18 @@ void compute_tile(void* p, size_t task) {
   const float* a = ctx.a + g * ctx.group_a_len + (*ctx.class_a)[r];
   for (size_t panel = 0; panel < panels.panels; ++panel, a += kMR * k) {
     const size_t o = first + panels.start(panel) * ctx.p;
-    const size_t y_index = (n * ctx.m + o) * ctx.ohw + y_offset;
     args.a = a;
     args.m = panels.rows(panel);
-    args.y = ctx.y + y_index;
     args.bias = ctx.bias ? ctx.bias + o : nullptr;
-    args.z = ctx.z ? ctx.z + y_index : nullptr;
-    ctx.ukernel(args);
+    for (size_t t = 0; t < t_end - t0; ++t) {
+      const size_t y_index = (n * ctx.m + o) * ctx.ohw + tiles[t].y_offset;
+      args.b_base = tiles[t].b_base;
+      args.b_offsets = tiles[t].b_offsets;
+      args.n = tiles[t].valid;
+      args.y = ctx.y + y_index;
+      args.z = ctx.z ? ctx.z + y_index : nullptr;
+      ctx.ukernel(args);
+    }
   }
 }
 
@@ -324,9 +342,11 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& pa
   ctx.rel = &rel;
 
   // kNR spare floats let a tile at the end of a row read whole vectors (extra lanes discarded).
-  std::vector<float> xph(ctx.n * ctx.image + kNR, 0.0f);
+  // Uninitialised on purpose: fill_phases writes every float of every plane.
+  std::unique_ptr<float[]> xph(new float[ctx.n * ctx.image + kNR]);
+  std::fill_n(xph.get() + ctx.n * ctx.image, kNR, 0.0f);
   ctx.x = in.x;
-  ctx.xph = xph.data();
+  ctx.xph = xph.get();
   parallel.run(parallel.self, fill_phases, ctx.n * c_, &ctx);
 
   ctx.m = m_;
@@ -344,7 +364,11 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& pa
   ctx.lo = lo_;
   ctx.hi = hi_;
   ctx.ukernel = ukernel;
-  parallel.run(parallel.self, compute_tile, ctx.n * groups_ * p_ * ctx.tiles, &ctx);
+  // Blocks of tiles whose input rows (about k * kNR floats each) fit in L2 together.
+  size_t max_k = 1;
+  for (const ClassInfo& info : classes_) max_k = std::max(max_k, info.k);
+  ctx.tile_block = std::max<size_t>(1, std::min(kMaxTileBlock, 8192 / max_k));
+  parallel.run(parallel.self, compute_tiles, ctx.n * groups_ * p_ * ceil_div(ctx.tiles, ctx.tile_block), &ctx);
 }
 
 }  // namespace pscompress
