@@ -149,6 +149,8 @@ def _parse_support(text: str) -> tuple[int, ...]:
     items = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not t for t in items):
         raise UserError("bad pattern: an empty support or position in the explicit list")
+    if not all(t.isdigit() for t in items):
+        raise UserError(f"bad pattern: positions in support {text.strip()!r} must be separated by commas")
     positions = tuple(int(t) for t in items)
     if len(set(positions)) != len(positions):
         raise UserError(f"bad pattern: position repeated in support {text.strip()!r}")

@@ -57,6 +57,7 @@ def test_period_and_dense_kernel_options():
         ("0,1,3,4//4,5,7,8", None, False, "empty support"),
         ("0,1,,4", None, False, "empty support"),
         ("0,0,1", None, False, "repeated"),
+        ("0 1,3,4/4,5,7,8/2,6", None, False, "separated by commas"),
         ("0,1,3,4/4,5,7,8", None, False, "2, 6"),  # corners 2 and 6 in no support
         ("4of9", 0, False, "period 0"),
         ("4of9", 300, False, "period 300"),
