@@ -108,6 +108,10 @@ def _select(model: nn.Module, run_order: list[str], pattern: PatternSet,
     first = convs[0] if convs else None
     fits = [name for name in convs if not isinstance(model.get_submodule(name), PSConv2d)
             and tuple(model.get_submodule(name).kernel_size) == tuple(pattern.kernel_size)]
+    kh, kw = pattern.kernel_size
+    for glob in include:
+        if not any(fnmatch(name, glob) for name in fits):
+            raise UserError(f"--include {glob!r} matches no dense {kh}x{kw} convolution that the pattern can apply to")
     chosen = []
     for name in fits:
         if any(fnmatch(name, glob) for glob in include):
@@ -115,7 +119,6 @@ def _select(model: nn.Module, run_order: list[str], pattern: PatternSet,
         elif name != first and not any(fnmatch(name, glob) for glob in exclude):
             chosen.append(name)
     if not chosen:
-        kh, kw = pattern.kernel_size
         count = sum(isinstance(model.get_submodule(name), PSConv2d) for name in convs)
         already = f"{count} are already pSConv; " if count else ""
         raise UserError(f"no convolution to convert: the model has no eligible {kh}x{kw} convolution "

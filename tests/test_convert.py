@@ -101,6 +101,7 @@ def test_include_exclude_and_no_align():
     "kwargs, message",
     [
         ({"include": ["nope*"]}, "matches no convolution"),
+        ({"include": ["4"]}, "matches no dense 3x3 convolution"),  # a 1x1 conv
         ({"exclude": ["2", "5"]}, "no convolution to convert"),
         ({"pattern": "4of9", "period": 2}, "period 2"),
         ({"pattern": parse_pattern("4of9"), "dense_kernel": True}, "PatternSet"),
