@@ -137,6 +137,8 @@ FIXED = [
     Case(n=2, c=16, m=16, h=9, w=17, group=16),                      # depthwise
     Case(n=1, c=12, m=24, h=7, w=5, group=4, patterns=tuple(TWO_OF_NINE), shift=3),
     Case(n=2, c=8, m=8, h=5, w=5, kernel=(1, 1), pads=(0, 0, 0, 0), patterns=(1,)),
+    Case(n=2, c=20, m=14, h=15, w=8, residual=True, clip=(-0.25, 0.5)),  # two-row tiles, odd OH
+    Case(n=1, c=9, m=7, h=21, w=19, strides=(2, 1), patterns=tuple(TWO_OF_NINE), shift=4),
 ]
 
 

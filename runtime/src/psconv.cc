@@ -174,11 +174,15 @@ namespace {
 
 constexpr size_t kMaxTileBlock = 8;
 
+// How a tile's kNR output pixels map onto the phase planes. Row and two-row tiles are read
+// straight from the image (pixels contiguous per half); other tiles are gathered first.
+enum class TileLayout { kRow, kTwoRows, kGathered };
+
 struct RunContext {
   // geometry
   size_t n, c, h, w, hp, wph, sw, sh, pt, pl, oh, ow, ohw, plane;  // plane = hp * wph
   size_t m, cg, mg, p, groups, tiles, tile_block;
-  bool direct;  // tiles lie in one output row and read the image directly
+  TileLayout layout;
   const float* x;
   float* xph;  // padded input split into sw column phases: [n][phase][c][hp][wph]
   size_t image;  // floats per image in xph
@@ -245,16 +249,21 @@ void compute_tiles(void* p, size_t task) {
   struct Tile {
     const float* b_base;
     const int64_t* b_offsets;
-    size_t y_offset, valid;
+    size_t b_split, y_offset, valid;
   } tiles[kMaxTileBlock];
   thread_local std::vector<float> gathered;
-  if (!ctx.direct && gathered.size() < ctx.tile_block * k * kNR) gathered.resize(ctx.tile_block * k * kNR);
+  if (ctx.layout == TileLayout::kGathered && gathered.size() < ctx.tile_block * k * kNR) gathered.resize(ctx.tile_block * k * kNR);
   for (size_t t = t0; t < t_end; ++t) {
     Tile& tile = tiles[t - t0];
-    if (ctx.direct) {
+    if (ctx.layout == TileLayout::kRow) {
       const size_t tiles_per_row = ceil_div(ctx.ow, kNR);
       const size_t oh = t / tiles_per_row, ow0 = (t % tiles_per_row) * kNR;
-      tile = {group_image + oh * ctx.sh * ctx.wph + ow0, rel, oh * ctx.ow + ow0, std::min(kNR, ctx.ow - ow0)};
+      tile = {group_image + oh * ctx.sh * ctx.wph + ow0, rel, 8, oh * ctx.ow + ow0, std::min(kNR, ctx.ow - ow0)};
+      continue;
+    }
+    if (ctx.layout == TileLayout::kTwoRows) {  // OW == 8: output rows oh and oh + 1
+      const size_t oh = 2 * t;
+      tile = {group_image + oh * ctx.sh * ctx.wph, rel, ctx.sh * ctx.wph, oh * 8, std::min(kNR, (ctx.oh - oh) * 8)};
       continue;
     }
     // The tile's pixels span output rows: gather them into kNR-wide rows.
@@ -270,7 +279,7 @@ void compute_tiles(void* p, size_t task) {
       const float* src = group_image + rel[kk];
       for (size_t j = 0; j < kNR; ++j) dst[j] = src[pix[j]];
     }
-    tile = {panel, panel_offsets(k), q0, valid};
+    tile = {panel, panel_offsets(k), 8, q0, valid};
   }
 
   UkernelArgs args{};
@@ -289,6 +298,7 @@ void compute_tiles(void* p, size_t task) {
       const size_t y_index = (n * ctx.m + o) * ctx.ohw + tiles[t].y_offset;
       args.b_base = tiles[t].b_base;
       args.b_offsets = tiles[t].b_offsets;
+      args.b_split = tiles[t].b_split;
       args.n = tiles[t].valid;
       args.y = ctx.y + y_index;
       args.z = ctx.z ? ctx.z + y_index : nullptr;
@@ -354,8 +364,8 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& pa
   ctx.mg = mg_;
   ctx.p = p_;
   ctx.groups = groups_;
-  ctx.direct = ctx.ow >= kNR;
-  ctx.tiles = ctx.direct ? ctx.oh * ceil_div(ctx.ow, kNR) : ceil_div(ctx.ohw, kNR);
+  ctx.layout = ctx.ow >= kNR ? TileLayout::kRow : ctx.ow == 8 ? TileLayout::kTwoRows : TileLayout::kGathered;
+  ctx.tiles = ctx.layout == TileLayout::kRow ? ctx.oh * ceil_div(ctx.ow, kNR) : ceil_div(ctx.ohw, kNR);
   ctx.self = this;
   ctx.first_output = [](const PSConv* s, size_t g, size_t r) { return s->class_first_output(g, r); };
   ctx.bias = in.b;

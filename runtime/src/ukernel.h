@@ -1,11 +1,13 @@
 // The GEMM microkernel interface shared by every CPU path (scalar, AVX2+FMA, NEON).
 //
 // One call computes a tile of up to kMR output channels x kNR output pixels:
-//   acc[m][n] = sum_k a[k * kMR + m] * b_base[b_offsets[k] + n]
+//   acc[m][n] = sum_k a[k * kMR + m] * b_base[b_offsets[k] + n + (n >= 8 ? b_split - 8 : 0)]
 //   y = clamp(acc + bias[m] + z[m][n], lo, hi)
 // A is prepacked (kMR outputs interleaved per k, zero rows past `m`). B rows are addressed
 // through offsets so that the same kernel reads either straight from the (padded) input
 // image, when the tile's pixels are contiguous there, or from a small gathered panel.
+// b_split places pixels 8..15 elsewhere (8: contiguous; one input row further for tiles of
+// two 8-pixel output rows).
 // Every B row must have kNR readable floats even when n < kNR; lanes past n are discarded.
 #pragma once
 
@@ -22,6 +24,7 @@ struct UkernelArgs {
   const float* a;             // packed weights, k * kMR floats
   const float* b_base;        // base pointer of the B rows
   const int64_t* b_offsets;   // k offsets from b_base, in floats
+  size_t b_split;             // where pixels 8..15 of a B row start, in floats from pixel 0
   float* y;                   // output for row 0, pixel 0
   size_t y_row_stride;        // floats between consecutive rows of the tile in y (and z)
   const float* bias;          // nullable; bias for row m is bias[m * bias_stride]

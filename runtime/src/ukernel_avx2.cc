@@ -16,11 +16,11 @@ void tile(const UkernelArgs& args) {
   const float* a = args.a;
   const float* const b_base = args.b_base;
   const int64_t* const offsets = args.b_offsets;
-  const size_t k_end = args.k;
+  const size_t k_end = args.k, split = args.b_split;
   for (size_t k = 0; k < k_end; ++k, a += kMR) {
     const float* b = b_base + offsets[k];
     const __m256 b0 = _mm256_loadu_ps(b);
-    const __m256 b1 = _mm256_loadu_ps(b + 8);
+    const __m256 b1 = _mm256_loadu_ps(b + split);
 #define PSC_ROW(m, lo, hi)                         \
     if constexpr (R > m) {                         \
       const __m256 w = _mm256_broadcast_ss(a + m); \

@@ -14,7 +14,7 @@ void ukernel_neon(const UkernelArgs& args) {
   for (size_t k = 0; k < args.k; ++k, a += kMR) {
     const float* b = args.b_base + args.b_offsets[k];
     const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4);
-    const float32x4_t b2 = vld1q_f32(b + 8), b3 = vld1q_f32(b + 12);
+    const float32x4_t b2 = vld1q_f32(b + args.b_split), b3 = vld1q_f32(b + args.b_split + 4);
     const float32x4_t w0123 = vld1q_f32(a);
     const float32x2_t w45 = vld1_f32(a + 4);
 #define PSC_ROW(m, w, lane)                          \

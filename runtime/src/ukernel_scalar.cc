@@ -9,7 +9,7 @@ void ukernel_scalar(const UkernelArgs& args) {
     const float* a = args.a + k * kMR;
     const float* b = args.b_base + args.b_offsets[k];
     for (size_t m = 0; m < kMR; ++m) {
-      for (size_t n = 0; n < kNR; ++n) acc[m][n] += a[m] * b[n];
+      for (size_t n = 0; n < kNR; ++n) acc[m][n] += a[m] * b[n < 8 ? n : args.b_split + n - 8];
     }
   }
   store_tile(acc, args);

@@ -24,7 +24,7 @@ bool check(const Named& simd, std::mt19937& rng) {
   for (int trial = 0; trial < 500; ++trial) {
     const size_t k = pick_k(rng), m = pick_m(rng), n = pick_n(rng);
     const size_t row_stride = kNR + 3, b_stride = kNR + 5;
-    std::vector<float> a(k * kMR), b(k * b_stride + kNR), bias(kMR * 2), z(kMR * row_stride);
+    std::vector<float> a(k * kMR), b(k * b_stride + 2 * kNR), bias(kMR * 2), z(kMR * row_stride);
     for (auto* v : {&a, &b, &bias, &z})
       for (float& x : *v) x = u(rng);
     std::vector<int64_t> offsets(k);
@@ -35,6 +35,7 @@ bool check(const Named& simd, std::mt19937& rng) {
     args.a = a.data();
     args.b_base = b.data();
     args.b_offsets = offsets.data();
+    args.b_split = coin(rng) ? 8 : 8 + b_stride / 2;
     args.y_row_stride = row_stride;
     args.bias = coin(rng) ? bias.data() : nullptr;
     args.bias_stride = 2;
