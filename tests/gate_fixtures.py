@@ -38,6 +38,28 @@ def linear_module(weight: np.ndarray, bias: np.ndarray) -> nn.Module:
     return nn.Sequential(conv, nn.Flatten(), linear).eval()
 
 
+def psconv_module(weight: np.ndarray, bias: np.ndarray, channels: int = 4) -> nn.Module:
+    """The linear classifier behind a 4-of-9 pSConv layer that (nearly) copies the image to every channel.
+
+    Every 4-of-9 support keeps the centre: weight 1 there plus a little noise on the other kept
+    positions, so the packed weights are all exercised and the accuracy stays the classifier's.
+    """
+    from pscompress.layers import PSConv2d
+    from pscompress.patterns import parse_pattern
+
+    conv = PSConv2d(1, channels, 3, padding=1, pattern=parse_pattern("4of9"))
+    linear = nn.Linear(channels * weight.shape[1], weight.shape[0])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        conv.weight.copy_(0.02 * torch.randn(conv.weight.shape, generator=generator))
+        conv.weight[:, :, 1, 1] = 1.0
+        conv.weight.mul_(conv.mask)
+        conv.bias.zero_()
+        linear.weight.copy_(torch.from_numpy(np.tile(weight, channels) / channels))
+        linear.bias.copy_(torch.from_numpy(bias))
+    return nn.Sequential(conv, nn.ReLU(), nn.Flatten(), linear).eval()
+
+
 def save_module(module: nn.Module, path: Path) -> Path:
     """A pickled module: loading it needs --trust-pickle."""
     save_checkpoint(LoadedModel(module), path)
