@@ -108,7 +108,8 @@ def check(model: str, baseline: str | None, reference: str | None, spec: str | N
     result = evaluate_file(model, data, native=native, **measure)
     outcomes = check_budgets(result, budgets, ref_result)
 
-    click.echo(format_outcomes(outcomes))
+    # Machine-readable output on stdout moves the table to stderr, as with `eval --json -`.
+    click.echo(format_outcomes(outcomes), err="-" in (json_out, summary_out))
     if junit_out:
         write_text_atomic(junit_out, junit_xml(outcomes, result, time.perf_counter() - began))
     if summary_out:
