@@ -219,6 +219,8 @@ void fill_phases(void* p, size_t task) {
       std::fill_n(row, lo, 0.0f);
       if (ctx.sw == 1) {
         std::memcpy(row + lo, src, (hi - lo) * sizeof(float));
+      } else if (ctx.sw == 2) {  // the common case, with a constant stride the compiler vectorises
+        for (size_t idx = 0; idx < hi - lo; ++idx) row[lo + idx] = src[2 * idx];
       } else {
         for (size_t idx = lo; idx < hi; ++idx) row[idx] = src[(idx - lo) * ctx.sw];
       }

@@ -17,7 +17,10 @@ void tile(const UkernelArgs& args) {
   const float* const b_base = args.b_base;
   const int64_t* const offsets = args.b_offsets;
   const size_t k_end = args.k, split = args.b_split;
-  for (size_t k = 0; k < k_end; ++k, a += kMR) {
+  // B rows are scattered over the image (one per kept tap), which the hardware prefetcher
+  // cannot predict; the offset table can, a few taps ahead.
+  constexpr size_t kAhead = 6;
+  auto step = [&](size_t k) {
     const float* b = b_base + offsets[k];
     const __m256 b0 = _mm256_loadu_ps(b);
     const __m256 b1 = _mm256_loadu_ps(b + split);
@@ -34,7 +37,16 @@ void tile(const UkernelArgs& args) {
     PSC_ROW(4, c40, c41)
     PSC_ROW(5, c50, c51)
 #undef PSC_ROW
+    a += kMR;
+  };
+  size_t k = 0;
+  for (; k + kAhead < k_end; ++k) {
+    const float* ahead = b_base + offsets[k + kAhead];
+    _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + split + 7), _MM_HINT_T0);
+    step(k);
   }
+  for (; k < k_end; ++k) step(k);
   const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   if (args.n != kNR) {
     float partial[kMR][kNR];
