@@ -120,7 +120,7 @@ def fuse_psconv(gm: fx.GraphModule, example: torch.Tensor) -> int:
     """
     ShapeProp(gm).propagate(example)
     modules = dict(gm.named_modules())
-    count = 0
+    count, replaced = 0, set()
     for node in list(gm.graph.nodes):
         conv = modules.get(node.target) if node.op == "call_module" else None
         if not isinstance(conv, PSConv2d):
@@ -135,7 +135,9 @@ def fuse_psconv(gm: fx.GraphModule, example: torch.Tensor) -> int:
         clip = _clip_of(act, modules) if act is not None else None
         if clip is not None:
             chain.append(act)
-        name = node.target.replace(".", "_") + "_fused"
+        # The fused module takes the conv's place, so the exported weights keep the layer's name.
+        name = node.target if node.target not in replaced else f"{node.target}_{node.name}"
+        replaced.add(node.target)
         gm.add_submodule(name, FusedPSConv(conv, residual is not None, clip or (-math.inf, math.inf)))
         with gm.graph.inserting_before(chain[-1]):
             args = (node.args[0],) if residual is None else (node.args[0], residual)

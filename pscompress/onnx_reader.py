@@ -1,0 +1,197 @@
+"""Just enough of the ONNX file format to describe a model, with neither onnx nor PyTorch.
+
+A board-side install has onnxruntime but not the ``onnx`` package, and onnxruntime does not
+show a model's nodes. ONNX files are protobuf messages: this reads the few fields that
+``pscompress info`` reports (nodes, their attributes, initializer shapes, opsets, metadata)
+straight from the wire format. Field numbers are those of onnx.proto (stable since IR 3).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from pscompress.errors import UserError
+from pscompress.patterns import PatternSet, parse_pattern
+
+
+@dataclass
+class Node:
+    name: str
+    op_type: str
+    domain: str
+    inputs: list[str]
+    attributes: dict[str, object]
+
+
+@dataclass
+class OnnxSummary:
+    ir_version: int = 0
+    producer: str = ""
+    opsets: dict[str, int] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    initializers: dict[str, tuple[list[int], int]] = field(default_factory=dict)  # name -> (dims, bytes)
+    functions: list[str] = field(default_factory=list)  # "domain.name"
+
+
+def read_onnx(path: str | os.PathLike) -> OnnxSummary:
+    """Parse the parts of an .onnx file that describe it; a clear error when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"cannot read {path}: no such file")
+    try:
+        return _model(path.read_bytes())
+    except (IndexError, ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not an ONNX model ({exc.__class__.__name__})") from exc
+
+
+def pattern_name(kernel_shape, bitmasks) -> str:
+    """A built-in family's name ("4of9") for these supports in any order, else the supports themselves."""
+    pattern = PatternSet.from_bitmasks(kernel_shape, bitmasks)
+    if pattern.kernel_size == (3, 3):
+        for keep in range(1, 10):
+            # Alignment reorders a family's supports per layer: it is still that family.
+            if sorted(parse_pattern(f"{keep}of9").bitmasks) == sorted(pattern.bitmasks):
+                return f"{keep}of9"
+    return pattern.describe()
+
+
+# --- protobuf wire format -------------------------------------------------------------
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 70:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value): ints for varints/fixed, bytes for length-delimited."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = struct.unpack_from("<q", buf, pos)[0], pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > len(buf):
+                raise ValueError("truncated field")
+            value, pos = buf[pos:pos + length], pos + length
+        elif wire == 5:
+            value, pos = struct.unpack_from("<I", buf, pos)[0], pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        yield number, wire, value
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _packed_ints(value: object) -> list[int]:
+    if isinstance(value, int):
+        return [_signed(value)]
+    out, pos = [], 0
+    while pos < len(value):
+        v, pos = _varint(value, pos)
+        out.append(_signed(v))
+    return out
+
+
+def _model(buf: bytes) -> OnnxSummary:
+    summary = OnnxSummary()
+    seen_graph = False
+    for number, _, value in _fields(buf):
+        if number == 1:
+            summary.ir_version = value
+        elif number == 2:
+            summary.producer = value.decode()
+        elif number == 7:
+            seen_graph = True
+            _graph(value, summary)
+        elif number == 8:
+            parts = {n: v for n, _, v in _fields(value)}
+            summary.opsets[parts.get(1, b"").decode()] = _signed(parts.get(2, 0))
+        elif number == 14:
+            parts = {n: v for n, _, v in _fields(value)}
+            summary.metadata[parts.get(1, b"").decode()] = parts.get(2, b"").decode()
+        elif number == 25:
+            parts = {n: v for n, _, v in _fields(value) if n in (1, 10)}
+            summary.functions.append(f"{parts.get(10, b'').decode()}.{parts.get(1, b'').decode()}")
+    if not seen_graph or not summary.ir_version:
+        raise ValueError("no graph")
+    return summary
+
+
+def _graph(buf: bytes, summary: OnnxSummary) -> None:
+    for number, _, value in _fields(buf):
+        if number == 1:
+            summary.nodes.append(_node(value))
+        elif number == 5:
+            name, dims, size = _tensor(value)
+            summary.initializers[name] = (dims, size)
+
+
+def _node(buf: bytes) -> Node:
+    node = Node("", "", "", [], {})
+    for number, _, value in _fields(buf):
+        if number == 1:
+            node.inputs.append(value.decode())
+        elif number == 3:
+            node.name = value.decode()
+        elif number == 4:
+            node.op_type = value.decode()
+        elif number == 7:
+            node.domain = value.decode()
+        elif number == 5:
+            name, attr = _attribute(value)
+            node.attributes[name] = attr
+    return node
+
+
+def _attribute(buf: bytes) -> tuple[str, object]:
+    name, value, ints = "", None, []
+    for number, _, v in _fields(buf):
+        if number == 1:
+            name = v.decode()
+        elif number == 2:
+            value = struct.unpack("<f", struct.pack("<I", v))[0]
+        elif number == 3:
+            value = _signed(v)
+        elif number == 4:
+            value = v.decode(errors="replace")
+        elif number == 8:
+            ints.extend(_packed_ints(v))
+    return name, ints if ints else value
+
+
+_ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+
+
+def _tensor(buf: bytes) -> tuple[str, list[int], int]:
+    name, dims, dtype, raw = "", [], 1, None
+    for number, _, v in _fields(buf):
+        if number == 1:
+            dims.extend(_packed_ints(v))
+        elif number == 2:
+            dtype = v
+        elif number == 8:
+            name = v.decode()
+        elif number == 9:
+            raw = len(v)
+    elements = 1
+    for d in dims:
+        elements *= d
+    return name, dims, raw if raw is not None else elements * _ELEMENT_BYTES.get(dtype, 4)

@@ -1,0 +1,99 @@
+"""The torch-free inference API and ONNX reader against PyTorch and the onnx package."""
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from export_models import FASHION_CLASSES, exported
+from pscompress.errors import UserError
+from pscompress.exporters.onnx_export import relative_difference
+from pscompress.inference import Predictor, load_input
+from pscompress.onnx_reader import read_onnx
+
+
+def test_predictor_matches_pytorch_on_both_paths():
+    path, _, loaded = exported("resnet20")
+    x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        expected = loaded.module(torch.from_numpy(x)).numpy()
+    for native in (False, None):
+        p = Predictor(path, threads=1, native=native)
+        assert relative_difference(p.predict(x), expected) <= 1e-4
+    assert Predictor(path, native=False).native is False
+    assert p.input_shape == (1, 28, 28) and p.classes == FASHION_CLASSES and p.num_outputs == 10
+    assert p.meta["pattern"] == "4of9" and p.meta["accuracy"] == 0.5
+
+
+def test_topk_is_softmax_ordered():
+    path, _, _ = exported("resnet20")
+    p = Predictor(path, native=False)
+    x = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
+    logits = p.predict(x)
+    top = p.topk(x, k=3)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_array_equal(top.indices[:, 0], logits.argmax(1))
+    np.testing.assert_allclose(top.values, np.take_along_axis(probs, top.indices, 1), rtol=1e-5)
+    assert np.all(np.diff(top.values, axis=1) <= 0)
+
+
+def test_wrong_input_shape_is_a_user_error():
+    path, _, _ = exported("resnet20")
+    with pytest.raises(UserError, match=r"\[N, 1, 28, 28\]"):
+        Predictor(path, native=False).predict(np.zeros((1, 3, 28, 28), np.float32))
+
+
+def test_image_input_is_converted_and_resized(tmp_path):
+    pixels = (np.arange(64 * 48 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    x = load_input(tmp_path / "photo.png", (1, 28, 28))
+    expected = np.asarray(Image.fromarray(pixels).convert("L").resize((28, 28), Image.BILINEAR), np.float32) / 255
+    assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, 0], expected)
+    assert load_input(tmp_path / "photo.png", (3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_npy_input_forms_and_errors(tmp_path):
+    np.save(tmp_path / "u8.npy", np.full((28, 28), 255, np.uint8))
+    assert load_input(tmp_path / "u8.npy", (1, 28, 28)).max() == 1.0
+    np.save(tmp_path / "batch.npy", np.zeros((4, 1, 28, 28), np.float32))
+    assert load_input(tmp_path / "batch.npy", (1, 28, 28)).shape == (4, 1, 28, 28)
+    np.save(tmp_path / "big.npy", np.full((1, 28, 28), 3.0, np.float32))
+    with pytest.raises(UserError, match=r"outside \[0, 1\]"):
+        load_input(tmp_path / "big.npy", (1, 28, 28))
+    with pytest.raises(UserError, match="shape"):
+        load_input(tmp_path / "batch.npy", (3, 32, 32))
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="neither an image"):
+        load_input(tmp_path / "junk.png", (1, 28, 28))
+
+
+def test_reader_agrees_with_the_onnx_package():
+    path, _, _ = exported("resnet20")
+    ours, theirs = read_onnx(path), onnx.load(path)
+    assert ours.ir_version == theirs.ir_version
+    assert ours.opsets == {o.domain: o.version for o in theirs.opset_import}
+    assert ours.metadata == {p.key: p.value for p in theirs.metadata_props}
+    assert ours.functions == [f"{f.domain}.{f.name}" for f in theirs.functions]
+    assert [(n.name, n.op_type, n.domain, n.inputs) for n in ours.nodes] == \
+        [(n.name, n.op_type, n.domain, list(n.input)) for n in theirs.graph.node]
+    for mine, node in zip(ours.nodes, theirs.graph.node):
+        assert mine.attributes == {a.name: onnx.helper.get_attribute_value(a) if a.type != onnx.AttributeProto.STRING
+                                   else a.s.decode() for a in node.attribute}
+    assert {k: v[0] for k, v in ours.initializers.items()} == {i.name: list(i.dims) for i in theirs.graph.initializer}
+
+
+def test_reader_rejects_a_non_onnx_file(tmp_path):
+    (tmp_path / "x.onnx").write_bytes(b"\xff\xff\xff garbage")
+    with pytest.raises(UserError, match="not an ONNX model"):
+        read_onnx(tmp_path / "x.onnx")
+
+
+def test_board_side_modules_import_without_torch_or_onnx():
+    code = ("import sys, pscompress.inference, pscompress.onnx_reader, pscompress.commands.run, "
+            "pscompress.commands.info; bad = {'torch', 'onnx'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
