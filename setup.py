@@ -62,7 +62,10 @@ class BuildWithNative(build_py):
                   "models will run through the portable ONNX path", file=sys.stderr)
             return
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(built, target / LIBRARY)
+        # Replace by rename: processes that have the old library mapped keep their copy intact.
+        staged = target / f".{LIBRARY}.tmp"
+        shutil.copy2(built, staged)
+        os.replace(staged, target / LIBRARY)
 
 
 class PlatformWheel(bdist_wheel):
