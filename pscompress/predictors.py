@@ -1,7 +1,8 @@
 """One way to run any model file pscompress knows: ``open_predictor(path)``.
 
 Every predictor has ``predict(x) -> logits`` for float32 NCHW images in [0, 1], plus
-``input_shape`` (C, H, W; H and W may be None), ``classes``, ``meta`` and ``native``.
+``input_shape`` (C, H, W; H and W may be None), ``classes`` (None when the model does not
+name them), ``meta``, ``native`` and ``num_outputs`` (None when unknown).
 PyTorch and TFLite are imported only for their own formats, so evaluating an .onnx file
 works on a board without either.
 """
@@ -20,9 +21,10 @@ FORMATS = {".pt": "pytorch", ".pth": "pytorch", ".onnx": "onnx", ".tflite": "tfl
 
 class Predictor(Protocol):
     input_shape: tuple[Any, ...]
-    classes: list[str]
+    classes: list[str] | None
     meta: dict[str, Any]
     native: bool | None
+    num_outputs: int | None
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -41,7 +43,7 @@ class TorchPredictor:
         loaded = load_model(path, trust_pickle=trust_pickle)
         self.module = loaded.module.eval()
         self.meta = dict(loaded.meta)
-        self.classes = [str(c) for c in self.meta.get("classes") or []]
+        self.classes = [str(c) for c in self.meta["classes"]] if self.meta.get("classes") else None
         self.native = None
         convs = [m for m in self.module.modules() if isinstance(m, torch.nn.Conv2d)]
         in_channels = loaded.arch_kwargs.get("in_channels") or (convs[0].in_channels if convs else None)
