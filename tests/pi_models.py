@@ -105,10 +105,12 @@ def packed_length(case: Case) -> int:
                for o in range(case.out_channels) for i in range(cg))
 
 
-def fashion_mnist_image() -> np.ndarray:
+def fashion_mnist_image(index: int = 0) -> np.ndarray:
+    """Test image ``index`` as float32 [1, 1, 28, 28] in [0, 1]."""
     with gzip.open(FASHION_MNIST) as f:
-        data = f.read(16 + 28 * 28)
-    return (np.frombuffer(data[16:], np.uint8).astype(np.float32) / 255.0).reshape(1, 1, 28, 28)
+        data = f.read(16 + 28 * 28 * (index + 1))
+    pixels = np.frombuffer(data[16 + 28 * 28 * index:], np.uint8)
+    return (pixels.astype(np.float32) / 255.0).reshape(1, 1, 28, 28)
 
 
 def _parts(case: Case, rng: np.random.Generator):

@@ -1,7 +1,9 @@
-"""Emulated Raspberry Pi 4 (Cortex-A72) and Pi 5 (Cortex-A76): aarch64 onnxruntime under
-qemu-user in a Debian arm64 bookworm sysroot (scripts/setup-pi-emulator.sh), compared with
-the workstation's x86-64 outputs. Emulation is ~300x slower than a Pi: models stay tiny and
-no time is read off it."""
+"""Emulated Raspberry Pi 4 (Cortex-A72) and Pi 5 (Cortex-A76): the aarch64 wheel from
+scripts/build-pi-wheel.sh, installed as a Pi installs it, runs under qemu-user in a Debian arm64
+bookworm sysroot (scripts/setup-pi-emulator.sh); every output is compared with the
+workstation's x86-64 result. Emulation is ~300x slower than a Pi: models stay small and no
+time is read off it. Each board runs all its models in one emulated process (start-up alone
+takes seconds there)."""
 from __future__ import annotations
 
 import re
@@ -43,10 +45,6 @@ def conv_relu_model(rng: np.random.Generator) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
-def host_outputs(model_path: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return ort.InferenceSession(model_path, providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
 def assert_close(emulated: np.ndarray, host: np.ndarray) -> None:
     assert emulated.shape == host.shape and emulated.dtype == host.dtype
     scale = float(np.abs(host).max())
@@ -54,38 +52,24 @@ def assert_close(emulated: np.ndarray, host: np.ndarray) -> None:
     np.testing.assert_allclose(emulated, host, rtol=RTOL, atol=RTOL * scale)
 
 
+def _host_run(model_path: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """x86-64 outputs from stock onnxruntime (standard operators only)."""
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+
+
+def _save_feeds(folder: Path, feeds: dict[str, np.ndarray]) -> dict[str, str]:
+    paths = {}
+    for name, value in feeds.items():
+        paths[name] = str(folder / f"{name}.npy")
+        np.save(paths[name], value)
+    return paths
+
+
 @pytest.fixture(scope="module")
 def emulator():
     pi_emulator.set_up()
 
-
-@pytest.fixture(scope="module")
-def stock_site(emulator, tmp_path_factory):
-    """Only what stock onnxruntime needs on a Pi: no pscompress."""
-    site = tmp_path_factory.mktemp("pi-stock-site")
-    pi_emulator.install_site(site, "onnxruntime", "numpy")
-    return site
-
-
-@pytest.mark.parametrize("board", pi_emulator.BOARDS)
-def test_stock_onnxruntime_conv_matches_host(board, stock_site, tmp_path):
-    rng = np.random.default_rng(7)
-    model = _save(conv_relu_model(rng), tmp_path / "conv.onnx")
-    x = rng.random((2, 3, 17, 16), dtype=np.float32)
-    np.save(tmp_path / "x.npy", x)
-    job = {"out": str(tmp_path), "cases": [{"name": "conv", "model": model, "inputs": {"x": str(tmp_path / "x.npy")},
-                                             "native": None}]}
-    result = pi_emulator.run_job(board, stock_site, job, tmp_path)
-    assert result["machine"] == "aarch64"
-    assert result["onnxruntime"] == ort.__version__
-    (emulated,) = [np.load(p) for p in result["cases"]["conv"]["outputs"]]
-    (host,) = host_outputs(model, {"x": x})
-    assert (host > 0).any() and (host == 0).any(), "Relu should clip part of the output"
-    assert_close(emulated, host)
-    assert "Conv" in " ".join(result["cases"]["conv"]["op_names"])
-
-
-# --- the aarch64 wheel on the emulated boards ---
 
 @pytest.fixture(scope="module")
 def pi_wheel(emulator, tmp_path_factory) -> Path:
@@ -98,6 +82,54 @@ def pi_site(pi_wheel, tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("pi-site")
     pi_emulator.install_site(site, str(pi_wheel))
     return site
+
+
+@pytest.fixture(scope="module")
+def workloads(tmp_path_factory):
+    """The emulated boards' job cases and the x86-64 outputs each is compared with."""
+    from export_models import exported
+
+    folder = tmp_path_factory.mktemp("pi-workloads")
+    cases, expected = [], {}
+    rng = np.random.default_rng(2024)
+
+    # Stock onnxruntime on a standard Conv: the emulated platform itself is sound.
+    conv = _save(conv_relu_model(rng), folder / "conv.onnx")
+    feeds = {"x": rng.random((2, 3, 17, 16), dtype=np.float32)}
+    cases.append({"name": "stock_conv", "model": conv, "inputs": _save_feeds(folder, feeds), "native": None})
+    expected["stock_conv"] = _host_run(conv, feeds)
+
+    # PSConv nodes reaching every path of the native kernel, against the dense-Conv oracle.
+    # Two threads: tiles are shared out through onnxruntime's pool, as on a real Pi.
+    psconv, oracle, feeds = pi_models.build(rng)
+    psconv_path = _save(psconv, folder / "psconv.onnx")
+    cases.append({"name": "coverage", "model": psconv_path, "inputs": _save_feeds(folder, feeds), "native": True,
+                  "threads": 2})
+    expected["coverage"] = _host_run(_save(oracle, folder / "oracle.onnx"), feeds)
+
+    # A ResNet-20 (4of9) exported by pscompress, on Fashion-MNIST test images, with the native
+    # kernels and through its portable functions; the x86-64 portable run is the reference.
+    model, _, _ = exported("resnet20", "4of9")
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feeds = {session.get_inputs()[0].name: np.concatenate([pi_models.fashion_mnist_image(k) for k in range(4)])}
+    paths = _save_feeds(folder, feeds)
+    for name, native in (("exported_native", True), ("exported_portable", False)):
+        cases.append({"name": name, "model": str(model), "inputs": paths, "native": native, "threads": 2})
+    expected["exported"] = _host_run(str(model), feeds)
+    return cases, expected
+
+
+@pytest.fixture(scope="module", params=pi_emulator.BOARDS)
+def board_run(request, pi_site, workloads, tmp_path_factory):
+    """(board, result of all workloads on it, expected outputs)."""
+    cases, expected = workloads
+    folder = tmp_path_factory.mktemp(f"pi-{request.param}")
+    result = pi_emulator.run_job(request.param, pi_site, {"out": str(folder), "cases": cases}, folder)
+    return request.param, result, expected
+
+
+def _outputs(result: dict, name: str) -> list[np.ndarray]:
+    return [np.load(p) for p in result["cases"][name]["outputs"]]
 
 
 def test_pi_wheel_is_an_aarch64_light_install(pi_wheel, pi_site):
@@ -115,41 +147,46 @@ def test_pi_wheel_is_an_aarch64_light_install(pi_wheel, pi_site):
     assert not installed & {"torch", "onnx", "onnxscript", "scipy"}, f"the light install pulled {installed}"
 
 
-@pytest.fixture(scope="module")
-def coverage(tmp_path_factory):
-    """The PSConv coverage model, its feeds, and the x86-64 oracle's outputs (dense Conv)."""
-    folder = tmp_path_factory.mktemp("pi-coverage")
-    psconv, oracle, feeds = pi_models.build(np.random.default_rng(2024))
-    model = _save(psconv, folder / "psconv.onnx")
-    oracle_path = _save(oracle, folder / "oracle.onnx")
-    inputs = {}
-    for name, value in feeds.items():
-        inputs[name] = str(folder / f"{name}.npy")
-        np.save(inputs[name], value)
-    session = ort.InferenceSession(oracle_path, providers=["CPUExecutionProvider"])
-    expected = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
-    names = [o.name for o in session.get_outputs()]
-    return model, inputs, dict(zip(names, expected))
-
-
-@pytest.mark.parametrize("board", pi_emulator.BOARDS)
-def test_native_neon_kernel_matches_x86_oracle_on_every_path(board, pi_site, coverage, tmp_path):
-    model, inputs, expected = coverage
-    # Two threads: tiles are shared out through onnxruntime's pool, as on a real Pi.
-    job = {"out": str(tmp_path), "cases": [
-        {"name": "coverage", "model": model, "inputs": inputs, "native": True, "threads": 2}]}
-    result = pi_emulator.run_job(board, pi_site, job, tmp_path)
+def test_emulated_board_runs_the_installed_neon_library(board_run, pi_site):
+    board, result, _ = board_run
     assert result["machine"] == "aarch64"
+    assert result["onnxruntime"] == ort.__version__
     assert result["native_available"] and result["cpu_path"] == "neon"
     assert result["library_path"].startswith(str(pi_site))
-    case = result["cases"]["coverage"]
+
+
+def test_stock_onnxruntime_conv_matches_x86(board_run):
+    _, result, expected = board_run
+    (want,) = expected["stock_conv"]
+    assert (want > 0).any() and (want == 0).any(), "Relu should clip part of the output"
+    (got,) = _outputs(result, "stock_conv")
+    assert_close(got, want)
+
+
+def test_native_neon_kernel_matches_x86_oracle_on_every_path(board_run):
+    _, result, expected = board_run
     # The native kernels ran: the profile names the custom operators, and nothing else ran.
-    assert set(case["op_names"]) == {"PSConv", "PSConvAdd"}
-    outputs = [np.load(p) for p in case["outputs"]]
-    assert len(outputs) == len(expected)
-    for (name, want), got in zip(expected.items(), outputs):
-        assert np.unique(want).size > 1, f"{name}: a constant output proves nothing"
+    assert set(result["cases"]["coverage"]["op_names"]) == {"PSConv", "PSConvAdd"}
+    got = _outputs(result, "coverage")
+    assert len(got) == len(expected["coverage"]) == len(pi_models.CASES)
+    for case, want, out in zip(pi_models.CASES, expected["coverage"], got):
+        assert np.unique(want).size > 1, f"{case.name}: a constant output proves nothing"
+        assert_close(out, want)
+
+
+def test_exported_model_native_and_portable_match_x86(board_run):
+    _, result, expected = board_run
+    native, portable = result["cases"]["exported_native"], result["cases"]["exported_portable"]
+    # Native: the custom operators ran. Portable: onnxruntime inlined their ONNX functions.
+    assert {"PSConv", "PSConvAdd"} <= set(native["op_names"])
+    assert not {"PSConv", "PSConvAdd"} & set(portable["op_names"])
+    assert any("Conv" in op for op in portable["op_names"])  # Conv, or FusedConv after fusion
+    (want,) = expected["exported"]
+    assert np.abs(want - want[0]).max() > 0.01 * np.abs(want).max(), "the images should get different logits"
+    for name in ("exported_native", "exported_portable"):
+        (got,) = _outputs(result, name)
         assert_close(got, want)
+        assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
 
 
 @pytest.mark.parametrize("tile_pixels", [8, 16])
