@@ -40,6 +40,7 @@ void tile(const UkernelArgs& args) {
     a += kMR;
   };
   size_t k = 0;
+#pragma GCC unroll 2
   for (; k + kAhead < k_end; ++k) {
     const float* ahead = b_base + offsets[k + kAhead];
     _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
