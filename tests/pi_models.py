@@ -3,14 +3,14 @@ native kernel, each paired with an oracle model made of standard ONNX Conv on th
 masked weights. The dense weights are rebuilt here from the contract alone, not with
 pscompress's own code.
 
-Paths covered, chosen so that they stay covered for tiles of 8 or 16 pixels and
-4, 6 or 8 output rows: tiles read straight from the image (wide outputs) and gathered panels
-(outputs narrower than a tile); pixel tails (widths and row-spanning sizes that are not
-multiples of the tile); every row count from 1 to 6 in a tail (outputs per residue class 1 to
-8, 13 and 16); residue classes with no output; strides 1 and 2 (column phases); long
-reductions as in the benchmark's layers; asymmetric pads; a 5x5 kernel; groups; bias or none;
-no activation, Relu, Clip and the residual of PSConvAdd; periods 3, 4 and 8 with a dense
-support; weights that are a graph input (packed on every run) or a constant (prepacked once).
+Paths covered (tests/test_pi_emulated.py checks the claims on the shapes): tiles of 8 or 16
+pixels read straight from output rows, two-row tiles of 8-wide outputs (even and odd row
+counts), tiles gathered across rows, each full and with a tail; every row count a microkernel
+of up to 8 rows can get (1 to 8 outputs per residue class, more split into panels, and classes
+with none); strides 1 and 2 (column phases); long reductions as in the benchmark's layers;
+asymmetric pads; a 5x5 kernel; groups; bias or none; no activation, Relu, Clip and the
+residual of PSConvAdd; periods 3, 4 and 8 with a dense support; weights that are a graph input
+(packed on every run) or a constant (prepacked once).
 """
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ CASES = (
     # ResNet-18-CIFAR-like layers as benchmarks/kernel_speed.py runs them, with fewer channels:
     # long reductions (k = 256 and 64), rows per class 16 = 6 + 6 + 4 and 8 = 6 + 2.
     Case("resnet_like_4of9", 2, 64, 8, 8, 64, tuple(SQUARES_4OF9), clip=RELU),
+    Case("eight_wide_odd_rows", 1, 8, 7, 8, 20, tuple(SQUARES_4OF9), shift=3, clip=RELU),
     Case("resnet_like_downsample_2of9", 1, 32, 16, 16, 64, tuple(PAIRS_2OF9), strides=(2, 2), clip=RELU),
     # A first layer on a real 28x28 image: one output, so three of the four classes are empty.
     Case("first_layer_fashion_mnist", 1, 1, 28, 28, 1, tuple(SQUARES_4OF9), shift=1, fashion_mnist=True),

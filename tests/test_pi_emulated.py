@@ -189,24 +189,34 @@ def test_exported_model_native_and_portable_match_x86(board_run):
         assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
 
 
-@pytest.mark.parametrize("tile_pixels", [8, 16])
-@pytest.mark.parametrize("tile_rows", [4, 6, 8])
-def test_coverage_cases_reach_every_tail(tile_pixels, tile_rows):
-    """The claim of tests/pi_models.py, checked for any plausible NEON tile size: full tiles and
-    every tail, in both direct (output row >= a tile) and gathered layouts, for pixels and rows."""
-    direct, gathered, row_tails, full_row_tiles = set(), set(), set(), False
+def _outputs_per_class(case: pi_models.Case) -> set[int]:
+    """How many outputs each (group, residue class) of a case has: the kernel's row panels."""
+    p, mg = len(case.patterns), case.out_channels // case.group
+    return {sum((o + case.shift) % p == r for o in range(g * mg, (g + 1) * mg))
+            for g in range(case.group) for r in range(p)}
+
+
+def test_coverage_cases_reach_every_row_count():
+    """Every row count a microkernel of up to 8 rows can be given, however a class's outputs are
+    cut into panels: each count 1..8 alone, empty classes, and counts split into 3 panels."""
+    counts = set().union(*map(_outputs_per_class, pi_models.CASES))
+    assert set(range(9)) <= counts and max(counts) > 12, counts
+
+
+@pytest.mark.parametrize("tile", [8, 16])
+def test_coverage_cases_reach_every_pixel_tail(tile):
+    """Full tiles and a tail both in tiles read straight from output rows (OW >= tile) and in
+    tiles that span rows (OW < tile), for 8- or 16-pixel tiles; and 8-wide outputs with an even
+    and an odd row count (the NEON/AVX2 kernels read those as two-row tiles)."""
+    rows, spanning, two_rows = set(), set(), set()
     for case in pi_models.CASES:
         oh, ow = case.output_hw
-        if ow >= tile_pixels:
-            direct.add(ow % tile_pixels)  # 0: full tiles only; else the tail's width
+        if ow >= tile:
+            rows.add(ow % tile)  # 0: full tiles only; else the tail's width
         else:
-            gathered.add(oh * ow % tile_pixels)
-        p, mg = len(case.patterns), case.out_channels // case.group
-        for g in range(case.group):
-            for r in range(p):
-                count = sum((o + case.shift) % p == r for o in range(g * mg, (g + 1) * mg))
-                full_row_tiles |= count >= tile_rows
-                row_tails.add(count % tile_rows)
-    assert 0 in direct and direct - {0}, direct
-    assert 0 in gathered and gathered - {0}, gathered
-    assert full_row_tiles and set(range(1, tile_rows)) <= row_tails, row_tails
+            spanning.add(oh * ow % tile)
+        if ow == 8:
+            two_rows.add(oh % 2)
+    assert 0 in rows and rows - {0}, rows
+    assert 0 in spanning and spanning - {0}, spanning
+    assert two_rows == {0, 1}, two_rows
