@@ -1,7 +1,6 @@
 """TFLite export checked against PyTorch (the oracle) in ai-edge-litert, with XNNPACK on and off."""
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,8 @@ import torch
 from torch import nn
 
 from pscompress import archs
-from pscompress.checkpoint import LoadedModel
+from pscompress.checkpoint import LoadedModel, load_model
+from pscompress.data import FASHION_MNIST_CLASSES, load_dataset
 from pscompress.errors import UserError
 from pscompress.exporters.tflite import build_tflite, export_tflite
 from pscompress.exporters.tflite_writer import schema
@@ -18,15 +18,10 @@ from pscompress.layers import PSConv2d
 from pscompress.patterns import parse_pattern
 from pscompress.tflite_inference import TFLitePredictor
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-def fashion_mnist_test_images(limit: int | None = None) -> np.ndarray:
-    """Fashion-MNIST test images as float32 [N, 1, 28, 28] in [0, 1] (idx format: 16-byte header)."""
-    with gzip.open(FASHION_MNIST / "t10k-images-idx3-ubyte.gz") as f:
-        pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    return (pixels[:limit] / np.float32(255)).astype(np.float32)
+CLASSES = list(FASHION_MNIST_CLASSES)
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+# The fine-tuned pSConv sample if it exists, else the dense one it is fine-tuned from.
+TRAINED = next((p for p in (SAMPLES / "fashion_resnet20_4of9.pt", SAMPLES / "fashion_resnet20.pt") if p.is_file()), None)
 
 
 def psconv_resnet20(pattern: str = "4of9", seed: int = 0) -> LoadedModel:
@@ -84,7 +79,7 @@ def exported(model, tmp_path_factory) -> dict[bool, tuple[Path, dict]]:
 def images() -> np.ndarray:
     """Random images and real Fashion-MNIST test images."""
     random = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
-    return np.concatenate([random, fashion_mnist_test_images(248)])
+    return np.concatenate([random, load_dataset("fashion-mnist", "test").x[:248]])
 
 
 @pytest.mark.parametrize("xnnpack", [True, False], ids=["xnnpack", "builtin-kernels"])
@@ -195,3 +190,16 @@ def test_unsupported_layer_is_named_and_nothing_is_written(tmp_path, layer, mess
     with pytest.raises(UserError, match=message):
         export_tflite(LoadedModel(module, None, {}, {"input_shape": [1, 12, 12]}), path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TRAINED is None, reason="no trained sample model in samples/ (samples/train_sample.py makes one)")
+def test_fp16_predicts_the_same_classes_as_pytorch_on_fashion_mnist(tmp_path):
+    loaded = load_model(TRAINED)
+    path = tmp_path / "trained_fp16.tflite"
+    export_tflite(loaded, path, fp16=True)
+    test = load_dataset("fashion-mnist", "test")
+    predictor = TFLitePredictor(path)
+    agree = sum(int((predictor.predict(x).argmax(1) == torch_logits(loaded.module, x).argmax(1)).sum())
+                for x, _ in test.batches(500))
+    assert agree / len(test) >= 0.999, f"{len(test) - agree} of {len(test)} predictions differ"
