@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gate_fixtures import fit_linear, linear_module, run_cli, save_module, torch_predictions
+from gate_fixtures import fit_linear, linear_module, psconv_module, run_cli, save_module, torch_predictions
 from pscompress.data import load_dataset
 from pscompress.errors import UserError
 from pscompress.evaluate import EvalResult, load_result, per_class_accuracy, summarise_latency, topk_accuracy
@@ -153,3 +153,20 @@ def test_damaged_record_is_a_usage_error(tmp_path):
     (tmp_path / "bad.json").write_text('{"schema": "pscompress-eval/1", "top1": 0.5}')
     with pytest.raises(UserError, match="damaged"):
         load_result(tmp_path / "bad.json")
+
+
+def test_eval_onnx_with_and_without_the_native_kernel_agrees_with_torch(test_set, tmp_path, capsys, monkeypatch):
+    from pscompress.checkpoint import LoadedModel
+    from pscompress.exporters.onnx_export import export_onnx
+
+    module = psconv_module(*fit_linear())
+    export_onnx(LoadedModel(module, meta={"input_shape": [1, 28, 28]}), tmp_path / "psconv.onnx")
+    expected = torch_predictions(module, test_set.x)
+    assert np.mean(expected == test_set.y) > 0.7
+    for flag, native in (("--native", True), ("--no-native", False)):
+        code, stdout, _ = run_cli(["eval", tmp_path / "psconv.onnx", flag, "--data", "fashion-mnist",
+                                   "--limit", LIMIT, "--json", "-"], capsys, monkeypatch)
+        assert code == 0
+        record = EvalResult.from_json(json.loads(stdout))
+        assert record.model["format"] == "onnx" and record.model["native"] is native
+        assert np.mean(record.predictions != expected) <= 1 / LIMIT
