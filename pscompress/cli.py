@@ -6,6 +6,7 @@ when it runs, so board-side commands (``run``, ``info``) never import PyTorch.
 from __future__ import annotations
 
 import importlib
+import importlib.util  # not imported by `import importlib`: on a light install nothing else loads it
 import sys
 
 import click
