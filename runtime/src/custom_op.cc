@@ -176,7 +176,10 @@ Registration& registration() {
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
-  if (!api) return nullptr;
+  if (!api) {  // an onnxruntime older than these headers: say so through the oldest API table
+    const OrtApi* oldest = api_base->GetApi(1);
+    return oldest ? oldest->CreateStatus(ORT_FAIL, "libpscompress_ort needs onnxruntime >= 1.21") : nullptr;
+  }
   Ort::InitApi(api);
   try {
     std::lock_guard<std::mutex> lock(pscompress::registration_mutex);
