@@ -24,6 +24,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from pscompress.checkpoint import LoadedModel
 from pscompress.errors import UserError
 from pscompress.exporters.fold import fold_batchnorm
+from pscompress.exporters.onnx_export import model_input_shape, relative_difference
 from pscompress.exporters.tflite_sparse import smallest_encoding
 from pscompress.exporters.tflite_writer import TFLiteGraph, enum
 from pscompress.files import atomic_output
@@ -31,6 +32,9 @@ from pscompress.layers import PSConv2d
 
 METADATA_NAME = "pscompress"
 METADATA_VERSION = 1
+# Export fails when the TFLite interpreter's logits differ from PyTorch's by more than this
+# (relative); float16 weights round every weight, so they get a looser bound.
+VERIFY_TOLERANCE = {False: 1e-4, True: 1e-2}
 
 _RELUS: dict[Any, str] = {nn.ReLU: "RELU", nn.ReLU6: "RELU6", F.relu: "RELU", torch.relu: "RELU", F.relu6: "RELU6", "relu": "RELU"}
 
@@ -40,15 +44,18 @@ def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = 
     """Write ``loaded`` as a .tflite file at ``path`` (atomically) and return a size report.
 
     ``input_shape`` is (C, H, W); by default it comes from the checkpoint's meta. The report
-    holds the file size, the size of the same export with every filter dense, and what it used.
+    holds the file size, the size of the same export with every filter dense and, when a TFLite
+    interpreter is installed, how far its output is from PyTorch's (export fails beyond
+    ``VERIFY_TOLERANCE``).
     """
-    shape = resolve_input_shape(loaded, input_shape)
+    shape = model_input_shape(loaded, input_shape)
     data = build_tflite(loaded, shape, fp16=fp16, sparse=True)
     dense = build_tflite(loaded, shape, fp16=fp16, sparse=False)
+    diff = _verify(data, loaded.module, shape, VERIFY_TOLERANCE[fp16])
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
     return {"path": str(path), "bytes": len(data), "dense_bytes": len(dense), "fp16": fp16,
-            "input_shape": list(shape), "sparse_layers": len(_psconv_names(loaded.module))}
+            "input_shape": list(shape), "sparse_layers": len(_psconv_names(loaded.module)), "max_rel_diff": diff}
 
 
 def build_tflite(loaded: LoadedModel, input_shape: tuple[int, int, int], *, fp16: bool = False, sparse: bool = True) -> bytes:
@@ -62,15 +69,22 @@ def build_tflite(loaded: LoadedModel, input_shape: tuple[int, int, int], *, fp16
     return graph.serialize(description="pscompress TFLite export", metadata={METADATA_NAME: _metadata(loaded, input_shape, fp16)})
 
 
-def resolve_input_shape(loaded: LoadedModel, input_shape: Sequence[int] | None = None) -> tuple[int, int, int]:
-    """(C, H, W): ``input_shape`` if given, else what the checkpoint's meta records."""
-    shape = input_shape if input_shape is not None else loaded.meta.get("input_shape")
-    if shape is None:
-        raise UserError("the model does not record its input shape: pass --input-shape C,H,W (e.g. 1,28,28)")
-    shape = tuple(int(d) for d in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise UserError(f"input shape {','.join(map(str, shape))} is not C,H,W with positive sizes")
-    return shape  # type: ignore[return-value]
+def _verify(data: bytes, module: nn.Module, input_shape: tuple[int, int, int], tolerance: float) -> float | None:
+    """Max relative difference between the TFLite interpreter and PyTorch on random images (None: no interpreter)."""
+    from pscompress.tflite_inference import TFLitePredictor, interpreter_module
+
+    try:
+        interpreter_module()
+    except UserError:
+        return None  # exporting needs no interpreter; checking does
+    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module.eval()(example).numpy()
+    got = TFLitePredictor.from_bytes(data).predict(example.numpy())
+    diff = relative_difference(got, expected)
+    if not diff <= tolerance:
+        raise UserError(f"the exported TFLite model disagrees with PyTorch (relative difference {diff:.2e}): please report this")
+    return diff
 
 
 def _psconv_names(module: nn.Module) -> list[str]:

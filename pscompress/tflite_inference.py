@@ -44,7 +44,16 @@ class TFLitePredictor:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"cannot read {path}: no such file")
-        content = path.read_bytes()
+        self._load(path.read_bytes(), str(path), xnnpack, threads)
+
+    @classmethod
+    def from_bytes(cls, content: bytes, xnnpack: bool = True, threads: int | None = None) -> "TFLitePredictor":
+        """A predictor for a model held in memory (e.g. just exported, before it is written)."""
+        predictor = cls.__new__(cls)
+        predictor._load(content, "the model", xnnpack, threads)
+        return predictor
+
+    def _load(self, content: bytes, path: str, xnnpack: bool, threads: int | None) -> None:
         if content[4:8] != b"TFL3":
             raise UserError(f"{path} is not a TFLite model")
         module = interpreter_module()

@@ -1,6 +1,8 @@
 """TFLite export checked against PyTorch (the oracle) in ai-edge-litert, with XNNPACK on and off."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 from pscompress import archs
-from pscompress.checkpoint import LoadedModel, load_model
+from pscompress.checkpoint import LoadedModel, load_model, save_checkpoint
 from pscompress.data import FASHION_MNIST_CLASSES, load_dataset
 from pscompress.errors import UserError
 from pscompress.exporters.tflite import build_tflite, export_tflite
@@ -203,3 +205,16 @@ def test_fp16_predicts_the_same_classes_as_pytorch_on_fashion_mnist(tmp_path):
     agree = sum(int((predictor.predict(x).argmax(1) == torch_logits(loaded.module, x).argmax(1)).sum())
                 for x, _ in test.batches(500))
     assert agree / len(test) >= 0.999, f"{len(test) - agree} of {len(test)} predictions differ"
+
+
+def test_cli_exports_and_prints_sizes(model, tmp_path):
+    checkpoint, out = tmp_path / "model.pt", tmp_path / "model.tflite"
+    save_checkpoint(model, checkpoint)
+    done = subprocess.run([sys.executable, "-m", "pscompress.cli", "export", str(checkpoint), "-o", str(out), "--fp16"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "the dense export" in done.stdout and "verified against PyTorch" in done.stdout
+    assert TFLitePredictor(out).meta["fp16"] is True
+    bad = subprocess.run([sys.executable, "-m", "pscompress.cli", "export", str(checkpoint), "-o", str(tmp_path / "x.tflite"),
+                          "--input-shape", "1,28"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
