@@ -45,6 +45,7 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     augment: bool = False
+    bn_recalibrate: int = 2048
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
     seed: int = 0
@@ -97,6 +98,9 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
     if teacher is not None:
         teacher.eval()
 
+    if start_epoch == 0:
+        recalibrate_batchnorm(net, train, config.bn_recalibrate, config.batch_size, world, rank)
+        _sync_buffers(net, world)
     accuracies = list(model.meta.get("finetune", {}).get("epoch_accuracies", [])) if resume else []
     seconds: list[float] = []
     for epoch in range(start_epoch, config.epochs):
@@ -130,6 +134,31 @@ def evaluate(net: nn.Module, data: ArrayDataset, batch_size: int = 256, world: i
         dist.all_reduce(counts)
     net.train(was_training)
     return float(counts[0] / counts[1]) if counts[1] else float("nan")
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, data: ArrayDataset, examples: int, batch_size: int = 256,
+                          world: int = 1, rank: int = 0) -> None:
+    """Re-estimate batch-norm running statistics on the first ``examples`` training images.
+
+    Zeroing 5/9 of a layer's weights shifts every later activation's mean and variance; with the
+    dense model's statistics the converted model can collapse to one class in eval mode, and a
+    momentum of 0.1 needs many steps to forget them. A plain average over fresh batches does not.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or examples <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = net.training
+    net.train()
+    for x, _ in data.batches(batch_size, np.arange(rank, min(examples, len(data)), world)):
+        net(torch.from_numpy(x))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    net.train(was_training)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,

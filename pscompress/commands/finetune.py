@@ -25,6 +25,8 @@ _DEFAULTS = FinetuneConfig()
 @click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay, show_default=True, help="Weight decay.")
 @click.option("--augment/--no-augment", default=_DEFAULTS.augment, show_default=True,
               help="Random crop (zero padding) and horizontal flip of training images.")
+@click.option("--bn-recalibrate", type=int, default=_DEFAULTS.bn_recalibrate, show_default=True, metavar="N",
+              help="Before training, re-estimate batch-norm statistics on N training images (0: keep them).")
 @click.option("--distill-from", type=click.Path(dir_okay=False, path_type=Path),
               help="Dense teacher checkpoint: add a knowledge-distillation loss on its softened outputs.")
 @click.option("--distill-alpha", type=float, default=_DEFAULTS.distill_alpha, show_default=True,
@@ -38,7 +40,7 @@ _DEFAULTS = FinetuneConfig()
 @click.option("--arch", help="Architecture of a bare state dict (resnet18, resnet20, vgg16).")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading pickled models (runs code from the file).")
 def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, optimizer: str, batch_size: int,
-             weight_decay: float, augment: bool, distill_from: Path | None, distill_alpha: float,
+             weight_decay: float, augment: bool, bn_recalibrate: int, distill_from: Path | None, distill_alpha: float,
              distill_temperature: float, resume: bool, limit: int | None, seed: int, workers: int,
              arch: str | None, trust_pickle: bool) -> None:
     """Fine-tune MODEL on a data set with its pSConv masks fixed, and write the result to OUTPUT.
@@ -54,7 +56,7 @@ def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, 
     from pscompress.finetune import model_io
 
     config = FinetuneConfig(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                            weight_decay=weight_decay, augment=augment, distill_alpha=distill_alpha,
+                            weight_decay=weight_decay, augment=augment, bn_recalibrate=bn_recalibrate, distill_alpha=distill_alpha,
                             distill_temperature=distill_temperature, seed=seed, workers=workers, limit=limit)
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     if loaded.arch is None:
