@@ -138,12 +138,12 @@ def _quiet_loggers():
 
 
 def _exporter_reason(exc: BaseException) -> str:
-    """The most specific line of the exporter's chained errors, with the layer it failed on."""
+    """The most specific line of the exporter's chained errors, with the operation it failed on."""
     text = "\n".join(str(e) for e in _chain(exc))
     node = re.search(r"Error when translating node %(\S+)", text)
     unsupported = re.search(r"(No decompositions registered[^\n]*|Unsupported[^\n]*|not supported[^\n]*)", text)
     reason = unsupported.group(1) if unsupported else str(_chain(exc)[-1]).strip().splitlines()[0]
-    return f"layer {node.group(1)}: {reason}" if node else reason
+    return f"operation {node.group(1)}: {reason}" if node else reason
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:

@@ -207,3 +207,16 @@ def test_missing_input_shape_is_a_clear_error(tmp_path):
     loaded = LoadedModel(nn.Sequential(nn.Conv2d(1, 2, 3)).eval())
     with pytest.raises(UserError, match="--input-shape"):
         export_onnx(loaded, tmp_path / "m.onnx")
+
+
+def test_operation_without_onnx_translation_is_named(tmp_path):
+    class Inverse(nn.Module):
+        def forward(self, x):
+            return torch.linalg.inv(x)
+
+    loaded = LoadedModel(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Inverse()).eval(), meta={"input_shape": [1, 4, 4]})
+    with pytest.raises(UserError, match=r"cannot export the model to ONNX: operation linalg_inv"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(loaded, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
