@@ -1,0 +1,74 @@
+"""The project's own accuracy gate: export the sample pSConv model and check it against the committed baseline.
+
+The baseline (samples/baseline-<sample>.json) is `pscompress eval --json` of the sample's ONNX
+export on the full Fashion-MNIST test set. A change in conversion, export or the native kernel
+that costs accuracy, flips predictions or grows the file fails here.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+from gate_fixtures import run_cli
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+# The fine-tuned 4-of-9 sample is the product's showcase; the dense one is its starting point.
+SAMPLE = next(SAMPLES / name for name in ("fashion_resnet20_4of9.pt", "fashion_resnet20.pt")
+              if (SAMPLES / f"baseline-{Path(name).stem}.json").is_file())
+
+
+@pytest.fixture(scope="module")
+def baseline() -> Path:
+    return SAMPLES / f"baseline-{SAMPLE.stem}.json"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """The sample exported exactly as a user would: `pscompress export`."""
+    out = tmp_path_factory.mktemp("gate") / f"{SAMPLE.stem}.onnx"
+    subprocess.run([sys.executable, "-m", "pscompress.cli", "export", str(SAMPLE), "-o", str(out)], check=True)
+    return out
+
+
+@pytest.mark.parametrize("native", ["--native", "--no-native"])
+def test_sample_export_holds_the_committed_baseline(exported, baseline, native, tmp_path, capsys, monkeypatch):
+    record = json.loads(baseline.read_text())
+    assert record["data"]["spec"] == "fashion-mnist" and record["data"]["images"] == 10000
+    junit, summary = tmp_path / "gate.xml", tmp_path / "gate.md"
+    code, stdout, stderr = run_cli(
+        ["check", exported, native, "--baseline", baseline, "--min-accuracy", 88, "--max-drop", 0.1,
+         "--max-disagreement", 0.1, "--max-size-ratio", 1.02, "--junit", junit, "--summary", summary],
+        capsys, monkeypatch)
+    assert code == 0, stdout + stderr
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("tests") == "4" and suite.get("failures") == "0"
+    assert "passed" in summary.read_text()
+
+
+def test_sample_export_agrees_with_its_pytorch_model(exported, capsys, monkeypatch):
+    code, stdout, stderr = run_cli(["check", exported, "--reference", SAMPLE, "--data", "fashion-mnist", "--limit", 500,
+                                    "--threads", 1, "--max-disagreement", 0.2, "--max-drop", 0.2], capsys, monkeypatch)
+    assert code == 0, stdout + stderr
+
+
+def test_gate_catches_a_damaged_model(baseline, tmp_path, capsys, monkeypatch):
+    """A regression the gate exists for: one convolution's weights damaged before export."""
+    from pscompress.checkpoint import load_model
+    from pscompress.exporters.onnx_export import export_onnx
+
+    loaded = load_model(SAMPLE)
+    with torch.no_grad():
+        conv = loaded.module.layers[4].conv1
+        conv.weight.mul_(-1.0)
+    export_onnx(loaded, tmp_path / "damaged.onnx")
+    junit = tmp_path / "gate.xml"
+    code, stdout, _ = run_cli(["check", tmp_path / "damaged.onnx", "--baseline", baseline, "--max-drop", 0.1,
+                               "--max-disagreement", 0.1, "--junit", junit], capsys, monkeypatch)
+    assert code == 1, stdout
+    assert len(ET.parse(junit).getroot().findall("testsuite/testcase/failure")) == 2
