@@ -8,7 +8,8 @@ import click
 from pscompress.evaluate import EvalResult, evaluate_file, format_report
 from pscompress.files import write_text_atomic
 
-SPEC_HELP = "'fashion-mnist' (the installed test set), an image folder DIR/<class>/*.png, or an .npz with x and y."
+SPEC_HELP = ("'fashion-mnist' (the Debian package dataset-fashion-mnist), an image folder DIR/<class>/*.png, "
+             "or an .npz with x and y.")
 
 
 def measurement_options(command: Callable[..., Any]) -> Callable[..., Any]:
