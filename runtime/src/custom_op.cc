@@ -116,7 +116,6 @@ class Kernel {
               w.elements, w.data,
               b.shape.data(), b.shape.size(), b.data,
               z.shape.data(), z.shape.size(), z.data};
-    if (residual_ && !z.data && z.shape.empty()) in.z = nullptr;
     const std::vector<int64_t> y_shape = conv_.output_shape(in, residual_);
     float* y = ctx.GetOutput(0, y_shape).GetTensorMutableData<float>();
     if (y_shape[0] == 0) return;

@@ -32,7 +32,7 @@ struct Inputs {
   const int64_t* x_shape; size_t x_rank; const float* x;
   size_t w_len; const float* w;
   const int64_t* b_shape; size_t b_rank; const float* b;  // b == nullptr: no bias
-  const int64_t* z_shape; size_t z_rank; const float* z;  // z == nullptr: no residual
+  const int64_t* z_shape; size_t z_rank; const float* z;  // z_rank == 0: no residual
 };
 
 class PSConv {
