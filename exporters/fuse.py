@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,13 @@ def fuse_psconv(gm: fx.GraphModule, example: torch.Tensor) -> int:
         if not isinstance(conv, PSConv2d):
             continue
         check_supported(node.target, conv)
+        if tuple(conv.dilation) != (1, 1):
+            # The native kernel takes dilation 1 only, and one node it refuses stops the whole
+            # model from loading with the library: such a layer stays a standard Conv.
+            warnings.warn(f"layer {node.target}: dilation {tuple(conv.dilation)} is exported as a dense Conv "
+                          "(the native PSConv kernel supports dilation 1 only)", stacklevel=2)
+            _replace(gm, node.target, plain_conv(conv))
+            continue
         chain, residual = [node], None
         add = _single_user(node)
         if add is not None and _is_residual_add(add, node):
@@ -196,11 +204,20 @@ def densify(gm: fx.GraphModule) -> None:
     for name, conv in list(gm.named_modules()):
         if isinstance(conv, PSConv2d):
             check_supported(name, conv)
-            plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              conv.dilation, conv.groups, conv.bias is not None)
-            with torch.no_grad():
-                plain.weight.copy_(conv.masked_weight())
-                if conv.bias is not None:
-                    plain.bias.copy_(conv.bias)
-            parent, _, child = name.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, child, plain)
+            _replace(gm, name, plain_conv(conv))
+
+
+def plain_conv(conv: PSConv2d) -> nn.Conv2d:
+    """An nn.Conv2d computing what ``conv`` does, its masked weights stored dense."""
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, conv.bias is not None)
+    with torch.no_grad():
+        plain.weight.copy_(conv.masked_weight())
+        if conv.bias is not None:
+            plain.bias.copy_(conv.bias)
+    return plain.eval()
+
+
+def _replace(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, child, module)

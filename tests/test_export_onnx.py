@@ -18,6 +18,7 @@ from export_models import exported, psconv_model
 from pscompress.checkpoint import LoadedModel
 from pscompress.errors import UserError
 from pscompress.exporters.onnx_export import export_onnx, relative_difference
+from pscompress.inference import Predictor
 from pscompress.layers import PSConv2d
 from pscompress.patterns import PatternSet, parse_pattern
 
@@ -130,8 +131,8 @@ _LAYERS = {
                              residual=True, act=nn.ReLU()),
     "depthwise": dict(cin=8, cout=8, k=3, stride=1, padding=1, groups=8, dilation=1, bias=True, pattern="4of9",
                       residual=True, act=None),
-    "dilated-same": dict(cin=8, cout=8, k=3, stride=1, padding="same", groups=1, dilation=2, bias=False,
-                         pattern="3of9", residual=False, act=nn.ReLU6()),
+    "same": dict(cin=8, cout=8, k=3, stride=1, padding="same", groups=1, dilation=1, bias=False,
+                 pattern="3of9", residual=False, act=nn.ReLU6()),
     "no-pad-5x5": dict(cin=5, cout=7, k=5, stride=1, padding=0, groups=1, dilation=1, bias=True, pattern=None,
                        residual=False, act=None),
 }
@@ -165,6 +166,8 @@ def test_single_layer_variants(tmp_path, name):
     assert relative_difference(portable_session(tmp_path / "m.onnx").run(None, {"input": x})[0], expected) <= 1e-4
     ref = ReferenceEvaluator(model).run(None, {"input": x})[0]
     assert relative_difference(ref, expected) <= 1e-4
+    native = Predictor(tmp_path / "m.onnx", native=True).predict(x)  # the kernel accepts every attribute written
+    assert relative_difference(native, expected) <= 1e-4
     assert summary["psconv_layers"] == 1
 
 
@@ -186,6 +189,18 @@ def test_model_without_psconv_exports_dense_with_a_warning(tmp_path):
     model = onnx.load(tmp_path / "dense.onnx")
     assert summary["psconv_layers"] == 0 and not model.functions
     assert "ai.pscompress" not in {o.domain for o in model.opset_import}
+
+
+def test_dilated_layer_is_exported_as_a_dense_conv_with_a_warning(tmp_path):
+    conv = PSConv2d(4, 4, 3, padding=2, dilation=2, pattern=parse_pattern("4of9"))
+    module = nn.Sequential(conv, nn.ReLU()).eval()
+    with pytest.warns(UserWarning, match=r"layer 0: dilation \(2, 2\) is exported as a dense Conv"):
+        export_onnx(LoadedModel(module, meta={"input_shape": [4, 9, 9]}), tmp_path / "m.onnx")
+    model = onnx.load(tmp_path / "m.onnx")
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Relu"]
+    x = np.random.default_rng(0).random((1, 4, 9, 9), dtype=np.float32)
+    assert relative_difference(portable_session(tmp_path / "m.onnx").run(None, {"input": x})[0],
+                               torch_forward(module, x)) <= 1e-4
 
 
 def test_unsupported_layer_is_named(tmp_path):
