@@ -1,11 +1,14 @@
 """Runs inside the emulated Raspberry Pi (aarch64 Python with only the Pi's site packages):
 executes ONNX models as a job file says and writes outputs and facts for the host to compare.
 
-Job: {"cases": [{"name", "model", "inputs": {input: .npy}, "native": null | true | false,
-                 "threads": null | int}], "out": folder, "result": json path}.
-native null runs a plain onnxruntime session (no pscompress); true/false go through
-pscompress.runtime. Profiling is on, so the host sees which kernel ran each node.
+Job: {"cases": [...], "out": folder, "result": json path}, each case either
+  {"name", "model", "inputs": {input: .npy}, "native": null | true | false, "threads": null | int}:
+      native null runs a plain onnxruntime session (no pscompress); true/false go through
+      pscompress.runtime. Profiling is on, so the host sees which kernel ran each node;
+  or {"name", "argv": [...]}: the `pscompress` command line, as its console script runs it.
 """
+import contextlib
+import io
 import json
 import os
 import platform
@@ -41,17 +44,30 @@ def run_case(case, out):
     return {"outputs": paths, "op_names": profiled_op_names(session)}
 
 
+def run_command(case):
+    from pscompress.cli import main as pscompress_main
+
+    sys.argv = ["pscompress", *case["argv"]]
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            pscompress_main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return {"exit_code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
 def main(job_path):
     with open(job_path) as f:
         job = json.load(f)
     result = {"machine": platform.machine(), "onnxruntime": ort.__version__, "cases": {}}
-    if any(case["native"] is not None for case in job["cases"]):
+    if any(case.get("native") is not None or "argv" in case for case in job["cases"]):
         from pscompress import runtime
 
         result.update(cpu_path=runtime.cpu_path(), native_available=runtime.native_available(),
                       library_path=str(runtime.library_path()))
     for case in job["cases"]:
-        result["cases"][case["name"]] = run_case(case, job["out"])
+        result["cases"][case["name"]] = run_command(case) if "argv" in case else run_case(case, job["out"])
     with open(job["result"], "w") as f:
         json.dump(result, f)
 

@@ -7,6 +7,8 @@ takes seconds there)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 import pi_emulator
 import pi_models
@@ -116,6 +119,14 @@ def workloads(tmp_path_factory):
     for name, native in (("exported_native", True), ("exported_portable", False)):
         cases.append({"name": name, "model": str(model), "inputs": paths, "native": native, "threads": 2})
     expected["exported"] = _host_run(str(model), feeds)
+
+    # The user's path on a Pi: `pscompress run` on a PNG, in the light install (no PyTorch).
+    png = folder / "boot.png"
+    Image.fromarray((pi_models.fashion_mnist_image(0)[0, 0] * 255).round().astype(np.uint8)).save(png)
+    cases.append({"name": "cli", "argv": ["run", str(model), "--input", str(png), "-k", "3", "--native"]})
+    host_cli = subprocess.run([str(Path(sys.executable).with_name("pscompress")), "run", str(model), "--input",
+                               str(png), "-k", "3", "--no-native"], capture_output=True, text=True, check=True)
+    expected["cli"] = host_cli.stdout
     return cases, expected
 
 
@@ -138,8 +149,15 @@ def test_pi_wheel_is_an_aarch64_light_install(pi_wheel, pi_site):
     glibc = re.fullmatch(r"manylinux_2_(\d+)_aarch64", platform)
     assert glibc and int(glibc.group(1)) <= 36, f"{platform}: must install on Raspberry Pi OS bookworm (glibc 2.36)"
     with zipfile.ZipFile(pi_wheel) as zf:
-        (library,) = [n for n in zf.namelist() if n.endswith(".so")]
+        names = set(zf.namelist())
+        (library,) = [n for n in names if n.endswith(".so")]
         header = zf.read(library)[:20]
+    # Every module of the source tree ships (pyproject's package-dir maps the top-level folders).
+    root = pi_emulator.ROOT
+    sources = {f"pscompress/{p.relative_to(root / 'pscompress')}" for p in (root / "pscompress").rglob("*.py")}
+    sources |= {f"pscompress/exporters/{p.name}" for p in (root / "exporters").glob("*.py")}
+    sources |= {f"pscompress/runtime/{p.name}" for p in (root / "runtime" / "python").glob("*.py")}
+    assert sources <= names, f"missing from the wheel: {sorted(sources - names)}"
     assert library == "pscompress/runtime/libpscompress_ort.so"
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
     installed = {p.name.split("-")[0].lower() for p in pi_site.glob("*.dist-info")}
@@ -194,6 +212,24 @@ def _outputs_per_class(case: pi_models.Case) -> set[int]:
     p, mg = len(case.patterns), case.out_channels // case.group
     return {sum((o + case.shift) % p == r for o in range(g * mg, (g + 1) * mg))
             for g in range(case.group) for r in range(p)}
+
+
+def _ranking(cli_output: str) -> list[tuple[str, float]]:
+    """(class, probability %) per line of `pscompress run`'s top-k listing."""
+    return [(m.group(1).strip(), float(m.group(2)))
+            for m in re.finditer(r"^\s+\d+\. (.+?)\s+([\d.]+)%$", cli_output, re.MULTILINE)]
+
+
+def test_pscompress_run_on_a_png_in_the_light_install(board_run):
+    _, result, expected = board_run
+    want = _ranking(expected["cli"])
+    assert len(want) == 3
+    case = result["cases"]["cli"]
+    assert case["exit_code"] == 0, case["stderr"]
+    assert "1 image(s), native PSConv kernels" in case["stdout"]
+    got = _ranking(case["stdout"])
+    assert [c for c, _ in got] == [c for c, _ in want]
+    np.testing.assert_allclose([p for _, p in got], [p for _, p in want], atol=0.015)
 
 
 def test_coverage_cases_reach_every_row_count():
