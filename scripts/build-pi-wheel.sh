@@ -47,7 +47,7 @@ if ! compgen -G "$cache/*.whl" >/dev/null; then
   # it needs nothing but glibc and tags the wheel by the newest glibc version it uses.
   PSCOMPRESS_REQUIRE_NATIVE=1 \
   PSCOMPRESS_CMAKE_ARGS="-DCMAKE_TOOLCHAIN_FILE=$stage/runtime/cmake/aarch64-linux-gnu.cmake" \
-    "$python" -m pip wheel -q --no-deps --no-build-isolation --disable-pip-version-check \
+    "$python" -m pip wheel -q --no-deps --disable-pip-version-check \
     -w "$stage/wheel" "$stage" >&2
   rm -rf "$cache.tmp" && mkdir -p "$cache.tmp"
   "$python" "$root/scripts/pi_wheel.py" "$stage"/wheel/pscompress-*.whl "$cache.tmp" aarch64-linux-gnu-readelf >/dev/null
