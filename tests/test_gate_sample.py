@@ -40,6 +40,7 @@ def exported(tmp_path_factory) -> Path:
 def test_sample_export_holds_the_committed_baseline(exported, baseline, native, tmp_path, capsys, monkeypatch):
     record = json.loads(baseline.read_text())
     assert record["data"]["spec"] == "fashion-mnist" and record["data"]["images"] == 10000
+    assert record["top1"] > 0.88  # the baseline itself is a good model, not a record of a broken one
     junit, summary = tmp_path / "gate.xml", tmp_path / "gate.md"
     code, stdout, stderr = run_cli(
         ["check", exported, native, "--baseline", baseline, "--min-accuracy", 88, "--max-drop", 0.1,
