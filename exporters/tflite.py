@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from pscompress.checkpoint import LoadedModel
+from pscompress.checkpoint import LoadedModel, psconv_layers
 from pscompress.errors import UserError
 from pscompress.exporters.fold import fold_batchnorm
 from pscompress.exporters.onnx_export import model_input_shape, relative_difference
@@ -29,8 +29,8 @@ from pscompress.exporters.tflite_sparse import smallest_encoding
 from pscompress.exporters.tflite_writer import TFLiteGraph, enum
 from pscompress.files import atomic_output
 from pscompress.layers import PSConv2d
+from pscompress.tflite_inference import METADATA_NAME, TFLitePredictor, interpreter_module
 
-METADATA_NAME = "pscompress"
 METADATA_VERSION = 1
 # Export fails when the TFLite interpreter's logits differ from PyTorch's by more than this
 # (relative); float16 weights round every weight, so they get a looser bound.
@@ -55,7 +55,7 @@ def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = 
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
     return {"path": str(path), "bytes": len(data), "dense_bytes": len(dense), "fp16": fp16,
-            "input_shape": list(shape), "sparse_layers": len(_psconv_names(loaded.module)), "max_rel_diff": diff}
+            "input_shape": list(shape), "sparse_layers": len(psconv_layers(loaded.module)), "max_rel_diff": diff}
 
 
 def build_tflite(loaded: LoadedModel, input_shape: tuple[int, int, int], *, fp16: bool = False, sparse: bool = True) -> bytes:
@@ -71,8 +71,6 @@ def build_tflite(loaded: LoadedModel, input_shape: tuple[int, int, int], *, fp16
 
 def _verify(data: bytes, module: nn.Module, input_shape: tuple[int, int, int], tolerance: float) -> float | None:
     """Max relative difference between the TFLite interpreter and PyTorch on random images (None: no interpreter)."""
-    from pscompress.tflite_inference import TFLitePredictor, interpreter_module
-
     try:
         interpreter_module()
     except UserError:
@@ -87,14 +85,10 @@ def _verify(data: bytes, module: nn.Module, input_shape: tuple[int, int, int], t
     return diff
 
 
-def _psconv_names(module: nn.Module) -> list[str]:
-    return [name for name, m in module.named_modules() if isinstance(m, PSConv2d)]
-
-
 def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool) -> bytes:
     layers = {name: {"kernel_size": list(m.pattern.kernel_size), "patterns": m.pattern.bitmasks, "shift": m.shift,
                      "density": m.pattern.density()}
-              for name, m in loaded.module.named_modules() if isinstance(m, PSConv2d)}
+              for name, m in psconv_layers(loaded.module).items()}
     meta = {"format": METADATA_NAME, "version": METADATA_VERSION, "input_shape": list(input_shape),
             "input_layout": "NHWC", "classes": loaded.meta.get("classes"), "arch": loaded.arch,
             "fp16": fp16, "psconv_layers": layers, "meta": loaded.meta}
@@ -321,7 +315,7 @@ class _Lowering:
             fused, produced_by = self._relu_kind(users[0]), users[0]
         out = self.graph.activation(produced_by.name, shape)
         self.values[node] = self.values[produced_by] = _Value(out, nhwc)
-        return out, enum("ActivationFunctionType", "RELU6" if fused == "RELU6" else fused)
+        return out, enum("ActivationFunctionType", fused)
 
     def _relu_kind(self, node: fx.Node) -> str | None:
         if node.op == "call_module":
