@@ -127,9 +127,7 @@ def fuse_psconv(gm: fx.GraphModule, example: torch.Tensor) -> int:
         if not isinstance(conv, PSConv2d):
             continue
         check_supported(node.target, conv)
-        if tuple(conv.dilation) != (1, 1):
-            # The native kernel takes dilation 1 only, and one node it refuses stops the whole
-            # model from loading with the library: such a layer stays a standard Conv.
+        if not packable(conv):
             warnings.warn(f"layer {node.target}: dilation {tuple(conv.dilation)} is exported as a dense Conv "
                           "(the native PSConv kernel supports dilation 1 only)", stacklevel=2)
             _replace(gm, node.target, plain_conv(conv))
@@ -158,6 +156,12 @@ def fuse_psconv(gm: fx.GraphModule, example: torch.Tensor) -> int:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return count
+
+
+def packable(conv: PSConv2d) -> bool:
+    """Whether the layer becomes a PSConv node. The native kernel takes dilation 1 only, and one
+    node it refuses stops the whole model from loading with the library: others stay dense Convs."""
+    return tuple(conv.dilation) == (1, 1)
 
 
 def check_supported(name: str, conv: PSConv2d) -> None:

@@ -27,8 +27,9 @@ from pscompress.checkpoint import LoadedModel, psconv_layers
 from pscompress.errors import UserError
 from pscompress.exporters import psconv_onnx
 from pscompress.exporters.fold import fold_batchnorm
-from pscompress.exporters.fuse import densify, fuse_psconv
+from pscompress.exporters.fuse import densify, fuse_psconv, packable
 from pscompress.files import atomic_output
+from pscompress.layers import PSConv2d
 from pscompress.onnx_reader import pattern_name
 
 # IR 8 is the oldest that carries opset 18 and model-local functions; onnx 1.23 would write 14,
@@ -52,20 +53,10 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike, *, dense: bool = F
     if not layers and not dense:
         warnings.warn("the model has no pSConv layer: exporting it dense (run `pscompress convert` first)", stacklevel=2)
     example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    graph = fold_batchnorm(loaded.module)
-    if dense:
-        densify(graph)
-    fused = 0 if dense else fuse_psconv(graph, example)
-    model = _torch_export(graph, example)
-    if fused:
-        model.functions.extend(psconv_onnx.fallback_functions())
-    _name_nodes_after_layers(model)
-    _set_opsets(model)
-    _set_metadata(model, loaded, shape, layers)
-    onnx.checker.check_model(model)
-    data = model.SerializeToString()
-    diff = _verify(data, loaded.module, example)
+    # Opened first so that an unwritable destination fails before the slow part.
     with atomic_output(path) as tmp:
+        data, fused = _build(loaded, example, dense, layers)
+        diff = _verify(data, loaded.module, example)
         tmp.write_bytes(data)
     kept, total = _weight_counts(loaded.module, packed=not dense)
     return {
@@ -76,6 +67,22 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike, *, dense: bool = F
         "dense_bytes": len(data) + 4 * (total - kept), "max_rel_diff": diff,
         "input_shape": list(shape),
     }
+
+
+def _build(loaded: LoadedModel, example: torch.Tensor, dense: bool, layers: dict) -> tuple[bytes, int]:
+    """The serialized model and how many PSConv nodes it has."""
+    graph = fold_batchnorm(loaded.module)
+    if dense:
+        densify(graph)
+    fused = 0 if dense else fuse_psconv(graph, example)
+    model = _torch_export(graph, example)
+    if fused:
+        model.functions.extend(psconv_onnx.fallback_functions())
+    _name_nodes_after_layers(model)
+    _set_opsets(model)
+    _set_metadata(model, loaded, tuple(example.shape[1:]), layers)
+    onnx.checker.check_model(model)
+    return model.SerializeToString(), fused
 
 
 def model_input_shape(loaded: LoadedModel, override: Sequence[int] | None = None) -> tuple[int, int, int]:
@@ -210,7 +217,7 @@ def _weight_counts(module: nn.Module, packed: bool) -> tuple[int, int]:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             total += m.weight.numel()
-            kept += int(m.mask.sum()) if packed and hasattr(m, "mask") else m.weight.numel()
+            kept += int(m.mask.sum()) if packed and isinstance(m, PSConv2d) and packable(m) else m.weight.numel()
     return kept, total
 
 
