@@ -32,9 +32,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
   .venv/bin/python -c 'import pscompress, torch, onnxruntime' || { echo "bootstrap: install failed" >&2; exit 1; }
   touch "$stamp"
 fi
-# The editable install built the native kernel library once: rebuild it when runtime/ changed.
+# The editable install built the native kernel library once: rebuild it when runtime/ changed
+# (or when a cached .venv came without the library, which lives in the source tree).
 lib=runtime/python/libpscompress_ort.so
-if [ -f "$lib" ] && [ -n "$(find runtime -newer "$lib" -type f \( -name '*.cc' -o -name '*.h' -o -name 'CMakeLists.txt' -o -name '*.cmake' \) -print -quit)" ]; then
+if [ ! -f "$lib" ] || [ -n "$(find runtime -newer "$lib" -type f \( -name '*.cc' -o -name '*.h' -o -name 'CMakeLists.txt' -o -name '*.cmake' \) -print -quit)" ]; then
   echo "bootstrap: rebuilding the native kernel library"
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -vE '^(WARNING: Location|  )' || true
 fi
