@@ -62,3 +62,12 @@ def test_user_mistakes_are_user_errors(tmp_path) -> None:
         runtime.create_session(tmp_path / "missing.onnx")
     with pytest.raises(UserError, match="threads"):
         runtime.session_options(threads=0)
+
+
+def test_older_onnxruntime_falls_back_to_portable(monkeypatch) -> None:
+    monkeypatch.setattr(ort, "__version__", "1.20.1")
+    options = runtime.session_options()  # must not try to register the 1.21-API library
+    with pytest.raises(Exception):  # so a bare PSConv node is unknown to this session
+        ort.InferenceSession(psconv_bytes(), options, providers=["CPUExecutionProvider"])
+    with pytest.raises(UserError, match="1.21"):
+        runtime.session_options(native=True)

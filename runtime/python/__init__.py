@@ -53,6 +53,15 @@ def cpu_path() -> str:
     return _cpu_path(str(path)) if path else "unavailable"
 
 
+def _ort_supports_library(version: str) -> bool:
+    """The library is built against the onnxruntime 1.21 API (ORT_API_VERSION 21)."""
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return True  # a development build: let onnxruntime decide
+    return (major, minor) >= (1, 21)
+
+
 def session_options(threads: int | None = None, native: bool | None = None) -> "onnxruntime.SessionOptions":
     """onnxruntime session options with the native kernels registered.
 
@@ -72,6 +81,10 @@ def session_options(threads: int | None = None, native: bool | None = None) -> "
             "the native PSConv kernel library is not built for this install "
             "(reinstall pscompress with a C++ compiler and cmake, see docs/runtime.md)"
         )
+    if path is not None and not _ort_supports_library(onnxruntime.__version__):
+        if native:
+            raise UserError(f"the native PSConv kernels need onnxruntime >= 1.21 (found {onnxruntime.__version__})")
+        path = None  # older onnxruntime: the models' portable functions still run
     if native is not False and path is not None:
         options.register_custom_ops_library(str(path))
     return options
