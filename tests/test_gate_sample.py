@@ -1,6 +1,6 @@
 """The project's own accuracy gate: export the sample pSConv model and check it against the committed baseline.
 
-The baseline (samples/baseline-<sample>.json) is `pscompress eval --json` of the sample's ONNX
+The baseline (samples/baseline-fashion_resnet20_4of9.json) is `pscompress eval --json` of the sample's ONNX
 export on the full Fashion-MNIST test set. A change in conversion, export or the native kernel
 that costs accuracy, flips predictions or grows the file fails here.
 """
@@ -18,14 +18,8 @@ import torch
 from gate_fixtures import run_cli
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-# The fine-tuned 4-of-9 sample is the product's showcase; the dense one is its starting point.
-SAMPLE = next(SAMPLES / name for name in ("fashion_resnet20_4of9.pt", "fashion_resnet20.pt")
-              if (SAMPLES / f"baseline-{Path(name).stem}.json").is_file())
-
-
-@pytest.fixture(scope="module")
-def baseline() -> Path:
-    return SAMPLES / f"baseline-{SAMPLE.stem}.json"
+SAMPLE = SAMPLES / "fashion_resnet20_4of9.pt"  # the fine-tuned 4-of-9 pSConv sample
+BASELINE = SAMPLES / "baseline-fashion_resnet20_4of9.json"
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +31,13 @@ def exported(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("native", ["--native", "--no-native"])
-def test_sample_export_holds_the_committed_baseline(exported, baseline, native, tmp_path, capsys, monkeypatch):
-    record = json.loads(baseline.read_text())
+def test_sample_export_holds_the_committed_baseline(exported, native, tmp_path, capsys, monkeypatch):
+    record = json.loads(BASELINE.read_text())
     assert record["data"]["spec"] == "fashion-mnist" and record["data"]["images"] == 10000
     assert record["top1"] > 0.88  # the baseline itself is a good model, not a record of a broken one
     junit, summary = tmp_path / "gate.xml", tmp_path / "gate.md"
     code, stdout, stderr = run_cli(
-        ["check", exported, native, "--baseline", baseline, "--min-accuracy", 88, "--max-drop", 0.1,
+        ["check", exported, native, "--baseline", BASELINE, "--min-accuracy", 88, "--max-drop", 0.1,
          "--max-disagreement", 0.1, "--max-size-ratio", 1.02, "--junit", junit, "--summary", summary],
         capsys, monkeypatch)
     assert code == 0, stdout + stderr
@@ -58,7 +52,7 @@ def test_sample_export_agrees_with_its_pytorch_model(exported, capsys, monkeypat
     assert code == 0, stdout + stderr
 
 
-def test_gate_catches_a_damaged_model(baseline, tmp_path, capsys, monkeypatch):
+def test_gate_catches_a_damaged_model(tmp_path, capsys, monkeypatch):
     """A regression the gate exists for: one convolution's weights damaged before export."""
     from pscompress.checkpoint import load_model
     from pscompress.exporters.onnx_export import export_onnx
@@ -69,7 +63,7 @@ def test_gate_catches_a_damaged_model(baseline, tmp_path, capsys, monkeypatch):
         conv.weight.mul_(-1.0)
     export_onnx(loaded, tmp_path / "damaged.onnx")
     junit = tmp_path / "gate.xml"
-    code, stdout, _ = run_cli(["check", tmp_path / "damaged.onnx", "--baseline", baseline, "--max-drop", 0.1,
+    code, stdout, _ = run_cli(["check", tmp_path / "damaged.onnx", "--baseline", BASELINE, "--max-drop", 0.1,
                                "--max-disagreement", 0.1, "--junit", junit], capsys, monkeypatch)
     assert code == 1, stdout
     assert len(ET.parse(junit).getroot().findall("testsuite/testcase/failure")) == 2
