@@ -4,7 +4,9 @@ Exports take seconds, so each (arch, pattern) is exported once per test session.
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -49,6 +51,8 @@ def exported(arch: str = "resnet20", pattern: str | None = "4of9", dense: bool =
 
     loaded = psconv_model(arch, in_channels=1 if arch == "resnet20" else 3, hw=28 if arch == "resnet20" else 32,
                           pattern=pattern, align=arch == "resnet20")  # aligning 11M random weights buys nothing
-    path = Path(tempfile.mkdtemp(prefix="pscompress-export-")) / f"{arch}-{pattern}-{'dense' if dense else 'packed'}.onnx"
+    directory = Path(tempfile.mkdtemp(prefix="pscompress-export-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)  # ResNet-18 exports are tens of MB
+    path = directory / f"{arch}-{pattern}-{'dense' if dense else 'packed'}.onnx"
     summary = export_onnx(loaded, path, dense=dense)
     return path, summary, loaded
