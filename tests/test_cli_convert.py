@@ -31,7 +31,7 @@ def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     model = build("resnet20", in_channels=1)
-    save_checkpoint(LoadedModel(model, "resnet20", {"in_channels": 1, "num_classes": 10}, {"classes": list("0123456789")}),
+    save_checkpoint(LoadedModel(model, "resnet20", {"in_channels": 1, "num_classes": 10}, {"classes": list("0123456789"), "accuracy": 0.9}),
                     folder / "r20.pt")
     torch.save(model.state_dict(), folder / "state.pt")
     torch.save(model, folder / "pickled.pt")
@@ -53,6 +53,7 @@ def test_convert_writes_checkpoint_report_and_table(models, tmp_path, monkeypatc
     layers = psconv_layers(loaded.module)
     assert len(layers) == 18 and all(layer.pattern.period == 9 for layer in layers.values())
     assert loaded.meta["classes"] == list("0123456789")  # what was there is kept
+    assert "accuracy" not in loaded.meta and loaded.meta["dense_accuracy"] == 0.9  # not claimed for the sparse weights
     assert loaded.meta["pattern"] == "2of9" and loaded.meta["input_shape"] == [1, 28, 28]
     data = json.loads(report.read_text())
     assert data["total"] == {k: v for k, v in loaded.meta["conversion"].items() if k in data["total"]}

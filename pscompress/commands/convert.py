@@ -59,6 +59,9 @@ def convert(model: Path, pattern: str, period: int | None, dense_kernel: bool, i
     shape = parse_input_shape(input_shape) if input_shape else default_input_shape(loaded.module, loaded.meta)
     report = sparsify(loaded.module, pattern, period=period, dense_kernel=dense_kernel, include=include,
                       exclude=exclude, align=not no_align, input_shape=shape)
+    # The measured accuracy belonged to the dense weights; keep it under a name that says so.
+    if "accuracy" in loaded.meta:
+        loaded.meta["dense_accuracy"] = loaded.meta.pop("accuracy")
     loaded.meta.update({"pattern": pattern, "input_shape": list(shape), "conversion": report.summary()})
     if report_json is None:
         save_checkpoint(loaded, output)
