@@ -3,9 +3,10 @@ native kernel, each paired with an oracle model made of standard ONNX Conv on th
 masked weights. The dense weights are rebuilt here from the contract alone, not with
 pscompress's own code.
 
-Paths covered (tests/test_pi_emulated.py checks the claims on the shapes): tiles of 8 or 16
-pixels read straight from output rows, two-row tiles of 8-wide outputs (even and odd row
-counts), tiles gathered across rows, each full and with a tail; every row count a microkernel
+Paths covered (tests/test_pi_emulated.py checks the claims on the shapes): 16-pixel tiles read
+straight from output rows (full, with a tail, and rows of 12 to 15 pixels), two-row tiles of
+outputs 6 to 8 wide (8 and narrower, even and odd row counts), tiles gathered across rows
+(full and with a tail); every row count a microkernel
 of up to 8 rows can get (1 to 8 outputs per residue class, more split into panels, and classes
 with none); strides 1 and 2 (column phases); long reductions as in the benchmark's layers;
 asymmetric pads; a 5x5 kernel; groups; bias or none; no activation, Relu, Clip and the
@@ -78,9 +79,21 @@ CASES = (
     Case("resnet_like_4of9", 2, 64, 8, 8, 64, tuple(SQUARES_4OF9), clip=RELU),
     Case("eight_wide_odd_rows", 1, 8, 7, 8, 20, tuple(SQUARES_4OF9), shift=3, clip=RELU),
     Case("resnet_like_downsample_2of9", 1, 32, 16, 16, 64, tuple(PAIRS_2OF9), strides=(2, 2), clip=RELU),
+    # Narrow layers as in the sample ResNet-20 (4 outputs per class): 14-pixel rows, and two
+    # 6-wide rows per tile with an even row count.
+    Case("narrow_rows_stride2", 1, 16, 28, 28, 16, tuple(SQUARES_4OF9), shift=1, strides=(2, 2), clip=RELU),
+    Case("narrow_two_rows_even", 1, 8, 6, 6, 16, tuple(SQUARES_4OF9), residual=True, clip=RELU),
     # A first layer on a real 28x28 image: one output, so three of the four classes are empty.
     Case("first_layer_fashion_mnist", 1, 1, 28, 28, 1, tuple(SQUARES_4OF9), shift=1, fashion_mnist=True),
 )
+
+
+def tile_layout(output_width: int) -> str:
+    """How the native kernel tiles an output of this width (mirrors choose_layout in
+    runtime/src/psconv.cc): 'rows', 'two_rows' or 'gathered'."""
+    if output_width >= 16 or (output_width > 8 and 4 * output_width >= 3 * 16):
+        return "rows"
+    return "two_rows" if output_width <= 8 and 8 * output_width >= 3 * 16 else "gathered"
 
 
 def dense_weights(case: Case, packed: np.ndarray) -> np.ndarray:

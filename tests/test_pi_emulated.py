@@ -239,20 +239,20 @@ def test_coverage_cases_reach_every_row_count():
     assert set(range(9)) <= counts and max(counts) > 12, counts
 
 
-@pytest.mark.parametrize("tile", [8, 16])
-def test_coverage_cases_reach_every_pixel_tail(tile):
-    """Full tiles and a tail both in tiles read straight from output rows (OW >= tile) and in
-    tiles that span rows (OW < tile), for 8- or 16-pixel tiles; and 8-wide outputs with an even
-    and an odd row count (the NEON/AVX2 kernels read those as two-row tiles)."""
-    rows, spanning, two_rows = set(), set(), set()
+def test_coverage_cases_reach_every_tile_layout():
+    """Each way the kernel tiles an output (pi_models.tile_layout) in every variant: rows with
+    full 16-pixel tiles, a tail, and rows shorter than a tile; two-row tiles 8 wide and
+    narrower, each with an even and an odd row count; gathered tiles full and with a tail."""
+    rows, two_rows, gathered = set(), set(), set()
     for case in pi_models.CASES:
         oh, ow = case.output_hw
-        if ow >= tile:
-            rows.add(ow % tile)  # 0: full tiles only; else the tail's width
+        layout = pi_models.tile_layout(ow)
+        if layout == "rows":
+            rows.add("short" if ow < 16 else "tail" if ow % 16 else "full")
+        elif layout == "two_rows":
+            two_rows.add((ow == 8, oh % 2))
         else:
-            spanning.add(oh * ow % tile)
-        if ow == 8:
-            two_rows.add(oh % 2)
-    assert 0 in rows and rows - {0}, rows
-    assert 0 in spanning and spanning - {0}, spanning
-    assert two_rows == {0, 1}, two_rows
+            gathered.add("tail" if oh * ow % 16 else "full")
+    assert rows == {"full", "tail", "short"}, rows
+    assert two_rows == {(True, 0), (True, 1), (False, 0), (False, 1)}, two_rows
+    assert gathered == {"full", "tail"}, gathered

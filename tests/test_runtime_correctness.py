@@ -138,6 +138,11 @@ FIXED = [
     Case(n=1, c=12, m=24, h=7, w=5, group=4, patterns=tuple(TWO_OF_NINE), shift=3),
     Case(n=2, c=8, m=8, h=5, w=5, kernel=(1, 1), pads=(0, 0, 0, 0), patterns=(1,)),
     Case(n=2, c=20, m=14, h=15, w=8, residual=True, clip=(-0.25, 0.5)),  # two-row tiles, odd OH
+    # Narrow layers as in the sample ResNet-20: 14-pixel rows, and two 7-wide (odd OH) or
+    # 6-wide (even OH) rows per tile, with 4 outputs per residue class.
+    Case(n=2, c=16, m=16, h=28, w=28, strides=(2, 2), clip=(0.0, np.inf)),
+    Case(n=2, c=32, m=32, h=14, w=14, strides=(2, 2), residual=True),
+    Case(n=1, c=8, m=16, h=6, w=6, residual=True, clip=(0.0, np.inf)),
     Case(n=1, c=9, m=7, h=21, w=19, strides=(2, 1), patterns=tuple(TWO_OF_NINE), shift=4),
 ]
 

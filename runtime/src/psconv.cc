@@ -177,6 +177,15 @@ constexpr size_t kMaxTileBlock = 8;
 // straight from the image (pixels contiguous per half); other tiles are gathered first.
 enum class TileLayout { kRow, kTwoRows, kGathered };
 
+// Gathering costs about as much as the multiply-adds when a residue class has few outputs
+// (narrow layers), so tiles read straight from the image whenever that leaves at most a
+// quarter of the lanes idle: rows of 12 to 15 pixels, or two rows of 6 to 8.
+TileLayout choose_layout(size_t ow) {
+  if (ow >= kNR || (ow > 8 && 4 * ow >= 3 * kNR)) return TileLayout::kRow;
+  if (ow <= 8 && 8 * ow >= 3 * kNR) return TileLayout::kTwoRows;
+  return TileLayout::kGathered;
+}
+
 struct RunContext {
   // geometry
   size_t n, c, h, w, hp, wph, sw, sh, pt, pl, oh, ow, ohw, plane;  // plane = hp * wph
@@ -250,7 +259,7 @@ void compute_tiles(void* p, size_t task) {
   struct Tile {
     const float* b_base;
     const int64_t* b_offsets;
-    size_t b_split, y_offset, valid;
+    size_t b_split, y_offset, y_split, valid;
   } tiles[kMaxTileBlock];
   thread_local std::vector<float> gathered;
   if (ctx.layout == TileLayout::kGathered && gathered.size() < ctx.tile_block * k * kNR) gathered.resize(ctx.tile_block * k * kNR);
@@ -259,12 +268,13 @@ void compute_tiles(void* p, size_t task) {
     if (ctx.layout == TileLayout::kRow) {
       const size_t tiles_per_row = ceil_div(ctx.ow, kNR);
       const size_t oh = t / tiles_per_row, ow0 = (t % tiles_per_row) * kNR;
-      tile = {group_image + oh * ctx.sh * ctx.wph + ow0, rel, 8, oh * ctx.ow + ow0, std::min(kNR, ctx.ow - ow0)};
+      tile = {group_image + oh * ctx.sh * ctx.wph + ow0, rel, 8, oh * ctx.ow + ow0, 8, std::min(kNR, ctx.ow - ow0)};
       continue;
     }
-    if (ctx.layout == TileLayout::kTwoRows) {  // OW == 8: output rows oh and oh + 1
+    if (ctx.layout == TileLayout::kTwoRows) {  // output rows oh and oh + 1, one per half
       const size_t oh = 2 * t;
-      tile = {group_image + oh * ctx.sh * ctx.wph, rel, ctx.sh * ctx.wph, oh * 8, std::min(kNR, (ctx.oh - oh) * 8)};
+      tile = {group_image + oh * ctx.sh * ctx.wph, rel, ctx.sh * ctx.wph, oh * ctx.ow, ctx.ow,
+              oh + 1 < ctx.oh ? 8 + ctx.ow : ctx.ow};
       continue;
     }
     // The tile's pixels span output rows: gather them into kNR-wide rows.
@@ -280,7 +290,7 @@ void compute_tiles(void* p, size_t task) {
       const float* src = group_image + rel[kk];
       for (size_t j = 0; j < kNR; ++j) dst[j] = src[pix[j]];
     }
-    tile = {panel, panel_offsets(k), 8, q0, valid};
+    tile = {panel, panel_offsets(k), 8, q0, 8, valid};
   }
 
   UkernelArgs args{};
@@ -300,6 +310,7 @@ void compute_tiles(void* p, size_t task) {
       args.b_base = tiles[t].b_base;
       args.b_offsets = tiles[t].b_offsets;
       args.b_split = tiles[t].b_split;
+      args.y_split = tiles[t].y_split;
       args.n = tiles[t].valid;
       args.y = ctx.y + y_index;
       args.z = ctx.z ? ctx.z + y_index : nullptr;
@@ -365,8 +376,10 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& pa
   ctx.mg = mg_;
   ctx.p = p_;
   ctx.groups = groups_;
-  ctx.layout = ctx.ow >= kNR ? TileLayout::kRow : ctx.ow == 8 ? TileLayout::kTwoRows : TileLayout::kGathered;
-  ctx.tiles = ctx.layout == TileLayout::kRow ? ctx.oh * ceil_div(ctx.ow, kNR) : ceil_div(ctx.ohw, kNR);
+  ctx.layout = choose_layout(ctx.ow);
+  ctx.tiles = ctx.layout == TileLayout::kRow       ? ctx.oh * ceil_div(ctx.ow, kNR)
+              : ctx.layout == TileLayout::kTwoRows ? ceil_div(ctx.oh, 2)
+                                                   : ceil_div(ctx.ohw, kNR);
   ctx.self = this;
   ctx.first_output = [](const PSConv* s, size_t g, size_t r) { return s->class_first_output(g, r); };
   ctx.bias = in.b;

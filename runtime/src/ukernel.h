@@ -2,12 +2,14 @@
 //
 // One call computes a tile of up to kMR output channels x kNR output pixels:
 //   acc[m][n] = sum_k a[k * kMR + m] * b_base[b_offsets[k] + n + (n >= 8 ? b_split - 8 : 0)]
-//   y = clamp(acc + bias[m] + z[m][n], lo, hi)
+//   y[m][n + (n >= 8 ? y_split - 8 : 0)] = clamp(acc + bias[m] + z[same index], lo, hi)
 // A is prepacked (kMR outputs interleaved per k, zero rows past `m`). B rows are addressed
 // through offsets so that the same kernel reads either straight from the (padded) input
 // image, when the tile's pixels are contiguous there, or from a small gathered panel.
-// b_split places pixels 8..15 elsewhere (8: contiguous; one input row further for tiles of
-// two 8-pixel output rows).
+// b_split and y_split place pixels 8..15 elsewhere in B and in Y/Z (8: contiguous). A tile of
+// two output rows narrower than 8 reads each row into its own half: b_split is one input row
+// further, y_split = OW. Its halves then overlap in Y; pixels are stored in order, so the
+// upper half's valid pixels overwrite the lower half's unused lanes.
 // Every B row must have kNR readable floats even when n < kNR; lanes past n are discarded.
 #pragma once
 
@@ -26,6 +28,7 @@ struct UkernelArgs {
   const int64_t* b_offsets;   // k offsets from b_base, in floats
   size_t b_split;             // where pixels 8..15 of a B row start, in floats from pixel 0
   float* y;                   // output for row 0, pixel 0
+  size_t y_split;             // where pixels 8..15 of a Y (and Z) row start, 1 to 8
   size_t y_row_stride;        // floats between consecutive rows of the tile in y (and z)
   const float* bias;          // nullable; bias for row m is bias[m * bias_stride]
   size_t bias_stride;
@@ -52,10 +55,11 @@ inline void store_tile(const float acc[kMR][kNR], const UkernelArgs& args) {
     float* y = args.y + m * args.y_row_stride;
     const float* z = args.z ? args.z + m * args.y_row_stride : nullptr;
     for (size_t n = 0; n < args.n; ++n) {
+      const size_t at = n < 8 ? n : args.y_split + n - 8;
       float v = acc[m][n] + bias;
-      if (z) v += z[n];
+      if (z) v += z[at];
       v = v < args.lo ? args.lo : v;
-      y[n] = v > args.hi ? args.hi : v;
+      y[at] = v > args.hi ? args.hi : v;
     }
   }
 }

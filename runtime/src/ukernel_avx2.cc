@@ -66,10 +66,10 @@ void tile(const UkernelArgs& args) {
     if (args.z) {
       const float* z = args.z + m * args.y_row_stride;
       v0 = _mm256_add_ps(v0, _mm256_loadu_ps(z));
-      v1 = _mm256_add_ps(v1, _mm256_loadu_ps(z + 8));
+      v1 = _mm256_add_ps(v1, _mm256_loadu_ps(z + args.y_split));
     }
     _mm256_storeu_ps(y, _mm256_min_ps(_mm256_max_ps(v0, lo), hi));
-    _mm256_storeu_ps(y + 8, _mm256_min_ps(_mm256_max_ps(v1, lo), hi));
+    _mm256_storeu_ps(y + args.y_split, _mm256_min_ps(_mm256_max_ps(v1, lo), hi));
   }
 }
 

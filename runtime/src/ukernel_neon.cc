@@ -53,10 +53,11 @@ void tile(const UkernelArgs& args) {
     const float32x4_t bias = vdupq_n_f32(args.bias ? args.bias[m * args.bias_stride] : 0.0f);
     float* y = args.y + m * args.y_row_stride;
     const float* z = args.z ? args.z + m * args.y_row_stride : nullptr;
-    for (size_t j = 0; j < 4; ++j) {
+    for (size_t j = 0; j < 4; ++j) {  // in order: the upper half may overlap the lower
+      const size_t at = j < 2 ? 4 * j : args.y_split + 4 * (j - 2);
       float32x4_t v = vaddq_f32(acc[m][j], bias);
-      if (z) v = vaddq_f32(v, vld1q_f32(z + 4 * j));
-      vst1q_f32(y + 4 * j, vminq_f32(vmaxq_f32(v, lo), hi));
+      if (z) v = vaddq_f32(v, vld1q_f32(z + at));
+      vst1q_f32(y + at, vminq_f32(vmaxq_f32(v, lo), hi));
     }
   }
 }

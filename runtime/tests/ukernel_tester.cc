@@ -1,6 +1,6 @@
 // Compares every microkernel this CPU can run against the portable reference, on random
-// data, full and partial tiles, with and without bias, residual and clamping. Exit status 0
-// means all agree; prints one line per kernel.
+// data, full and partial tiles, contiguous and split halves, with and without bias, residual
+// and clamping. Exit status 0 means all agree; prints one line per kernel.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -21,6 +21,7 @@ struct Named {
 bool check(const Named& simd, std::mt19937& rng) {
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::uniform_int_distribution<size_t> pick_k(1, 300), pick_m(1, kMR), pick_n(1, kNR), coin(0, 1);
+  std::uniform_int_distribution<size_t> pick_split(1, 8);
   for (int trial = 0; trial < 500; ++trial) {
     const size_t k = pick_k(rng), m = pick_m(rng), n = pick_n(rng);
     const size_t row_stride = kNR + 3, b_stride = kNR + 5;
@@ -36,6 +37,7 @@ bool check(const Named& simd, std::mt19937& rng) {
     args.b_base = b.data();
     args.b_offsets = offsets.data();
     args.b_split = coin(rng) ? 8 : 8 + b_stride / 2;
+    args.y_split = coin(rng) ? 8 : pick_split(rng);
     args.y_row_stride = row_stride;
     args.bias = coin(rng) ? bias.data() : nullptr;
     args.bias_stride = 2;
