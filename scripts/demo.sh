@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The main job, end to end on the bundled sample: convert -> fine-tune -> export -> run ->
+# evaluate -> gate, then a summary table. Installs what it needs first (scripts/bootstrap.sh).
+# Outputs go to out/demo/ (override with PSCOMPRESS_DEMO_DIR). Under 10 minutes on 2 cores.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/scripts/bootstrap.sh"
+cd "$root"
+out="${PSCOMPRESS_DEMO_DIR:-out/demo}"
+mkdir -p "$out"
+pscompress() { .venv/bin/pscompress "$@"; }
+step() { printf '\n== %s\n' "$*"; }
+
+step "1/7 convert the dense sample to 4-of-9 pSConv (patterns aligned to the trained weights)"
+pscompress convert samples/fashion_resnet20.pt --pattern 4of9 -o "$out/resnet20-4of9.pt" \
+  --report-json "$out/convert.json"
+
+step "2/7 fine-tune with the masks fixed (1 short epoch on 12,000 images, distilled from the dense model)"
+pscompress finetune "$out/resnet20-4of9.pt" --data fashion-mnist --epochs 1 --limit 12000 \
+  --distill-from samples/fashion_resnet20.pt -o "$out/resnet20-4of9-ft.pt"
+
+step "3/7 export to ONNX: the pSConv model, and the dense sample for comparison"
+pscompress export "$out/resnet20-4of9-ft.pt" -o "$out/resnet20-4of9.onnx"
+pscompress export samples/fashion_resnet20.pt --dense -o "$out/resnet20-dense.onnx"
+
+step "4/7 inspect the exported model"
+pscompress info "$out/resnet20-4of9.onnx"
+
+step "5/7 run it on an image (native PSConv kernel; no PyTorch involved)"
+pscompress run "$out/resnet20-4of9.onnx" --input samples/images/ankle-boot.png -k 3
+
+step "6/7 evaluate both exports on the 10,000 Fashion-MNIST test images"
+pscompress eval "$out/resnet20-dense.onnx" --data fashion-mnist --json "$out/eval-dense.json" > /dev/null
+pscompress eval "$out/resnet20-4of9.onnx" --data fashion-mnist --json "$out/eval-4of9.json" > /dev/null
+echo "wrote $out/eval-dense.json and $out/eval-4of9.json"
+
+step "7/7 gate: the pSConv export may lose at most 2 points against the dense export"
+pscompress check "$out/resnet20-4of9.onnx" --baseline "$out/eval-dense.json" --max-drop 2 \
+  --summary "$out/gate.md" --junit "$out/gate.xml"
+
+step "summary"
+.venv/bin/python scripts/demo_summary.py "$out"
