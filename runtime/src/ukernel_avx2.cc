@@ -9,6 +9,33 @@
 namespace pscompress {
 namespace {
 
+// The first `count` (0 to 8) lanes of v to y, in order, in at most four stores.
+inline void store_first(float* y, __m256 v, size_t count) {
+  if (count == 8) return _mm256_storeu_ps(y, v);
+  __m128 part = _mm256_castps256_ps128(v);
+  if (count >= 4) {
+    _mm_storeu_ps(y, part);
+    part = _mm256_extractf128_ps(v, 1);
+    y += 4;
+    count -= 4;
+  }
+  if (count >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(y), part);
+    part = _mm_movehl_ps(part, part);
+    y += 2;
+    count -= 2;
+  }
+  if (count) _mm_store_ss(y, part);
+}
+
+// The first `count` (0 to 8) floats of z, without reading past them; other lanes are zero.
+inline __m256 load_first(const float* z, size_t count) {
+  if (count == 8) return _mm256_loadu_ps(z);
+  float part[8] = {};
+  for (size_t i = 0; i < count; ++i) part[i] = z[i];
+  return _mm256_loadu_ps(part);
+}
+
 template <size_t R>
 void tile(const UkernelArgs& args) {
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
@@ -49,15 +76,9 @@ void tile(const UkernelArgs& args) {
   }
   for (; k < k_end; ++k) step(k);
   const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  if (args.n != kNR) {
-    float partial[kMR][kNR];
-    for (size_t m = 0; m < R; ++m) {
-      _mm256_storeu_ps(partial[m], acc[m][0]);
-      _mm256_storeu_ps(partial[m] + 8, acc[m][1]);
-    }
-    store_tile(partial, args);
-    return;
-  }
+  // Partial tiles (row tails, rows narrower than a tile) are the common case in narrow layers:
+  // their epilogue stays vectorised, only the final stores and residual loads are split.
+  const size_t n0 = args.n < 8 ? args.n : 8, n1 = args.n - n0;
   const __m256 lo = _mm256_set1_ps(args.lo), hi = _mm256_set1_ps(args.hi);
   for (size_t m = 0; m < R; ++m) {
     const __m256 bias = _mm256_set1_ps(args.bias ? args.bias[m * args.bias_stride] : 0.0f);
@@ -65,11 +86,11 @@ void tile(const UkernelArgs& args) {
     float* y = args.y + m * args.y_row_stride;
     if (args.z) {
       const float* z = args.z + m * args.y_row_stride;
-      v0 = _mm256_add_ps(v0, _mm256_loadu_ps(z));
-      v1 = _mm256_add_ps(v1, _mm256_loadu_ps(z + args.y_split));
+      v0 = _mm256_add_ps(v0, load_first(z, n0));
+      v1 = _mm256_add_ps(v1, load_first(z + args.y_split, n1));
     }
-    _mm256_storeu_ps(y, _mm256_min_ps(_mm256_max_ps(v0, lo), hi));
-    _mm256_storeu_ps(y + args.y_split, _mm256_min_ps(_mm256_max_ps(v1, lo), hi));
+    store_first(y, _mm256_min_ps(_mm256_max_ps(v0, lo), hi), n0);  // lower half first: the
+    store_first(y + args.y_split, _mm256_min_ps(_mm256_max_ps(v1, lo), hi), n1);  // halves may overlap
   }
 }
 
