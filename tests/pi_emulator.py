@@ -43,6 +43,10 @@ def run_job(board: str, site: Path, job: dict[str, Any], workdir: Path) -> dict[
     job_file = workdir / f"job-{board}.json"
     result_file = workdir / f"result-{board}.json"
     job_file.write_text(json.dumps({**job, "result": str(result_file)}))
-    _run([str(SCRIPTS / "pi-python"), "--board", board, "--site", str(site), str(RUNNER), str(job_file)],
-         timeout=600)
+    run_python(board, site, str(RUNNER), str(job_file))
     return json.loads(result_file.read_text())
+
+
+def run_python(board: str, site: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The emulated board's python3.11 with ARGS and only site's packages; raises if it fails."""
+    return _run([str(SCRIPTS / "pi-python"), "--board", board, "--site", str(site), *args], timeout=timeout)
