@@ -1,4 +1,4 @@
-"""Native PSConv kernel vs onnxruntime's dense Conv on ResNet-18-CIFAR 3x3 layer shapes.
+"""Native PSConv kernel vs onnxruntime's dense Conv on the 3x3 layer shapes of a CNN.
 
 For every layer, batch size and thread count, both sessions hold the same masked weights
 (the dense one as a standard Conv node, ORT_ENABLE_ALL); their runs are interleaved and the
@@ -7,6 +7,7 @@ dense_time / psconv_time per case and the geometric mean per pattern. Not a unit
 
     .venv/bin/python benchmarks/kernel_speed.py            # full run (a few minutes)
     .venv/bin/python benchmarks/kernel_speed.py --quick    # smoke run
+    .venv/bin/python benchmarks/kernel_speed.py --layers resnet20   # the sample's narrow layers
 """
 from __future__ import annotations
 
@@ -24,9 +25,13 @@ from onnx import TensorProto, helper, numpy_helper
 from pscompress import runtime
 from pscompress.patterns import parse_pattern
 
-# (in_channels, out_channels, input size, stride): the 3x3 convolutions of ResNet-18 for CIFAR.
-LAYERS = [(64, 64, 32, 1), (128, 128, 16, 1), (256, 256, 8, 1), (512, 512, 4, 1),
-          (64, 128, 32, 2), (128, 256, 16, 2), (256, 512, 8, 2)]
+# (in_channels, out_channels, input size, stride): the 3x3 convolutions of ResNet-18 for CIFAR,
+# and the narrow ones of ResNet-20 on 28x28 images (the Fashion-MNIST sample).
+LAYERS = {
+    "resnet18": [(64, 64, 32, 1), (128, 128, 16, 1), (256, 256, 8, 1), (512, 512, 4, 1),
+                 (64, 128, 32, 2), (128, 256, 16, 2), (256, 512, 8, 2)],
+    "resnet20": [(16, 16, 28, 1), (32, 32, 14, 1), (64, 64, 7, 1), (16, 32, 28, 2), (32, 64, 14, 2)],
+}
 PATTERNS = ["4of9", "2of9"]
 
 
@@ -103,6 +108,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer cases and repetitions")
     parser.add_argument("--json", metavar="PATH", help="also write the JSON document to PATH")
+    parser.add_argument("--layers", choices=sorted(LAYERS), default="resnet18",
+                        help="which network's layer shapes (default resnet18)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved repetitions per case (default 7)")
     args = parser.parse_args()
     if not runtime.native_available():
@@ -110,7 +117,7 @@ def main() -> int:
         return 2
     rounds = args.rounds or (3 if args.quick else 7)
     budget = 0.02 if args.quick else 0.05
-    layers = LAYERS[::3] if args.quick else LAYERS
+    layers = LAYERS[args.layers][::3] if args.quick else LAYERS[args.layers]
     batches, thread_counts = ([1], [1, 2]) if args.quick else ([1, 8], [1, 2])
     rng = np.random.default_rng(0)
     results = []
@@ -145,7 +152,7 @@ def main() -> int:
               f"s={worst['stride']} N={worst['batch']} threads={worst['threads']}); "
               f"1-thread CPU time: geomean {summary[name]['geomean_cpu_speedup_1_thread']:.2f}x, "
               f"worst {summary[name]['worst_cpu_speedup_1_thread']:.2f}x")
-    document = dict(cpu_path=runtime.cpu_path(), onnxruntime=ort.__version__, rounds=rounds,
+    document = dict(cpu_path=runtime.cpu_path(), onnxruntime=ort.__version__, layers=args.layers, rounds=rounds,
                     results=results, summary=summary)
     text = json.dumps(document, indent=1)
     print(text)

@@ -50,6 +50,9 @@ class PSConv {
   void run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& parallel) const;
 
  private:
+  struct Tap {               // where a kept tap of a pattern reads its input channel's planes
+    uint32_t phase, row, col;  // kw mod stride_w, kh, kw / stride_w
+  };
   struct ClassInfo {         // one residue class r = (o + shift) mod P
     size_t k = 0;            // kept taps per output: sum over i of popcount(patterns[(r+i)%P])
     size_t a_offset = 0;     // where its packed panels start, per group
@@ -61,6 +64,7 @@ class PSConv {
   float lo_, hi_;
   std::vector<uint64_t> patterns_;
   std::vector<ClassInfo> classes_;
+  std::vector<std::vector<Tap>> pattern_taps_;  // per pattern, its kept taps in W's order
   size_t group_a_len_ = 0;  // packed floats per group
   size_t packed_len_ = 0;
   std::vector<float> prepacked_;
