@@ -51,11 +51,14 @@ void tile(const UkernelArgs& args) {
     const float* b = b_base + offsets[k];
     const __m256 b0 = _mm256_loadu_ps(b);
     const __m256 b1 = _mm256_loadu_ps(b + split);
-#define PSC_ROW(m, lo, hi)                         \
-    if constexpr (R > m) {                         \
-      const __m256 w = _mm256_broadcast_ss(a + m); \
-      lo = _mm256_fmadd_ps(w, b0, lo);             \
-      hi = _mm256_fmadd_ps(w, b1, hi);             \
+    // Up to 4 rows (the narrow layers' classes), where loads rather than FMAs are the limit:
+    // one load of the weights, spread in registers. With 5 or 6 rows the shuffles cost more.
+    [[maybe_unused]] const __m256 w4 = R <= 4 ? _mm256_broadcast_ps(reinterpret_cast<const __m128*>(a)) : b0;
+#define PSC_ROW(m, lo, hi)                                                                          \
+    if constexpr (R > m) {                                                                          \
+      const __m256 w = R <= 4 ? _mm256_permute_ps(w4, (m & 3) * 0x55) : _mm256_broadcast_ss(a + m);       \
+      lo = _mm256_fmadd_ps(w, b0, lo);                                                              \
+      hi = _mm256_fmadd_ps(w, b1, hi);                                                              \
     }
     PSC_ROW(0, c00, c01)
     PSC_ROW(1, c10, c11)
