@@ -31,6 +31,7 @@ from pscompress.exporters.fuse import densify, fuse_psconv, packable
 from pscompress.files import atomic_output
 from pscompress.layers import PSConv2d
 from pscompress.onnx_reader import pattern_name
+from pscompress.report import model_input_shape
 
 # IR 8 is the oldest that carries opset 18 and model-local functions; onnx 1.23 would write 14,
 # which onnxruntime 1.31 refuses.
@@ -83,17 +84,6 @@ def _build(loaded: LoadedModel, example: torch.Tensor, dense: bool, layers: dict
     _set_metadata(model, loaded, tuple(example.shape[1:]), layers)
     onnx.checker.check_model(model)
     return model.SerializeToString(), fused
-
-
-def model_input_shape(loaded: LoadedModel, override: Sequence[int] | None = None) -> tuple[int, int, int]:
-    """(C, H, W) the model takes: ``override``, else what its checkpoint metadata records."""
-    shape = override if override is not None else loaded.meta.get("input_shape")
-    if shape is None:
-        raise UserError("the model does not record its input shape: pass --input-shape C,H,W (e.g. 1,28,28)")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise UserError(f"input shape {','.join(map(str, shape))} is not C,H,W with positive sizes")
-    return shape  # type: ignore[return-value]
 
 
 def _torch_export(graph: nn.Module, example: torch.Tensor) -> onnx.ModelProto:

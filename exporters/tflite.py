@@ -24,11 +24,12 @@ from torch.fx.passes.shape_prop import ShapeProp
 from pscompress.checkpoint import LoadedModel, psconv_layers
 from pscompress.errors import UserError
 from pscompress.exporters.fold import fold_batchnorm
-from pscompress.exporters.onnx_export import model_input_shape, relative_difference
+from pscompress.exporters.onnx_export import relative_difference
 from pscompress.exporters.tflite_sparse import smallest_encoding
 from pscompress.exporters.tflite_writer import TFLiteGraph, enum
 from pscompress.files import atomic_output
 from pscompress.layers import PSConv2d
+from pscompress.report import model_input_shape
 from pscompress.tflite_inference import METADATA_NAME, TFLitePredictor, interpreter_module
 
 METADATA_VERSION = 1

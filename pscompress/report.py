@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from pscompress.checkpoint import LoadedModel
 from pscompress.errors import UserError
 from pscompress.layers import PSConv2d
 
@@ -167,6 +168,17 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"bad input shape {text!r}: expected C,H,W with positive integers, such as 3,32,32")
+    return shape  # type: ignore[return-value]
+
+
+def model_input_shape(loaded: LoadedModel, override: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """(C, H, W) the model takes: ``override``, else what its checkpoint metadata records."""
+    shape = override if override is not None else loaded.meta.get("input_shape")
+    if shape is None:
+        raise UserError("the model does not record its input shape: pass --input-shape C,H,W (e.g. 1,28,28)")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"input shape {','.join(map(str, shape))} is not C,H,W with positive sizes")
     return shape  # type: ignore[return-value]
 
 
