@@ -71,3 +71,15 @@ def test_older_onnxruntime_falls_back_to_portable(monkeypatch) -> None:
         ort.InferenceSession(psconv_bytes(), options, providers=["CPUExecutionProvider"])
     with pytest.raises(UserError, match="1.21"):
         runtime.session_options(native=True)
+
+
+def test_relative_library_override_loads_that_file(monkeypatch, tmp_path) -> None:
+    # Path("./copy.so") prints as "copy.so", which dlopen would look up on the library path.
+    built = runtime.library_path()
+    (tmp_path / "copy.so").write_bytes(built.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PSCOMPRESS_LIBRARY", "./copy.so")
+    assert runtime.library_path() == tmp_path / "copy.so"
+    x = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+    (y,) = runtime.create_session(psconv_bytes(), threads=1, native=True).run(None, {"X": x})
+    np.testing.assert_allclose(y, 2.0 * x[:, :1] - x[:, 1:])

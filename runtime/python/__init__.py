@@ -28,7 +28,9 @@ LIBRARY_NAME = "libpscompress_ort.so"
 def library_path() -> Path | None:
     """The built kernel library, or None when it was not built for this install."""
     override = os.environ.get("PSCOMPRESS_LIBRARY")
-    path = Path(override) if override else Path(__file__).with_name(LIBRARY_NAME)
+    # Absolute, so that the file checked here is the file dlopen loads: given a bare name
+    # ("x.so", which is what Path("./x.so") prints as) dlopen searches the library path instead.
+    path = Path(override).expanduser().resolve() if override else Path(__file__).with_name(LIBRARY_NAME)
     return path if path.is_file() else None
 
 
