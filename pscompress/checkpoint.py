@@ -9,7 +9,9 @@ A pscompress checkpoint is a plain dict saved with torch.save and read back with
      "meta": {...}}         # preprocessing, classes, accuracy, provenance: JSON-like values
 
 A full pickled nn.Module can run arbitrary code when loaded, so it is read only when the
-caller passes ``trust_pickle=True`` (the CLI's ``--trust-pickle``).
+caller passes ``trust_pickle=True`` (the CLI's ``--trust-pickle``). Every field of a
+checkpoint is checked, with bounds, before anything is built from it; a zip archive's sizes
+are checked before torch inflates it (pscompress.inputs).
 """
 from __future__ import annotations
 
@@ -18,20 +20,25 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from pscompress import archs
-from pscompress.errors import UserError
+from pscompress.errors import UserError, short_repr
 from pscompress.files import atomic_output
+from pscompress.inputs import check_zip
 from pscompress.layers import PSConv2d
-from pscompress.patterns import PatternSet
+from pscompress.limits import MAX_CHANNELS, MAX_CLASSES, check_count, is_int
+from pscompress.metadata import check_metadata
+from pscompress.patterns import MAX_PERIOD, PatternSet
 
 FORMAT = "pscompress"
 VERSION = 1
 _EXTRA_STATE = "._extra_state"
+# The keyword arguments every built-in architecture takes, with their bounds.
+_ARCH_KWARGS = {"in_channels": MAX_CHANNELS, "num_classes": MAX_CLASSES}
 
 
 @dataclass
@@ -51,9 +58,26 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: b
         raise UserError(f"cannot read {path}: {'it is a directory' if path.is_dir() else 'no such file'}")
     if not os.access(path, os.R_OK):
         raise UserError(f"cannot read {path}: permission denied")
+    obj = _torch_load(path, trust_pickle)
+    if isinstance(obj, nn.Module):
+        loaded = LoadedModel(obj.eval())
+    elif isinstance(obj, dict) and obj.get("format") == FORMAT:
+        loaded = _from_checkpoint(obj, path)
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values() if not _is_extra(v)):
+        loaded = _from_state_dict(obj, arch, path)
+    else:
+        raise UserError(f"{path} holds no model: expected a pscompress checkpoint, a state dict or a module")
+    _check_finite(loaded.module, path)
+    return loaded
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    """What torch.save wrote, read with ``weights_only`` unless trusted; a zip's sizes are checked first."""
+    if zipfile.is_zipfile(path):
+        check_zip(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # how weights_only refuses an object (or fails on bytes that are no pickle)
         if not _is_torch_file(path):
             raise UserError(f"{path} is not a PyTorch model file") from exc
         if not trust_pickle:
@@ -61,19 +85,9 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: b
                 f"{path} holds pickled Python objects, which can run code when loaded: "
                 "pass --trust-pickle only if you trust where it came from"
             ) from exc
-        obj = _load_trusted(path)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        return _load_trusted(path)
+    except Exception as exc:  # torch's loaders fail on arbitrary bytes in arbitrary ways (RuntimeError, KeyError, ...)
         raise UserError(f"{path} is not a PyTorch model file ({exc.__class__.__name__})") from exc
-    except Exception as exc:  # torch's loaders fail on arbitrary bytes in arbitrary ways (KeyError, ...)
-        raise UserError(f"{path} is not a PyTorch model file ({exc.__class__.__name__})") from exc
-
-    if isinstance(obj, nn.Module):
-        return LoadedModel(obj.eval())
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return _from_checkpoint(obj, path)
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values() if not _is_extra(v)):
-        return _from_state_dict(obj, arch, path)
-    raise UserError(f"{path} holds no model: expected a pscompress checkpoint, a state dict or a module")
 
 
 def save_checkpoint(model: LoadedModel, path: str | os.PathLike) -> None:
@@ -114,19 +128,48 @@ def _load_trusted(path: Path) -> Any:
 def _from_checkpoint(obj: dict, path: Path) -> LoadedModel:
     if obj.get("version") != VERSION:
         raise UserError(f"{path} is a pscompress checkpoint of version {obj.get('version')}; this pscompress reads version {VERSION}")
-    kwargs = dict(obj.get("arch_kwargs") or {})
-    module = archs.build(obj["arch"], **kwargs)
-    _load_state(module, obj["state_dict"], path)
-    return LoadedModel(module.eval(), obj["arch"], kwargs, dict(obj.get("meta") or {}))
+    arch = obj.get("arch")
+    if not isinstance(arch, str) or arch not in archs.ARCHITECTURES:
+        raise UserError(f"{path}: arch {arch!r} is not a built-in architecture ({', '.join(sorted(archs.ARCHITECTURES))})")
+    kwargs = _arch_kwargs(obj.get("arch_kwargs"), path)
+    state = _state_dict(obj.get("state_dict"), path)
+    meta = check_metadata({} if obj.get("meta") is None else obj["meta"], f"{path}: meta")
+    module = archs.build(arch, **kwargs)
+    _load_state(module, state, path)
+    return LoadedModel(module.eval(), arch, kwargs, meta)
 
 
 def _from_state_dict(state: dict, arch: str | None, path: Path) -> LoadedModel:
     if arch is None:
         raise UserError(f"{path} is a bare state dict: name its architecture with --arch ({', '.join(sorted(archs.ARCHITECTURES))})")
-    kwargs = _infer_arch_kwargs(state)
+    kwargs = _arch_kwargs(_infer_arch_kwargs(state), path)
     module = archs.build(arch, **kwargs)
     _load_state(module, state, path)
     return LoadedModel(module.eval(), arch, kwargs)
+
+
+def _arch_kwargs(kwargs: Any, path: Path) -> dict[str, int]:
+    """A checkpoint's ``arch_kwargs``: known keys only, each an integer within its bound."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise UserError(f"{path}: arch_kwargs must be a mapping such as {{'in_channels': 3}}, got {type(kwargs).__name__}")
+    unknown = sorted(str(k) for k in kwargs if k not in _ARCH_KWARGS)
+    if unknown:
+        raise UserError(f"{path}: arch_kwargs has unknown key(s) {', '.join(unknown)} (known: {', '.join(_ARCH_KWARGS)})")
+    return {key: check_count(f"{path}: arch_kwargs {key}", value, _ARCH_KWARGS[key]) for key, value in kwargs.items()}
+
+
+def _state_dict(state: Any, path: Path) -> Mapping[str, Any]:
+    """A checkpoint's ``state_dict``: names to tensors (and pSConv extra state); shapes are checked on loading."""
+    if state is None:
+        raise UserError(f"{path} is a pscompress checkpoint without a state_dict")
+    if not isinstance(state, Mapping):
+        raise UserError(f"{path}: state_dict must map names to tensors, got {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not (isinstance(value, torch.Tensor) or key.endswith(_EXTRA_STATE)):
+            raise UserError(f"{path}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+    return state
 
 
 def _infer_arch_kwargs(state: dict) -> dict[str, int]:
@@ -138,7 +181,7 @@ def _infer_arch_kwargs(state: dict) -> dict[str, int]:
     return {"in_channels": int(convs[0].shape[1]), "num_classes": int(linears[-1].shape[0])}
 
 
-def _load_state(module: nn.Module, state: dict, path: Path) -> None:
+def _load_state(module: nn.Module, state: Mapping[str, Any], path: Path) -> None:
     """Turn the convs that carry a pattern into PSConv2d, then load the weights strictly."""
     for key, value in state.items():
         if key.endswith(_EXTRA_STATE) and _is_extra(value):
@@ -146,13 +189,42 @@ def _load_state(module: nn.Module, state: dict, path: Path) -> None:
             conv = module.get_submodule(name) if _has_submodule(module, name) else None
             if not isinstance(conv, nn.Conv2d):
                 raise UserError(f"{path}: {name} carries a pattern but is not a convolution of this architecture")
-            pattern = PatternSet.from_bitmasks(value["kernel_size"], value["patterns"])
-            replace_module(module, name, PSConv2d.from_conv(conv, pattern, int(value["shift"])))
+            pattern, shift = _extra_pattern(value, f"{path}: {key}")
+            if tuple(pattern.kernel_size) != tuple(conv.kernel_size):
+                raise UserError(f"{path}: {key} is a pattern for {pattern.kernel_size} kernels, "
+                                f"the convolution has {tuple(conv.kernel_size)}")
+            replace_module(module, name, PSConv2d.from_conv(conv, pattern, shift))
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip()
         raise UserError(f"{path} does not match the architecture: {first}") from exc
+
+
+def _extra_pattern(value: Mapping[str, Any], where: str) -> tuple[PatternSet, int]:
+    """The pattern and shift a PSConv2d layer saved as extra state: {"kernel_size", "patterns", "shift"}."""
+    kernel_size, patterns, shift = value.get("kernel_size"), value.get("patterns"), value.get("shift")
+    if not isinstance(kernel_size, (list, tuple)) or len(kernel_size) != 2 or not all(is_int(k) for k in kernel_size):
+        raise UserError(f"{where}: kernel_size must be two integers [KH, KW], got {kernel_size!r}")
+    if not isinstance(patterns, (list, tuple)) or not 1 <= len(patterns) <= MAX_PERIOD \
+            or not all(is_int(p) for p in patterns):
+        raise UserError(f"{where}: patterns must be 1 to {MAX_PERIOD} integer bitmasks, got {short_repr(patterns)}")
+    if not is_int(shift):
+        raise UserError(f"{where}: shift must be an integer, got {shift!r}")
+    try:
+        pattern = PatternSet.from_bitmasks(kernel_size, patterns)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+    if not 0 <= shift < pattern.period:
+        raise UserError(f"{where}: shift {shift} is outside [0, {pattern.period})")
+    return pattern, shift
+
+
+def _check_finite(module: nn.Module, path: Path) -> None:
+    """NaN or infinite weights (a diverged training run) would poison alignment, export and accuracy alike."""
+    for name, value in module.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"{path}: {name} holds NaN or infinite values: the model's weights are broken")
 
 
 def _has_submodule(module: nn.Module, name: str) -> bool:

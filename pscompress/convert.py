@@ -58,6 +58,7 @@ def sparsify(
     shape = tuple(int(d) for d in input_shape) if input_shape is not None else default_input_shape(model)
     before = measure(model, shape)  # also proves the input shape works before anything changes
     targets = _select(model, [layer.name for layer in before.layers], pattern_set, include, exclude)
+    _check_finite(model, targets)  # before any layer is replaced
 
     placements: dict[str, tuple[alignment.Placement, str]] = {}
     kept_energy = total_energy = 0.0
@@ -78,6 +79,13 @@ def sparsify(
             layer.retained_energy = placement.retained_energy
     report.retained_energy = kept_energy / total_energy if total_energy > 0 else 1.0
     return report
+
+
+def _check_finite(model: nn.Module, names: Sequence[str]) -> None:
+    """Alignment solves an assignment problem on weight energies: NaN or infinity has no answer."""
+    for name in names:
+        if not bool(model.get_submodule(name).weight.isfinite().all()):
+            raise UserError(f"layer {name} has NaN or infinite weights: fix or retrain the model before converting it")
 
 
 def _resolve_pattern(pattern: str | PatternSet, period: int | None, dense_kernel: bool) -> PatternSet:

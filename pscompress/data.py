@@ -15,6 +15,7 @@ A data set SPEC is one of:
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
@@ -25,6 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from pscompress.errors import UserError
+from pscompress.inputs import NpzReader, opened_image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -65,10 +67,8 @@ class FileImages:
             np.zeros((0, *self.shape[1:]), np.float32)
 
     def _decode(self, path: Path) -> np.ndarray:
-        from PIL import Image  # Pillow only when an image folder is used
-
         channels, h, w = self.shape[1:]
-        with Image.open(path) as img:
+        with _image(path) as img:
             img = img.convert("L" if channels == 1 else "RGB")
             if img.size != (w, h):
                 raise UserError(f"{path} is {img.size[0]}x{img.size[1]}, other images are {w}x{h}: resize the data set first")
@@ -189,11 +189,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _load_npz(path: Path, split: str) -> ArrayDataset:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path} as .npz: {exc}") from exc
-    with archive:
+    with NpzReader(path) as archive:
         keys = set(archive.files)
         if {f"x_{split}", f"y_{split}"} <= keys:
             x, y = archive[f"x_{split}"], archive[f"y_{split}"]
@@ -246,11 +242,18 @@ def _load_image_folder(root: Path, split: str) -> ArrayDataset:
 
 def _probe_image(path: Path) -> tuple[int, tuple[int, int]]:
     """Channel count and (H, W) of the folder, from its first image: grey stays 1 channel."""
-    from PIL import Image, UnidentifiedImageError
+    with _image(path) as img:
+        channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
+        return channels, (img.size[1], img.size[0])
+
+
+@contextlib.contextmanager
+def _image(path: Path) -> Iterator["PIL.Image.Image"]:  # noqa: F821
+    """An image of the folder, opened within the pixel limit; unreadable files are a UserError."""
+    from PIL import UnidentifiedImageError  # Pillow only when an image folder is used
 
     try:
-        with Image.open(path) as img:
-            channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
-            return channels, (img.size[1], img.size[0])
+        with opened_image(path) as img:
+            yield img
     except (OSError, UnidentifiedImageError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from exc

@@ -328,11 +328,13 @@ def _write(model: LoadedModel, optimizer, scheduler, out: str | os.PathLike, epo
 def _load_resume(model: LoadedModel, out: str | os.PathLike, config: FinetuneConfig) -> dict:
     """Swap in the model and meta saved in ``out``; return ``out.state`` (epoch, optimizer, scheduler)."""
     from pscompress.checkpoint import load_model
+    from pscompress.inputs import check_zip
 
     saved_path = state_path(out)
     if not Path(out).is_file() or not saved_path.is_file():
         raise UserError(f"--resume needs {out} and {saved_path} from an earlier run; one is missing")
     saved = load_model(out)
+    check_zip(saved_path)
     try:
         state = torch.load(saved_path, map_location="cpu", weights_only=True)
         done = int(state["epochs_done"])

@@ -10,7 +10,6 @@ model's portable ONNX functions run otherwise.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,8 +18,9 @@ import numpy as np
 
 from pscompress import runtime
 from pscompress.errors import UserError
-
-META_PREFIX = "pscompress."
+from pscompress.inputs import load_npy, opened_image
+from pscompress.limits import check_input_shape
+from pscompress.metadata import decode_onnx_metadata
 
 
 class TopK(NamedTuple):
@@ -38,7 +38,7 @@ class Predictor:
         self.session = runtime.create_session(self.path, threads=threads, native=native)
         #: whether the native kernel library is registered in this session
         self.native = native is not False and runtime.library_path() is not None
-        self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.meta = decode_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         model_input = self.session.get_inputs()[0]
         self._input_name = model_input.name
         self.input_shape = self._resolve_input_shape(model_input.shape)
@@ -50,11 +50,11 @@ class Predictor:
     def _resolve_input_shape(self, onnx_shape: list) -> tuple[int, int, int]:
         recorded = self.meta.get("input_shape")
         if recorded:
-            return tuple(int(d) for d in recorded)  # type: ignore[return-value]
+            return tuple(recorded)  # type: ignore[return-value]
         dims = onnx_shape[1:]
         if len(dims) != 3 or not all(isinstance(d, int) for d in dims):
             raise UserError(f"{self.path} does not say what input it takes (no input_shape metadata, input {onnx_shape})")
-        return tuple(dims)  # type: ignore[return-value]
+        return check_input_shape(dims, f"{self.path}: the graph's input")
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, classes] for float32 images [N, C, H, W] scaled to [0, 1]."""
@@ -64,7 +64,10 @@ class Predictor:
             raise UserError(f"the model takes images of shape [N, {', '.join(map(str, self.input_shape))}] "
                             f"(C x H x W = {want}), got an array of shape {list(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run(None, {self._input_name: x})[0]
+        try:
+            return self.session.run(None, {self._input_name: x})[0]
+        except runtime.onnxruntime_errors() as exc:  # e.g. a node whose input shape its kernel rejects
+            raise UserError(f"onnxruntime cannot run {self.path.name}: {runtime.first_line(exc)}") from exc
 
     def topk(self, x: np.ndarray, k: int = 5) -> TopK:
         """The ``k`` most probable classes of each image (softmax over the logits)."""
@@ -77,19 +80,6 @@ class Predictor:
 
     def class_name(self, index: int) -> str:
         return self.classes[index] if self.classes and 0 <= index < len(self.classes) else str(index)
-
-
-def read_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """The model's pscompress metadata, prefix stripped and JSON values (lists, numbers) decoded."""
-    meta: dict[str, Any] = {}
-    for key, value in props.items():
-        if not key.startswith(META_PREFIX):
-            continue
-        try:
-            meta[key[len(META_PREFIX):]] = json.loads(value)
-        except ValueError:
-            meta[key[len(META_PREFIX):]] = value
-    return meta
 
 
 def load_input(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np.ndarray:
@@ -111,7 +101,7 @@ def load_input(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np
     if channels not in modes:
         raise UserError(f"the model takes {channels}-channel input: give a .npy array instead of an image")
     try:
-        with Image.open(path) as image:
+        with opened_image(path) as image:
             image = image.convert(modes[channels]).resize((width, height), Image.BILINEAR)
             pixels = np.asarray(image, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as exc:
@@ -121,10 +111,7 @@ def load_input(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np
 
 
 def _array_input(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise UserError(f"{path} is not a numeric .npy array") from exc
+    array = load_npy(path)
     if array.dtype == np.uint8:
         array = array.astype(np.float32) / 255.0
     elif not np.issubdtype(array.dtype, np.floating):

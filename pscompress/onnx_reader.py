@@ -7,14 +7,16 @@ straight from the wire format. Field numbers are those of onnx.proto (stable sin
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from pscompress.errors import UserError
-from pscompress.patterns import PatternSet, parse_pattern
+from pscompress.errors import UserError, short_repr
+from pscompress.limits import is_int
+from pscompress.patterns import MAX_KERNEL_POSITIONS, MAX_PERIOD, PatternSet, parse_pattern
 
 
 @dataclass
@@ -44,8 +46,82 @@ def read_onnx(path: str | os.PathLike) -> OnnxSummary:
         raise UserError(f"cannot read {path}: no such file")
     try:
         return _model(path.read_bytes())
-    except (IndexError, ValueError, struct.error, UnicodeDecodeError) as exc:
+    # TypeError, AttributeError: a field of an unexpected wire type (an int where bytes belong)
+    except (IndexError, ValueError, TypeError, AttributeError, struct.error) as exc:
         raise UserError(f"{path} is not an ONNX model ({exc.__class__.__name__})") from exc
+
+
+PSCONV_DOMAIN = "ai.pscompress"
+
+
+def psconv_attributes(node: Node) -> dict[str, Any]:
+    """A PSConv/PSConvAdd node's attributes checked against docs/operator.md's table, defaults filled in.
+
+    Raises UserError naming the node and the attribute. Every reader of PSConv nodes uses this.
+    """
+    where = f"node {node.name or node.op_type}"
+    a = node.attributes
+    kernel_shape = _ints(a, "kernel_shape", where, count=2, low=1)
+    out = {
+        "kernel_shape": kernel_shape,
+        "strides": _ints(a, "strides", where, count=2, low=1, high=64, default=[1, 1]),
+        "pads": _ints(a, "pads", where, count=4, low=0, high=1024, default=[0, 0, 0, 0]),
+        "dilations": _ints(a, "dilations", where, count=2, low=1, default=[1, 1]),
+        "group": _int(a, "group", where, low=1, default=1),
+        "in_channels": _int(a, "in_channels", where, low=1),
+        "out_channels": _int(a, "out_channels", where, low=1),
+        "shift": _int(a, "shift", where, low=0, default=0),
+        "clip_min": _float(a, "clip_min", where, -math.inf),
+        "clip_max": _float(a, "clip_max", where, math.inf),
+    }
+    positions = kernel_shape[0] * kernel_shape[1]
+    if positions > MAX_KERNEL_POSITIONS:
+        raise UserError(f"{where}: kernel_shape {kernel_shape} has {positions} positions, more than {MAX_KERNEL_POSITIONS}")
+    out["patterns"] = _ints(a, "patterns", where, low=1, high=(1 << positions) - 1)
+    if len(out["patterns"]) > MAX_PERIOD:
+        raise UserError(f"{where}: patterns has {len(out['patterns'])} entries, more than {MAX_PERIOD}")
+    if out["shift"] >= len(out["patterns"]):
+        raise UserError(f"{where}: shift {out['shift']} must be below the number of patterns ({len(out['patterns'])})")
+    if out["in_channels"] % out["group"] or out["out_channels"] % out["group"]:
+        raise UserError(f"{where}: group {out['group']} must divide in_channels ({out['in_channels']}) "
+                        f"and out_channels ({out['out_channels']})")
+    if not out["clip_min"] <= out["clip_max"]:
+        raise UserError(f"{where}: clip_min {out['clip_min']} is above clip_max {out['clip_max']}")
+    return out
+
+
+def _present(attributes: dict[str, object], name: str, where: str, default: Any) -> Any:
+    if attributes.get(name) is None:
+        if default is None:
+            raise UserError(f"{where}: the required attribute {name} is missing (or not of the type docs/operator.md gives)")
+        return default
+    return attributes[name]
+
+
+def _ints(attributes: dict[str, object], name: str, where: str, count: int | None = None, low: int = 0,
+          high: int | None = None, default: list[int] | None = None) -> list[int]:
+    value = _present(attributes, name, where, default)
+    if not isinstance(value, list) or (count is not None and len(value) != count) or not all(map(is_int, value)):
+        raise UserError(f"{where}: {name} must be {count or 'a list of'} integers, got {short_repr(value)}")
+    if any(v < low or (high is not None and v > high) for v in value):
+        raise UserError(f"{where}: {name} {short_repr(value)} must lie in [{low}, {'inf' if high is None else high}]")
+    return value
+
+
+def _int(attributes: dict[str, object], name: str, where: str, low: int, default: int | None = None) -> int:
+    value = _present(attributes, name, where, default)
+    if not is_int(value):
+        raise UserError(f"{where}: {name} must be one integer, got {short_repr(value)}")
+    if value < low:
+        raise UserError(f"{where}: {name} must be at least {low}, got {value}")
+    return value
+
+
+def _float(attributes: dict[str, object], name: str, where: str, default: float) -> float:
+    value = _present(attributes, name, where, default)
+    if not isinstance(value, float):
+        raise UserError(f"{where}: {name} must be one float, got {short_repr(value)}")
+    return value
 
 
 def pattern_name(kernel_shape, bitmasks) -> str:
@@ -162,19 +238,25 @@ def _node(buf: bytes) -> Node:
 
 
 def _attribute(buf: bytes) -> tuple[str, object]:
-    name, value, ints = "", None, []
+    name, value, values = "", None, []
     for number, _, v in _fields(buf):
         if number == 1:
             name = v.decode()
         elif number == 2:
-            value = struct.unpack("<f", struct.pack("<I", v))[0]
+            value = _float32(v)
         elif number == 3:
             value = _signed(v)
         elif number == 4:
             value = v.decode(errors="replace")
+        elif number == 7:  # floats: kept so that a validator can tell them from ints
+            values.extend([_float32(v)] if isinstance(v, int) else [f for (f,) in struct.iter_unpack("<f", v)])
         elif number == 8:
-            ints.extend(_packed_ints(v))
-    return name, ints if ints else value
+            values.extend(_packed_ints(v))
+    return name, values if values else value
+
+
+def _float32(bits: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
 _ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}

@@ -46,9 +46,7 @@ class PatternSet:
 
     def __post_init__(self) -> None:
         kh, kw = self.kernel_size
-        n = kh * kw
-        if kh < 1 or kw < 1 or n > MAX_KERNEL_POSITIONS:
-            raise UserError(f"kernel size {kh}x{kw} is not supported (at most {MAX_KERNEL_POSITIONS} positions)")
+        n = _check_kernel_size(kh, kw)
         if not self.supports:
             raise UserError("a pattern set needs at least one support")
         if len(self.supports) > MAX_PERIOD:
@@ -76,7 +74,7 @@ class PatternSet:
     @classmethod
     def from_bitmasks(cls, kernel_size: Sequence[int], bitmasks: Sequence[int]) -> "PatternSet":
         kh, kw = int(kernel_size[0]), int(kernel_size[1])
-        n = kh * kw
+        n = _check_kernel_size(kh, kw)  # before 1 << n: a huge n would take all memory
         supports = []
         for m in bitmasks:
             m = int(m)
@@ -115,6 +113,13 @@ class PatternSet:
 
     def describe(self) -> str:
         return "/".join(",".join(str(p) for p in sorted(s)) for s in self.supports)
+
+
+def _check_kernel_size(kh: int, kw: int) -> int:
+    """The number of positions of a kh x kw kernel, if supported."""
+    if kh < 1 or kw < 1 or kh * kw > MAX_KERNEL_POSITIONS:
+        raise UserError(f"kernel size {kh}x{kw} is not supported (at most {MAX_KERNEL_POSITIONS} positions)")
+    return kh * kw
 
 
 def family_supports(keep: int, positions: int = 9) -> tuple[tuple[int, ...], ...]:

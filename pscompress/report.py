@@ -16,6 +16,7 @@ from torch import nn
 from pscompress.checkpoint import LoadedModel
 from pscompress.errors import UserError
 from pscompress.layers import PSConv2d
+from pscompress.limits import check_input_shape
 
 # How a conversion placed a layer's pattern (LayerReport.method).
 RECOGNISED = "recognised"  # the layer's zeros were already periodic: pattern kept exactly
@@ -153,7 +154,7 @@ def run_dummy(model: nn.Module, input_shape: Sequence[int]) -> None:
 def default_input_shape(model: nn.Module, meta: dict[str, Any] | None = None) -> tuple[int, int, int]:
     """meta["input_shape"] if recorded; else 1x28x28 for a 1-channel first conv, Cx32x32 otherwise."""
     if meta and meta.get("input_shape"):
-        return tuple(int(d) for d in meta["input_shape"])  # type: ignore[return-value]
+        return check_input_shape(meta["input_shape"], "input_shape")
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     channels = first.in_channels if first is not None else 3
     return (1, 28, 28) if channels == 1 else (channels, 32, 32)
@@ -168,7 +169,7 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"bad input shape {text!r}: expected C,H,W with positive integers, such as 3,32,32")
-    return shape  # type: ignore[return-value]
+    return check_input_shape(shape)
 
 
 def model_input_shape(loaded: LoadedModel, override: Sequence[int] | None = None) -> tuple[int, int, int]:
@@ -176,10 +177,7 @@ def model_input_shape(loaded: LoadedModel, override: Sequence[int] | None = None
     shape = override if override is not None else loaded.meta.get("input_shape")
     if shape is None:
         raise UserError("the model does not record its input shape: pass --input-shape C,H,W (e.g. 1,28,28)")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise UserError(f"input shape {','.join(map(str, shape))} is not C,H,W with positive sizes")
-    return shape  # type: ignore[return-value]
+    return check_input_shape(shape)
 
 
 def _layer_report(name: str, module: nn.Module, output_shape: torch.Size) -> LayerReport:

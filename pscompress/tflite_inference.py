@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from pscompress.errors import UserError
+from pscompress.limits import check_input_shape
+from pscompress.metadata import check_metadata
 
 METADATA_NAME = "pscompress"  # the Model.metadata entry the exporter writes
 _INTERPRETERS = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
@@ -67,9 +69,12 @@ class TFLitePredictor:
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self._batch = 0
-        self.meta: dict[str, Any] = read_metadata(content)
-        _, h, w, c = (int(d) for d in self._input["shape"])
-        self.input_shape: tuple[int, int, int] = (c, h, w)
+        self.meta: dict[str, Any] = check_metadata(_metadata(content, path), path)
+        shape = [int(d) for d in self._input["shape"]]
+        if len(shape) != 4:
+            raise UserError(f"{path} takes a {len(shape)}-D input, not images [N, H, W, C]")
+        _, h, w, c = shape
+        self.input_shape: tuple[int, int, int] = check_input_shape((c, h, w), f"{path}: the model's input")
         classes = self.meta.get("classes")
         self.classes: list[str] | None = [str(name) for name in classes] if classes else None
         self.native = None  # pscompress's native kernels are an ONNX runtime matter
@@ -83,12 +88,15 @@ class TFLitePredictor:
                               or [np.zeros((0, self._output["shape"][-1]), np.float32)])
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        if len(batch) != self._batch:  # re-plan only when the batch size changes
-            self._interpreter.resize_tensor_input(self._input["index"], list(batch.shape), strict=False)
-            self._interpreter.allocate_tensors()
-            self._batch = len(batch)
-        self._interpreter.set_tensor(self._input["index"], batch)
-        self._interpreter.invoke()
+        try:
+            if len(batch) != self._batch:  # re-plan only when the batch size changes
+                self._interpreter.resize_tensor_input(self._input["index"], list(batch.shape), strict=False)
+                self._interpreter.allocate_tensors()
+                self._batch = len(batch)
+            self._interpreter.set_tensor(self._input["index"], batch)
+            self._interpreter.invoke()
+        except (RuntimeError, ValueError) as exc:  # the interpreter's errors on a model it cannot run
+            raise UserError(f"the TFLite runtime cannot run the model: {str(exc).strip().splitlines()[0]}") from exc
         return self._interpreter.get_tensor(self._output["index"]).copy()
 
 
@@ -113,6 +121,13 @@ def read_metadata(content: bytes) -> dict[str, Any]:
         start = data + _u32(content, data)
         return json.loads(content[start + 4:start + 4 + _u32(content, start)])
     return {}
+
+
+def _metadata(content: bytes, path: str) -> Any:
+    try:
+        return read_metadata(content)
+    except (struct.error, IndexError, ValueError) as exc:  # ValueError: bad JSON or UTF-8 too
+        raise UserError(f"{path}: its pscompress metadata is damaged ({exc.__class__.__name__})") from exc
 
 
 def _u32(buf: bytes, at: int) -> int:

@@ -1,7 +1,6 @@
 """``pscompress check``: fail a build when accuracy, agreement, size or speed regress."""
 from __future__ import annotations
 
-import re
 import sys
 import time
 
@@ -13,8 +12,7 @@ from pscompress.evaluate import evaluate_file, load_result
 from pscompress.files import write_text_atomic
 from pscompress.gate import (Budgets, check as check_budgets, format_outcomes, junit_xml, markdown, passed,
                              require_checkable)
-
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024 ** 2, "mb": 1000 ** 2, "mib": 1024 ** 2}
+from pscompress.limits import parse_size
 
 
 class ByteSize(click.ParamType):
@@ -25,10 +23,10 @@ class ByteSize(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
-        if not match or match.group(2).lower() not in _UNITS:
+        size = parse_size(value)
+        if size is None:
             self.fail(f"{value!r} is not a size: use e.g. 300000, 300K, 1.5MiB or 2MB", param, ctx)
-        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        return size
 
 
 _PERCENT = click.FloatRange(0, 100)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,8 @@ from pscompress.errors import UserError
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["library_path", "native_available", "cpu_path", "session_options", "create_session"]
+__all__ = ["library_path", "native_available", "cpu_path", "session_options", "create_session", "onnxruntime_errors",
+           "first_line"]
 
 LIBRARY_NAME = "libpscompress_ort.so"
 
@@ -75,6 +77,9 @@ def session_options(threads: int | None = None, native: bool | None = None) -> "
     if threads is not None and threads < 1:
         raise UserError(f"threads must be >= 1, got {threads}")
     options = onnxruntime.SessionOptions()
+    # Errors reach the caller as exceptions (create_session and pscompress.inference turn them
+    # into one-line UserErrors); onnxruntime's logger would print each one to stderr first.
+    options.log_severity_level = 4  # fatal only
     if threads is not None:
         options.intra_op_num_threads = threads
     path = library_path()
@@ -106,8 +111,20 @@ def create_session(
         return onnxruntime.InferenceSession(
             model, sess_options=session_options(threads, native), providers=["CPUExecutionProvider"]
         )
-    except (onnxruntime.capi.onnxruntime_pybind11_state.Fail,
-            onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph,
-            onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument,
-            onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
-        raise UserError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
+    except onnxruntime_errors() as exc:  # the native kernels reject bad attributes here (RuntimeException)
+        raise UserError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+
+
+@functools.lru_cache(maxsize=None)
+def onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """Every exception type onnxruntime raises for a model it cannot load or run (Fail, InvalidGraph,
+    RuntimeException, ...): they derive from Exception only, so they must be named."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(c for c in vars(state).values() if isinstance(c, type) and issubclass(c, Exception)) + (RuntimeError,)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an onnxruntime error, without its "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION :" prefix."""
+    text = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
