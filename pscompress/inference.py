@@ -37,7 +37,7 @@ class Predictor:
         self.path = Path(path)
         self.session = runtime.create_session(self.path, threads=threads, native=native)
         #: whether the native kernel library is registered in this session
-        self.native = native is not False and runtime.library_path() is not None
+        self.native = runtime.native_library(native) is not None
         self.meta = decode_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         model_input = self.session.get_inputs()[0]
         self._input_name = model_input.name

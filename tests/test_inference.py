@@ -28,6 +28,16 @@ def test_predictor_matches_pytorch_on_both_paths():
     assert p.meta["pattern"] == "4of9" and p.meta["accuracy"] == 0.5
 
 
+def test_predictor_reports_the_path_the_loader_chose(monkeypatch):
+    # The loader skips the library on onnxruntime < 1.21; the Predictor must not claim it ran.
+    import onnxruntime
+
+    path, _, _ = exported("resnet20")
+    assert Predictor(path, threads=1).native is True
+    monkeypatch.setattr(onnxruntime, "__version__", "1.20.1")
+    assert Predictor(path, threads=1).native is False
+
+
 def test_topk_is_softmax_ordered():
     path, _, _ = exported("resnet20")
     p = Predictor(path, native=False)

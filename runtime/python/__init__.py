@@ -21,7 +21,7 @@ from pscompress.errors import UserError
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["library_path", "native_available", "cpu_path", "session_options", "create_session", "onnxruntime_errors",
+__all__ = ["library_path", "native_available", "native_library", "cpu_path", "session_options", "create_session", "onnxruntime_errors",
            "first_line"]
 
 LIBRARY_NAME = "libpscompress_ort.so"
@@ -66,6 +66,29 @@ def _ort_supports_library(version: str) -> bool:
     return (major, minor) >= (1, 21)
 
 
+def native_library(native: bool | None = None) -> Path | None:
+    """The kernel library a session registers, or None when it runs the portable functions.
+
+    The one place that decides: native=None uses the library when it is built and this
+    onnxruntime can load it, True requires it (UserError otherwise), False leaves it out.
+    """
+    import onnxruntime
+
+    if native is False:
+        return None
+    path = library_path()
+    if native and path is None:
+        raise UserError(
+            "the native PSConv kernel library is not built for this install "
+            "(reinstall pscompress with a C++ compiler and cmake, see docs/runtime.md)"
+        )
+    if path is not None and not _ort_supports_library(onnxruntime.__version__):
+        if native:
+            raise UserError(f"the native PSConv kernels need onnxruntime >= 1.21 (found {onnxruntime.__version__})")
+        return None  # older onnxruntime: the models' portable functions still run
+    return path
+
+
 def session_options(threads: int | None = None, native: bool | None = None) -> "onnxruntime.SessionOptions":
     """onnxruntime session options with the native kernels registered.
 
@@ -82,17 +105,8 @@ def session_options(threads: int | None = None, native: bool | None = None) -> "
     options.log_severity_level = 4  # fatal only
     if threads is not None:
         options.intra_op_num_threads = threads
-    path = library_path()
-    if native and path is None:
-        raise UserError(
-            "the native PSConv kernel library is not built for this install "
-            "(reinstall pscompress with a C++ compiler and cmake, see docs/runtime.md)"
-        )
-    if path is not None and not _ort_supports_library(onnxruntime.__version__):
-        if native:
-            raise UserError(f"the native PSConv kernels need onnxruntime >= 1.21 (found {onnxruntime.__version__})")
-        path = None  # older onnxruntime: the models' portable functions still run
-    if native is not False and path is not None:
+    path = native_library(native)
+    if path is not None:
         options.register_custom_ops_library(str(path))
     return options
 
