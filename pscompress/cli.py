@@ -23,29 +23,38 @@ _COMMANDS = {
     "eval": ("pscompress.commands.eval", "eval_", "Measure a model's accuracy and latency on a data set."),
     "check": ("pscompress.commands.check", "check", "Fail when accuracy, size or speed regress."),
 }
+# The commands that need PyTorch, which only the workstation extra installs.
+_WORKSTATION = {"convert", "finetune", "export"}
+_WORKSTATION_NOTE = "needs the workstation extra: pip install 'pscompress[workstation]'"
 
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in _COMMANDS if _available(name)]
+        return list(_COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in _COMMANDS or not _available(name):
+        if name not in _COMMANDS:
             return None
+        if name in _WORKSTATION and not _torch_installed():
+            raise UserError(f"`pscompress {name}` {_WORKSTATION_NOTE} (this install has no PyTorch)")
         module, attr, _ = _COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, _COMMANDS[name][2]) for name in self.list_commands(ctx)]
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
+        light = not _torch_installed()
+        rows = [(name, help_ + (" [workstation]" if light and name in _WORKSTATION else ""))
+                for name, (_, _, help_) in _COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+            if light:
+                formatter.write_paragraph()
+                formatter.write_text(f"This install has no PyTorch: each command marked [workstation] {_WORKSTATION_NOTE}.")
 
 
-def _available(name: str) -> bool:
-    return importlib.util.find_spec(_COMMANDS[name][0]) is not None
+def _torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
