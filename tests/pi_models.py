@@ -7,8 +7,8 @@ Paths covered (tests/test_pi_emulated.py checks the claims on the shapes): 16-pi
 straight from output rows (full, with a tail, and rows of 12 to 15 pixels), two-row tiles of
 outputs 6 to 8 wide (8 and narrower, even and odd row counts), tiles gathered across rows
 (full and with a tail); every row count a microkernel
-of up to 8 rows can get (1 to 8 outputs per residue class, more split into panels, and classes
-with none); strides 1 and 2 (column phases); long reductions as in the benchmark's layers;
+of up to 6 rows (kMR) can get (1 to 8 outputs per residue class, more split into panels, and
+classes with none); strides 1 and 2 (column phases); long reductions as in the benchmark's layers;
 asymmetric pads; a 5x5 kernel; groups; bias or none; no activation, Relu, Clip and the
 residual of PSConvAdd; periods 3, 4 and 8 with a dense support; weights that are a graph input
 (packed on every run) or a constant (prepacked once).
