@@ -56,6 +56,7 @@ Attributes read_attributes(Ort::ConstKernelInfo info) {
 }
 
 struct TensorView {
+  bool present = false;  // an absent optional input has no value at all
   std::vector<int64_t> shape;
   const float* data = nullptr;
   size_t elements = 0;
@@ -64,6 +65,7 @@ struct TensorView {
 TensorView view(const Ort::ConstValue& value, const char* name) {
   TensorView v;
   if (!value) return v;
+  v.present = true;
   auto info = value.GetTensorTypeAndShapeInfo();
   if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
     throw std::invalid_argument(std::string(name) + ": expected float32");
@@ -80,7 +82,7 @@ OrtStatusPtr to_status(const OrtApi& api, const char* op, const std::exception& 
 class Kernel {
  public:
   Kernel(const OrtKernelInfo* raw, bool residual)
-      : residual_(residual), conv_(read_attributes(Ort::ConstKernelInfo(raw))) {
+      : residual_(residual), ukernel_(require_ukernel()), conv_(read_attributes(Ort::ConstKernelInfo(raw))) {
     Ort::ConstKernelInfo info(raw);
     int is_constant = 0;
     Ort::ConstValue w = info.GetTensorConstantInput(1, &is_constant);
@@ -111,10 +113,9 @@ class Kernel {
     TensorView z = inputs > 3 ? view(ctx.GetInput(3), "Z") : TensorView{};
     if (!x.data && x.elements) throw std::invalid_argument("X: missing");
     if (!w_constant_ && w.shape.size() != 1) throw std::invalid_argument("W: expected a 1-D tensor");
-    if (b.data && b.shape.empty()) throw std::invalid_argument("B: expected shape [out_channels]");
     Inputs in{x.shape.data(), x.shape.size(), x.data,
               w.elements, w.data,
-              b.shape.data(), b.shape.size(), b.data,
+              b.present, b.shape.data(), b.shape.size(), b.data,
               z.shape.data(), z.shape.size(), z.data};
     const std::vector<int64_t> y_shape = conv_.output_shape(in, residual_);
     float* y = ctx.GetOutput(0, y_shape).GetTensorMutableData<float>();
@@ -123,10 +124,11 @@ class Kernel {
                         static_cast<Ort::KernelContext*>(self)->ParallelFor(fn, total, 0, data);
                       },
                       &ctx};
-    conv_.run(in, y, cpu_path().ukernel, parallel);
+    conv_.run(in, y, ukernel_, parallel);
   }
 
   bool residual_;
+  Ukernel ukernel_;
   PSConv conv_;
   bool w_constant_ = false;
 };

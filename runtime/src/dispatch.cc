@@ -1,30 +1,49 @@
 #include "dispatch.h"
 
 #include <cstdlib>
-#include <cstring>
+#include <stdexcept>
+#include <string>
 
 namespace pscompress {
 namespace {
 
 CpuPath detect() {
+  const std::vector<CpuPath> paths = supported_paths();
   const char* forced = std::getenv("PSCOMPRESS_KERNEL");
-  if (forced && std::strcmp(forced, "scalar") == 0) return {"scalar", ukernel_scalar};
-#if defined(PSCOMPRESS_HAVE_AVX2)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return {"avx2-fma", ukernel_avx2_fma};
-#endif
-#if defined(PSCOMPRESS_HAVE_NEON)
-  return {"neon", ukernel_neon};  // Advanced SIMD is mandatory on aarch64
-#endif
-  return {"scalar", ukernel_scalar};
+  if (!forced || !*forced) return paths.front();
+  for (const CpuPath& path : paths)
+    if (path.name == std::string(forced)) return path;
+  static const std::string unsupported = std::string("unsupported:") + forced;  // detect() runs once
+  return {unsupported.c_str(), nullptr};
 }
 
 }  // namespace
 
+std::vector<CpuPath> supported_paths() {
+  std::vector<CpuPath> paths;
+#if defined(PSCOMPRESS_HAVE_AVX2)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) paths.push_back({"avx2-fma", ukernel_avx2_fma});
+#endif
+#if defined(PSCOMPRESS_HAVE_NEON)
+  paths.push_back({"neon", ukernel_neon});  // Advanced SIMD is mandatory on aarch64
+#endif
+  paths.push_back({"scalar", ukernel_scalar});
+  return paths;
+}
+
 const CpuPath& cpu_path() {
   static const CpuPath path = detect();
   return path;
+}
+
+Ukernel require_ukernel() {
+  const CpuPath& path = cpu_path();
+  if (path.ukernel) return path.ukernel;
+  std::string names;
+  for (const CpuPath& p : supported_paths()) names += std::string(names.empty() ? "" : ", ") + p.name;
+  throw std::runtime_error("PSCOMPRESS_KERNEL=" + std::string(path.name + sizeof("unsupported:") - 1) +
+                           " is not a microkernel this build and CPU can run (supported: " + names + ")");
 }
 
 }  // namespace pscompress

@@ -1,9 +1,12 @@
 #include "psconv.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <stdexcept>
+#include <type_traits>
 
 namespace pscompress {
 namespace {
@@ -37,14 +40,19 @@ void require_ints(const std::vector<int64_t>& v, size_t count, int64_t lo, int64
 
 size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
+// Scratch: a chunk of images' phase planes stay within this many floats (16 MiB) unless one
+// image needs more, which may be at most 4 x (its input + output) plus this much, or the model
+// is rejected (docs/operator.md, "Memory").
+constexpr size_t kScratchBudget = size_t{1} << 22;
+
 // The B-row offsets of a gathered panel: row k starts at k * kNR.
-const int64_t* panel_offsets(size_t k) {
+const int64_t* gathered_offsets(size_t k) {
   thread_local std::vector<int64_t> offsets;
   while (offsets.size() < k) offsets.push_back(static_cast<int64_t>(offsets.size() * kNR));
   return offsets.data();
 }
 
-// A residue class's outputs split into ceil(count / kMR) panels of near-equal height, so no
+// A (group, residue class) pair's outputs split into ceil(count / kMR) panels of near-equal height, so no
 // panel is left with one or two rows (which would run the microkernel at a fraction of speed).
 struct Panels {
   size_t count, panels, base, big;  // the first `big` panels hold base + 1 rows, the rest base
@@ -109,38 +117,41 @@ PSConv::PSConv(const Attributes& a) {
   std::vector<size_t> pop(p_);
   size_t period_sum = 0;
   for (size_t j = 0; j < p_; ++j) period_sum += pop[j] = __builtin_popcountll(patterns_[j]);
-  classes_.resize(p_);
-  const size_t per_class_outputs = ceil_div(mg_, p_);  // most outputs one class has in a group
-  const size_t panels = ceil_div(per_class_outputs, kMR);
+  class_k_.resize(p_);
   for (size_t r = 0; r < p_; ++r) {
     size_t k = mul(cg_ / p_, period_sum, "in_channels");
     for (size_t i = 0; i < cg_ % p_; ++i) k += pop[(r + i) % p_];
-    classes_[r].k = k;
-    classes_[r].a_offset = group_a_len_;
-    group_a_len_ = add(group_a_len_, mul(mul(panels, kMR, "weights"), k, "weights"), "weights");
+    class_k_[r] = k;
     const size_t outputs = m_ / p_ + ((r + p_ - shift_) % p_ < m_ % p_ ? 1 : 0);
     packed_len_ = add(packed_len_, mul(outputs, k, "W"), "W");
   }
-  if (packed_len_ > kMaxElements || mul(group_a_len_, groups_, "weights") > kMaxElements)
-    fail("W: the layer is too large for the native kernel");
+  if (packed_len_ > kMaxElements) fail("W: the layer is too large for the native kernel");
+  pairs_per_group_ = std::min(mg_, p_);
 }
 
-size_t PSConv::class_first_output(size_t g, size_t r) const {
-  const size_t start = g * mg_;
-  const size_t first = start + (r + p_ - (start + shift_) % p_) % p_;
-  return first < start + mg_ ? first : start + mg_;
+// Per (group, residue class) pair with outputs, numbered q = g * pairs_per_group_ + j (its first
+// output is g * Mg + j): where its panels start in the packed weights; the last entry is their
+// total. A pair holds ceil(outputs / kMR) panels of kMR rows, so the packed weights never exceed
+// kMR * len(W) floats. Only called once len(W) is checked: channel counts alone cannot make it big.
+std::vector<size_t> PSConv::pair_offsets() const {
+  const size_t pairs = groups_ * pairs_per_group_;
+  std::vector<size_t> offsets(pairs + 1, 0);
+  for (size_t q = 0; q < pairs; ++q) {
+    const size_t j = q % pairs_per_group_, first = q / pairs_per_group_ * mg_ + j;
+    offsets[q + 1] = offsets[q] + Panels(ceil_div(mg_ - j, p_)).panels * kMR * class_k_[(first + shift_) % p_];
+  }
+  return offsets;
 }
 
-void PSConv::pack_weights(const float* w, std::vector<float>& a) const {
-  a.assign(group_a_len_ * groups_, 0.0f);
+void PSConv::pack_weights(const float* w, const std::vector<size_t>& offsets, std::vector<float>& a) const {
+  a.assign(offsets.back(), 0.0f);
   size_t start = 0;  // W offset of output o's first weight
   for (size_t o = 0; o < m_; ++o) {
-    const size_t g = o / mg_, r = (o + shift_) % p_, k = classes_[r].k;
-    const size_t first = class_first_output(g, r);
-    const Panels panels(((g + 1) * mg_ - first + p_ - 1) / p_);
-    const size_t j = (o - first) / p_, panel = panels.panel_of(j);
-    float* dst = a.data() + g * group_a_len_ + classes_[r].a_offset + panel * kMR * k + (j - panels.start(panel));
-    for (size_t t = 0; t < k; ++t) dst[t * kMR] = w[start + t];
+    const size_t g = o / mg_, within = o - g * mg_, j = within % p_, k = class_k_[(o + shift_) % p_];
+    const Panels panels(ceil_div(mg_ - j, p_));
+    const size_t t = within / p_, panel = panels.panel_of(t);
+    float* dst = a.data() + offsets[g * pairs_per_group_ + j] + panel * kMR * k + (t - panels.start(panel));
+    for (size_t i = 0; i < k; ++i) dst[i * kMR] = w[start + i];
     start += k;
   }
 }
@@ -149,7 +160,44 @@ void PSConv::prepack(const float* w, size_t w_len) {
   if (w_len != packed_len_)
     fail("W: length " + std::to_string(w_len) + " does not match the patterns and channels (expected " +
          std::to_string(packed_len_) + ")");
-  pack_weights(w, prepacked_);
+  pack_weights(w, pair_offsets(), prepacked_);
+}
+
+// The phase planes (the scratch) of one image: per input channel, the min(SW, KW) column phases
+// that taps read, each a plane of HS x WS floats holding just the padded rows and columns that
+// output windows read. Plane column idx is padded column idx * SW + phase. Plane row s is padded
+// row (s / RS) * SH + s % RS with RS = min(SH, KH): every row where windows overlap (SH <= KH),
+// else only the KH rows of each output row. Unread bottom and right padding is not stored.
+struct PSConv::Geometry {
+  size_t n, h, w, oh, ow, ohw;
+  size_t rs, hs, ws, phases, plane, image;  // plane = hs * ws floats, image = phases * C * plane
+
+  // Images per chunk: as many as the scratch budget holds, at least one.
+  size_t chunk() const { return std::min(n, std::max<size_t>(1, kScratchBudget / image)); }
+};
+
+PSConv::Geometry PSConv::geometry(const int64_t* x_shape) const {
+  Geometry g{};
+  g.n = x_shape[0];
+  g.h = x_shape[2];
+  g.w = x_shape[3];
+  const size_t hp = g.h + pt_ + pb_, wp = g.w + pl_ + pr_;
+  if (hp < kh_ || wp < kw_) fail("X: spatial size smaller than the (padded) kernel, output would be empty");
+  g.oh = (hp - kh_) / sh_ + 1;
+  g.ow = (wp - kw_) / sw_ + 1;
+  g.ohw = mul(g.oh, g.ow, "Y");
+  g.rs = std::min(sh_, kh_);
+  g.hs = (g.oh - 1) * g.rs + kh_;  // <= hp
+  g.ws = g.ow + (kw_ - 1) / sw_;   // = ceil(((OW - 1) * SW + KW) / SW) <= ceil(wp / SW)
+  g.phases = std::min(sw_, kw_);
+  g.plane = mul(g.hs, g.ws, "X");
+  g.image = mul(mul(g.phases, c_, "X"), g.plane, "X");
+  return g;
+}
+
+size_t PSConv::scratch_floats(const int64_t* x_shape) const {
+  const Geometry g = geometry(x_shape);
+  return g.chunk() * g.image + kNR;
 }
 
 std::vector<int64_t> PSConv::output_shape(const Inputs& in, bool residual) const {
@@ -157,20 +205,23 @@ std::vector<int64_t> PSConv::output_shape(const Inputs& in, bool residual) const
   for (size_t d = 0; d < 4; ++d)
     if (in.x_shape[d] < 0 || static_cast<uint64_t>(in.x_shape[d]) > kMaxElements) fail("X: bad dimension");
   if (static_cast<size_t>(in.x_shape[1]) != c_) fail("X: channel dimension does not equal in_channels");
-  const size_t n = in.x_shape[0], h = in.x_shape[2], w = in.x_shape[3];
-  const size_t hp = h + pt_ + pb_, wp = w + pl_ + pr_;
-  if (hp < kh_ || wp < kw_) fail("X: spatial size smaller than the (padded) kernel, output would be empty");
-  const size_t oh = (hp - kh_) / sh_ + 1, ow = (wp - kw_) / sw_ + 1;
-  mul(mul(mul(n, c_, "X"), hp, "X"), mul(ceil_div(wp, sw_), sw_, "X"), "X");
-  const size_t y_elems = mul(mul(mul(n, m_, "Y"), oh, "Y"), ow, "Y");
+  const Geometry g = geometry(in.x_shape);
+  const size_t y_elems = mul(mul(g.n, m_, "Y"), g.ohw, "Y");
   if (y_elems > kMaxElements) fail("Y: too large");
+  // docs/operator.md, "Memory": one image's planes within 4 x (its input + output) + the budget.
+  using Wide = unsigned __int128;  // exact: C, H, W, M are at most 2^40 and OH * OW below 2^64
+  const Wide limit = 4 * (Wide{c_} * g.h * g.w + Wide{m_} * g.ohw) + kScratchBudget;
+  if (g.image > limit)
+    fail("pads/strides: the padded, strided input needs " + std::to_string(g.image) +
+         " floats of scratch per image, over the native kernel's limit of 4 x (input + output) + 2^22 "
+         "floats per image (docs/operator.md, Memory); the portable path runs such a model");
   if (prepacked_.empty() && in.w_len != packed_len_)
     fail("W: length " + std::to_string(in.w_len) + " does not match the patterns and channels (expected " +
          std::to_string(packed_len_) + ")");
-  if (in.b && (in.b_rank != 1 || static_cast<size_t>(in.b_shape[0]) != m_))
+  if (in.has_b && (in.b_rank != 1 || in.b_shape[0] != static_cast<int64_t>(m_)))
     fail("B: expected shape [out_channels]");
-  std::vector<int64_t> y = {static_cast<int64_t>(n), static_cast<int64_t>(m_), static_cast<int64_t>(oh),
-                            static_cast<int64_t>(ow)};
+  std::vector<int64_t> y = {static_cast<int64_t>(g.n), static_cast<int64_t>(m_), static_cast<int64_t>(g.oh),
+                            static_cast<int64_t>(g.ow)};
   if (residual) {  // presence by rank: an empty Z (N == 0) may have no data pointer
     if (in.z_rank != 4 || !std::equal(y.begin(), y.end(), in.z_shape))
       fail("Z: expected the output's shape [N, out_channels, OH, OW]");
@@ -195,211 +246,264 @@ TileLayout choose_layout(size_t ow) {
   return TileLayout::kGathered;
 }
 
-struct RunContext {
-  // geometry
-  size_t n, c, h, w, hp, wph, sw, sh, pt, pl, oh, ow, ohw, plane;  // plane = hp * wph
-  size_t m, cg, mg, p, groups, tiles, tile_block;
+constexpr size_t kPadding = ~size_t{0};  // a plane row in the padding: no image row
+
+// Copies src[i * stride] to dst[i] for i < n and returns bit 31 set when one of them is an Inf
+// or a NaN: all exponent bits set, so adding one to the exponent carries into bit 31. Strides 1
+// and 2 are constants the compiler vectorises (and, add and or exist on every target), so the
+// check costs an all-finite input next to nothing.
+uint32_t copy_checked(float* dst, const float* src, size_t n, size_t stride) {
+  uint32_t carries = 0;
+  auto copy = [&](auto step) {
+    for (size_t i = 0; i < n; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, src + i * step, sizeof bits);
+      std::memcpy(dst + i, &bits, sizeof bits);
+      carries |= (bits & 0x7f800000u) + 0x00800000u;
+    }
+  };
+  if (stride == 1) {
+    copy(std::integral_constant<size_t, 1>{});
+  } else if (stride == 2) {  // the common strided case
+    copy(std::integral_constant<size_t, 2>{});
+  } else {
+    copy(stride);
+  }
+  return carries;
+}
+
+}  // namespace
+
+// One run's state, shared by its tasks; x, y, z and the planes are those of the current chunk.
+struct PSConv::Run {
+  const PSConv* conv;
+  Geometry geo;
+  std::vector<size_t> image_rows;  // per plane row, the image row it holds, or kPadding
+  const float* x;              // the chunk's first image
+  float* xph;                  // its phase planes: [image][phase][c][hs][ws], then kNR spare floats
+  unsigned char* non_finite;   // per (image, channel): X holds an Inf or a NaN there
+  const float* a;              // packed weights
+  const size_t* pair_a;        // pair_offsets()
+  std::vector<std::vector<int64_t>> rel;  // per class with outputs, B-row offsets within a group
   TileLayout layout;
-  const float* x;
-  float* xph;  // padded input split into sw column phases: [n][phase][c][hp][wph]
-  size_t image;  // floats per image in xph
-  // weights and epilogue
-  const float* a;
-  size_t group_a_len;
-  const std::vector<size_t>* class_k;
-  const std::vector<size_t>* class_a;
-  const std::vector<std::vector<int64_t>>* rel;  // per class, B-row offsets within a group
-  const PSConv* self;
-  size_t (*first_output)(const PSConv*, size_t, size_t);
+  size_t tiles, tile_block;
   const float *bias, *z;
   float* y;
-  float lo, hi;
   Ukernel ukernel;
 };
 
-// Writes image n, channel c into its sw phase planes; only the padding is zeroed.
-void fill_phases(void* p, size_t task) {
-  const RunContext& ctx = *static_cast<const RunContext*>(p);
-  const size_t n = task / ctx.c, c = task % ctx.c;
-  const size_t phase_stride = ctx.c * ctx.plane;
-  const float* image = ctx.x + (n * ctx.c + c) * ctx.h * ctx.w;
-  for (size_t ph = 0; ph < ctx.sw; ++ph) {
-    float* plane = ctx.xph + n * ctx.image + c * ctx.plane + ph * phase_stride;
-    // Phase ph holds padded columns idx * sw + ph; those in [pl, pl + w) are image columns.
-    const size_t lo = ctx.pl > ph ? std::min(ctx.wph, ceil_div(ctx.pl - ph, ctx.sw)) : 0;
-    const size_t hi = std::max(lo, std::min(ctx.wph, ceil_div(ctx.pl + ctx.w - ph, ctx.sw)));
-    std::fill_n(plane, ctx.pt * ctx.wph, 0.0f);
-    std::fill_n(plane + (ctx.pt + ctx.h) * ctx.wph, (ctx.hp - ctx.pt - ctx.h) * ctx.wph, 0.0f);
-    for (size_t ih = 0; ih < ctx.h; ++ih) {
-      float* row = plane + (ih + ctx.pt) * ctx.wph;
-      const float* src = image + ih * ctx.w + (lo * ctx.sw + ph - ctx.pl);
-      std::fill_n(row, lo, 0.0f);
-      if (ctx.sw == 1) {
-        std::memcpy(row + lo, src, (hi - lo) * sizeof(float));
-      } else if (ctx.sw == 2) {  // the common case, with a constant stride the compiler vectorises
-        for (size_t idx = 0; idx < hi - lo; ++idx) row[lo + idx] = src[2 * idx];
-      } else {
-        for (size_t idx = lo; idx < hi; ++idx) row[idx] = src[(idx - lo) * ctx.sw];
+// Task (image, channel) of the chunk: writes the channel's phase planes, zeroing only the
+// padding, and flags whether they hold a non-finite input value.
+void PSConv::fill_phases(void* p, size_t task) {
+  const Run& run = *static_cast<const Run*>(p);
+  const PSConv& cv = *run.conv;
+  // Locals, not loads through run: the memset and memcpy below may alias anything.
+  const size_t c = cv.c_, sw = cv.sw_, pl = cv.pl_, w = run.geo.w, ws = run.geo.ws, hs = run.geo.hs;
+  const size_t* const image_rows = run.image_rows.data();
+  const float* image = run.x + task * run.geo.h * w;
+  uint32_t carries = 0;
+  for (size_t ph = 0; ph < run.geo.phases; ++ph) {
+    float* plane = run.xph + task / c * run.geo.image + (ph * c + task % c) * run.geo.plane;
+    // Plane column idx holds padded column idx * SW + ph; those in [pl, pl + w) are image columns.
+    const size_t lo = pl > ph ? std::min(ws, ceil_div(pl - ph, sw)) : 0;
+    const size_t hi = std::max(lo, std::min(ws, ceil_div(pl + w - ph, sw)));
+    if (hi == lo) {  // no image column in this phase (then lo * sw + ph - pl may wrap)
+      std::fill_n(plane, run.geo.plane, 0.0f);
+      continue;
+    }
+    const float* const first = image + (lo * sw + ph - pl);  // image row 0's first copied column
+    for (size_t s = 0; s < hs; ++s) {
+      float* row = plane + s * ws;
+      if (image_rows[s] == kPadding) {
+        std::fill_n(row, ws, 0.0f);
+        continue;
       }
-      std::fill_n(row + hi, ctx.wph - hi, 0.0f);
+      std::fill_n(row, lo, 0.0f);
+      carries |= copy_checked(row + lo, first + image_rows[s] * w, hi - lo, sw);
+      std::fill_n(row + hi, ws - hi, 0.0f);
     }
   }
+  run.non_finite[task] = carries >> 31;  // only values that some window reads count
 }
 
-// One task: a block of pixel tiles of one residue class of one image. Panels run outer and
-// tiles inner, so a weight panel stays in L1 while the block's input rows stay in L2.
-void compute_tiles(void* p, size_t task) {
-  const RunContext& ctx = *static_cast<const RunContext*>(p);
-  const size_t blocks = ceil_div(ctx.tiles, ctx.tile_block);
-  const size_t t0 = (task % blocks) * ctx.tile_block;
-  const size_t t_end = std::min(ctx.tiles, t0 + ctx.tile_block);
-  size_t rest = task / blocks;
-  const size_t r = rest % ctx.p;
-  rest /= ctx.p;
-  const size_t g = rest % ctx.groups, n = rest / ctx.groups;
-  const size_t first = ctx.first_output(ctx.self, g, r);
-  const size_t group_end = (g + 1) * ctx.mg;
-  if (first >= group_end) return;
-  const Panels panels((group_end - first + ctx.p - 1) / ctx.p);
-  const size_t k = (*ctx.class_k)[r];
-  const int64_t* rel = (*ctx.rel)[r].data();
-  const float* group_image = ctx.xph + n * ctx.image + g * ctx.cg * ctx.plane;
+// One task: a block of pixel tiles of one (group, class) pair of one image. Panels run outer
+// and tiles inner, so a weight panel stays in L1 while the block's input rows stay in L2.
+void PSConv::compute_tiles(void* p, size_t task) {
+  const Run& run = *static_cast<const Run*>(p);
+  const PSConv& cv = *run.conv;
+  const Geometry& geo = run.geo;
+  const size_t blocks = ceil_div(run.tiles, run.tile_block);
+  const size_t t0 = (task % blocks) * run.tile_block;
+  const size_t t_end = std::min(run.tiles, t0 + run.tile_block);
+  const size_t pairs = cv.groups_ * cv.pairs_per_group_;
+  const size_t q = task / blocks % pairs, n = task / blocks / pairs;
+  const size_t g = q / cv.pairs_per_group_, j = q % cv.pairs_per_group_;
+  const size_t first = g * cv.mg_ + j, r = (first + cv.shift_) % cv.p_;
+  const Panels panels(ceil_div(cv.mg_ - j, cv.p_));
+  const size_t k = cv.class_k_[r];
+  const int64_t* rel = run.rel[r].data();
+  const float* group_image = run.xph + n * geo.image + g * cv.cg_ * geo.plane;
 
+  // B reads. Every half row a tile reads starts inside the planes, on a plane row that one of
+  // the tile's valid outputs reads: a row tile's at most 15 floats and a two-row tile's at most
+  // 2 floats before that row's end (OW >= 6), so their whole-vector tails end within the next
+  // row or the kNR spare floats after the last plane. A two-row tile without a second output
+  // row (odd OH) rereads its first (b_split = 0): row 2 * t + 1 would lie past the planes.
+  // Gathered tiles read single valid pixels into a panel of kNR floats per row.
   struct Tile {
     const float* b_base;
     const int64_t* b_offsets;
     size_t b_split, y_offset, y_split, valid;
   } tiles[kMaxTileBlock];
   thread_local std::vector<float> gathered;
-  if (ctx.layout == TileLayout::kGathered && gathered.size() < ctx.tile_block * k * kNR) gathered.resize(ctx.tile_block * k * kNR);
+  if (run.layout == TileLayout::kGathered && gathered.size() < run.tile_block * k * kNR)
+    gathered.resize(run.tile_block * k * kNR);
+  const size_t row = geo.rs * geo.ws;  // plane floats from one output row's window to the next
   for (size_t t = t0; t < t_end; ++t) {
     Tile& tile = tiles[t - t0];
-    if (ctx.layout == TileLayout::kRow) {
-      const size_t tiles_per_row = ceil_div(ctx.ow, kNR);
+    if (run.layout == TileLayout::kRow) {
+      const size_t tiles_per_row = ceil_div(geo.ow, kNR);
       const size_t oh = t / tiles_per_row, ow0 = (t % tiles_per_row) * kNR;
-      tile = {group_image + oh * ctx.sh * ctx.wph + ow0, rel, 8, oh * ctx.ow + ow0, 8, std::min(kNR, ctx.ow - ow0)};
+      tile = {group_image + oh * row + ow0, rel, 8, oh * geo.ow + ow0, 8, std::min(kNR, geo.ow - ow0)};
       continue;
     }
-    if (ctx.layout == TileLayout::kTwoRows) {  // output rows oh and oh + 1, one per half
+    if (run.layout == TileLayout::kTwoRows) {  // output rows oh and oh + 1, one per half
       const size_t oh = 2 * t;
-      tile = {group_image + oh * ctx.sh * ctx.wph, rel, ctx.sh * ctx.wph, oh * ctx.ow, ctx.ow,
-              oh + 1 < ctx.oh ? 8 + ctx.ow : ctx.ow};
+      const bool second = oh + 1 < geo.oh;
+      tile = {group_image + oh * row, rel, second ? row : 0, oh * geo.ow, geo.ow, second ? 8 + geo.ow : geo.ow};
       continue;
     }
     // The tile's pixels span output rows: gather them into kNR-wide rows.
-    const size_t q0 = t * kNR, valid = std::min(kNR, ctx.ohw - q0);
+    const size_t q0 = t * kNR, valid = std::min(kNR, geo.ohw - q0);
     int64_t pix[kNR];
-    for (size_t j = 0; j < kNR; ++j) {
-      const size_t q = q0 + std::min(j, valid - 1);
-      pix[j] = static_cast<int64_t>((q / ctx.ow) * ctx.sh * ctx.wph + q % ctx.ow);
+    for (size_t i = 0; i < kNR; ++i) {
+      const size_t px = q0 + std::min(i, valid - 1);
+      pix[i] = static_cast<int64_t>((px / geo.ow) * row + px % geo.ow);
     }
     float* const panel = gathered.data() + (t - t0) * k * kNR;
     float* dst = panel;
     for (size_t kk = 0; kk < k; ++kk, dst += kNR) {
       const float* src = group_image + rel[kk];
-      for (size_t j = 0; j < kNR; ++j) dst[j] = src[pix[j]];
+      for (size_t i = 0; i < kNR; ++i) dst[i] = src[pix[i]];
     }
-    tile = {panel, panel_offsets(k), 8, q0, 8, valid};
+    tile = {panel, gathered_offsets(k), 8, q0, 8, valid};
   }
 
   UkernelArgs args{};
   args.k = k;
-  args.lo = ctx.lo;
-  args.hi = ctx.hi;
-  args.y_row_stride = ctx.p * ctx.ohw;
-  args.bias_stride = ctx.p;
-  const float* a = ctx.a + g * ctx.group_a_len + (*ctx.class_a)[r];
+  args.lo = cv.lo_;
+  args.hi = cv.hi_;
+  args.y_row_stride = cv.p_ * geo.ohw;
+  args.bias_stride = cv.p_;
+  const float* a = run.a + run.pair_a[q];
   for (size_t panel = 0; panel < panels.panels; ++panel, a += kMR * k) {
-    const size_t o = first + panels.start(panel) * ctx.p;
+    const size_t o = first + panels.start(panel) * cv.p_;
     args.a = a;
     args.m = panels.rows(panel);
-    args.bias = ctx.bias ? ctx.bias + o : nullptr;
+    args.bias = run.bias ? run.bias + o : nullptr;
     for (size_t t = 0; t < t_end - t0; ++t) {
-      const size_t y_index = (n * ctx.m + o) * ctx.ohw + tiles[t].y_offset;
+      const size_t y_index = (n * cv.m_ + o) * geo.ohw + tiles[t].y_offset;
       args.b_base = tiles[t].b_base;
       args.b_offsets = tiles[t].b_offsets;
       args.b_split = tiles[t].b_split;
       args.y_split = tiles[t].y_split;
       args.n = tiles[t].valid;
-      args.y = ctx.y + y_index;
-      args.z = ctx.z ? ctx.z + y_index : nullptr;
-      ctx.ukernel(args);
+      args.y = run.y + y_index;
+      args.z = run.z ? run.z + y_index : nullptr;
+      run.ukernel(args);
     }
   }
 }
 
-}  // namespace
-
-void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& parallel) const {
-  RunContext ctx{};
-  ctx.n = in.x_shape[0];
-  ctx.c = c_;
-  ctx.h = in.x_shape[2];
-  ctx.w = in.x_shape[3];
-  ctx.hp = ctx.h + pt_ + pb_;
-  const size_t wp = ctx.w + pl_ + pr_;
-  ctx.sw = sw_;
-  ctx.sh = sh_;
-  ctx.wph = ceil_div(wp, sw_);
-  ctx.pt = pt_;
-  ctx.pl = pl_;
-  ctx.oh = (ctx.hp - kh_) / sh_ + 1;
-  ctx.ow = (wp - kw_) / sw_ + 1;
-  ctx.ohw = ctx.oh * ctx.ow;
-  ctx.plane = ctx.hp * ctx.wph;
-  ctx.image = sw_ * c_ * ctx.plane;
-  if (ctx.n == 0) return;
-
-  std::vector<float> a_local;
-  if (prepacked_.empty()) pack_weights(in.w, a_local);
-  ctx.a = prepacked_.empty() ? a_local.data() : prepacked_.data();
-  ctx.group_a_len = group_a_len_;
-
-  std::vector<size_t> class_k(p_), class_a(p_);
-  std::vector<std::vector<int64_t>> rel(p_);
-  for (size_t r = 0; r < p_; ++r) {
-    class_k[r] = classes_[r].k;
-    class_a[r] = classes_[r].a_offset;
-    rel[r].reserve(classes_[r].k);
-    for (size_t i = 0, j = r; i < cg_; ++i, j = j + 1 == p_ ? 0 : j + 1) {  // j = (r + i) mod P
-      for (const Tap& tap : pattern_taps_[j])
-        rel[r].push_back(static_cast<int64_t>((tap.phase * c_ + i) * ctx.plane + tap.row * ctx.wph + tap.col));
+// Dense Conv multiplies every tap of a window, masked ones by zero, and 0 * Inf and 0 * NaN are
+// NaN; the sparse kernel skips masked taps. So an output whose window holds a non-finite value
+// of channel c at a masked tap of its kernel must be NaN (at kept taps the kernel computed what
+// Conv does). NaN is a fixed point of the epilogue (bias, residual and clamp keep it), so such
+// outputs are overwritten after it. Runs only for channels that hold non-finite values.
+void PSConv::nan_masked_non_finite(const Geometry& geo, size_t c, const float* image, float* y) const {
+  const size_t g = c / cg_, i = c % cg_;
+  for (size_t ih = 0; ih < geo.h; ++ih) {
+    for (size_t iw = 0; iw < geo.w; ++iw) {
+      if (std::isfinite(image[ih * geo.w + iw])) continue;
+      const size_t py = ih + pt_, px = iw + pl_;  // padded position
+      for (size_t kh = 0; kh < kh_ && kh <= py; ++kh) {
+        if ((py - kh) % sh_ || (py - kh) / sh_ >= geo.oh) continue;
+        for (size_t kw = 0; kw < kw_ && kw <= px; ++kw) {
+          if ((px - kw) % sw_ || (px - kw) / sw_ >= geo.ow) continue;
+          const size_t bit = kh * kw_ + kw, at = (py - kh) / sh_ * geo.ow + (px - kw) / sw_;
+          for (size_t o = g * mg_, j = (o + i + shift_) % p_; o < (g + 1) * mg_; ++o, j = j + 1 == p_ ? 0 : j + 1)
+            if (!(patterns_[j] >> bit & 1)) y[o * geo.ohw + at] = std::numeric_limits<float>::quiet_NaN();
+        }
+      }
     }
   }
-  ctx.class_k = &class_k;
-  ctx.class_a = &class_a;
-  ctx.rel = &rel;
+}
 
-  // kNR spare floats let a tile at the end of a row read whole vectors (extra lanes discarded).
-  // Uninitialised on purpose: fill_phases writes every float of every plane.
-  std::unique_ptr<float[]> xph(new float[ctx.n * ctx.image + kNR]);
-  std::fill_n(xph.get() + ctx.n * ctx.image, kNR, 0.0f);
-  ctx.x = in.x;
-  ctx.xph = xph.get();
-  parallel.run(parallel.self, fill_phases, ctx.n * c_, &ctx);
+void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& parallel) const {
+  Run run{};
+  run.conv = this;
+  run.geo = geometry(in.x_shape);
+  const Geometry& geo = run.geo;
+  if (geo.n == 0) return;
 
-  ctx.m = m_;
-  ctx.cg = cg_;
-  ctx.mg = mg_;
-  ctx.p = p_;
-  ctx.groups = groups_;
-  ctx.layout = choose_layout(ctx.ow);
-  ctx.tiles = ctx.layout == TileLayout::kRow       ? ctx.oh * ceil_div(ctx.ow, kNR)
-              : ctx.layout == TileLayout::kTwoRows ? ceil_div(ctx.oh, 2)
-                                                   : ceil_div(ctx.ohw, kNR);
-  ctx.self = this;
-  ctx.first_output = [](const PSConv* s, size_t g, size_t r) { return s->class_first_output(g, r); };
-  ctx.bias = in.b;
-  ctx.z = in.z;
-  ctx.y = y;
-  ctx.lo = lo_;
-  ctx.hi = hi_;
-  ctx.ukernel = ukernel;
-  // Blocks of tiles whose input rows (about k * kNR floats each) fit in L2 together.
+  const std::vector<size_t> offsets = pair_offsets();
+  std::vector<float> a_local;
+  if (prepacked_.empty()) pack_weights(in.w, offsets, a_local);
+  run.a = prepacked_.empty() ? a_local.data() : prepacked_.data();
+  run.pair_a = offsets.data();
+
+  // B-row offsets of the classes that have outputs (at most len(W) of them in all).
+  const size_t pairs = offsets.size() - 1;
+  run.rel.resize(p_);
   size_t max_k = 1;
-  for (const ClassInfo& info : classes_) max_k = std::max(max_k, info.k);
-  ctx.tile_block = std::max<size_t>(1, std::min(kMaxTileBlock, 8192 / max_k));
-  parallel.run(parallel.self, compute_tiles, ctx.n * groups_ * p_ * ceil_div(ctx.tiles, ctx.tile_block), &ctx);
+  for (size_t q = 0; q < pairs; ++q) {
+    const size_t r = (q / pairs_per_group_ * mg_ + q % pairs_per_group_ + shift_) % p_;
+    std::vector<int64_t>& rel = run.rel[r];
+    if (!rel.empty()) continue;
+    max_k = std::max(max_k, class_k_[r]);
+    rel.reserve(class_k_[r]);
+    for (size_t i = 0, j = r; i < cg_; ++i, j = j + 1 == p_ ? 0 : j + 1) {  // j = (r + i) mod P
+      for (const Tap& tap : pattern_taps_[j])
+        rel.push_back(static_cast<int64_t>((tap.phase * c_ + i) * geo.plane + tap.row * geo.ws + tap.col));
+    }
+  }
+
+  // Plane rows hold runs of RS padded rows, one run every SH rows (all rows when RS = SH).
+  run.image_rows.resize(geo.hs);
+  for (size_t s = 0; s < geo.hs; ++s) {
+    const size_t padded = s / geo.rs * sh_ + s % geo.rs;
+    run.image_rows[s] = padded >= pt_ && padded < pt_ + geo.h ? padded - pt_ : kPadding;
+  }
+
+  run.layout = choose_layout(geo.ow);
+  run.tiles = run.layout == TileLayout::kRow       ? geo.oh * ceil_div(geo.ow, kNR)
+              : run.layout == TileLayout::kTwoRows ? ceil_div(geo.oh, 2)
+                                                   : ceil_div(geo.ohw, kNR);
+  // Blocks of tiles whose input rows (about k * kNR floats each) fit in L2 together.
+  run.tile_block = std::max<size_t>(1, std::min(kMaxTileBlock, 8192 / max_k));
+  const size_t tasks_per_image = pairs * ceil_div(run.tiles, run.tile_block);
+  run.bias = in.has_b ? in.b : nullptr;
+  run.ukernel = ukernel;
+
+  // kNR spare floats after the planes complete the last rows' whole-vector reads ("B reads").
+  // Uninitialised on purpose: fill_phases writes every float of every plane.
+  const size_t chunk = geo.chunk();
+  std::unique_ptr<float[]> xph(new float[chunk * geo.image + kNR]);
+  std::fill_n(xph.get() + chunk * geo.image, kNR, 0.0f);
+  std::vector<unsigned char> non_finite(chunk * c_);
+  run.xph = xph.get();
+  run.non_finite = non_finite.data();
+  const size_t x_image = c_ * geo.h * geo.w, y_image = m_ * geo.ohw;
+  for (size_t n0 = 0; n0 < geo.n; n0 += chunk) {
+    const size_t images = std::min(chunk, geo.n - n0);
+    run.x = in.x + n0 * x_image;
+    run.y = y + n0 * y_image;
+    run.z = in.z ? in.z + n0 * y_image : nullptr;
+    parallel.run(parallel.self, fill_phases, images * c_, &run);
+    parallel.run(parallel.self, compute_tiles, images * tasks_per_image, &run);
+    for (size_t t = 0; t < images * c_; ++t)
+      if (non_finite[t]) nan_masked_non_finite(geo, t % c_, run.x + t * geo.h * geo.w, run.y + t / c_ * y_image);
+  }
 }
 
 }  // namespace pscompress

@@ -31,7 +31,8 @@ struct Parallel {
 struct Inputs {
   const int64_t* x_shape; size_t x_rank; const float* x;
   size_t w_len; const float* w;
-  const int64_t* b_shape; size_t b_rank; const float* b;  // b == nullptr: no bias
+  bool has_b;  // an absent optional input means no bias; a present B must have shape [M]
+  const int64_t* b_shape; size_t b_rank; const float* b;
   const int64_t* z_shape; size_t z_rank; const float* z;  // z_rank == 0: no residual
 };
 
@@ -44,28 +45,35 @@ class PSConv {
   size_t packed_length() const { return packed_len_; }
   // Packs constant weights once; later runs then ignore their W input.
   void prepack(const float* w, size_t w_len);
-  // Checks inputs and returns Y's shape.
+  // Checks inputs (and the memory bound of docs/operator.md) and returns Y's shape.
   std::vector<int64_t> output_shape(const Inputs& in, bool residual) const;
   // Computes Y (shape from output_shape) with the given microkernel.
   void run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& parallel) const;
+
+  // Memory held, in floats (docs/operator.md, "Memory"): the prepacked weights, and the phase
+  // planes a run allocates for X of the given (valid) shape.
+  size_t prepacked_floats() const { return prepacked_.size(); }
+  size_t scratch_floats(const int64_t* x_shape) const;
 
  private:
   struct Tap {               // where a kept tap of a pattern reads its input channel's planes
     uint32_t phase, row, col;  // kw mod stride_w, kh, kw / stride_w
   };
-  struct ClassInfo {         // one residue class r = (o + shift) mod P
-    size_t k = 0;            // kept taps per output: sum over i of popcount(patterns[(r+i)%P])
-    size_t a_offset = 0;     // where its packed panels start, per group
-  };
-  void pack_weights(const float* w, std::vector<float>& a) const;
-  size_t class_first_output(size_t g, size_t r) const;  // within group g, or mg_ when none
+  struct Geometry;
+  struct Run;
+  Geometry geometry(const int64_t* x_shape) const;
+  std::vector<size_t> pair_offsets() const;
+  void pack_weights(const float* w, const std::vector<size_t>& offsets, std::vector<float>& a) const;
+  void nan_masked_non_finite(const Geometry& geo, size_t c, const float* image, float* y) const;
+  static void fill_phases(void* run, size_t task);
+  static void compute_tiles(void* run, size_t task);
 
   size_t kh_, kw_, sh_, sw_, pt_, pl_, pb_, pr_, groups_, c_, m_, cg_, mg_, p_, shift_;
+  size_t pairs_per_group_;  // (group, residue class) pairs with outputs, per group: min(Mg, P)
   float lo_, hi_;
   std::vector<uint64_t> patterns_;
-  std::vector<ClassInfo> classes_;
+  std::vector<size_t> class_k_;  // per residue class r = (o + shift) mod P: kept taps per output
   std::vector<std::vector<Tap>> pattern_taps_;  // per pattern, its kept taps in W's order
-  size_t group_a_len_ = 0;  // packed floats per group
   size_t packed_len_ = 0;
   std::vector<float> prepacked_;
 };

@@ -9,8 +9,11 @@
 // b_split and y_split place pixels 8..15 elsewhere in B and in Y/Z (8: contiguous). A tile of
 // two output rows narrower than 8 reads each row into its own half: b_split is one input row
 // further, y_split = OW. Its halves then overlap in Y; pixels are stored in order, so the
-// upper half's valid pixels overwrite the lower half's unused lanes.
-// Every B row must have kNR readable floats even when n < kNR; lanes past n are discarded.
+// upper half's valid pixels overwrite the lower half's unused lanes. b_split = 0 (the upper
+// half rereads the lower) serves a tile with no second row: n <= 8, nothing there to read.
+// Both halves of every B row must have 8 readable floats even when n < kNR (lanes past n are
+// discarded); the caller guarantees it (psconv.cc, "B reads").
+// The epilogue keeps NaN: clamp(NaN) is NaN on every path, as in ONNX Clip.
 #pragma once
 
 #include <cstddef>

@@ -36,6 +36,9 @@ inline __m256 load_first(const float* z, size_t count) {
   return _mm256_loadu_ps(part);
 }
 
+// max/min return their second operand when either is NaN: v goes second so NaN stays NaN.
+inline __m256 clamp(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+
 template <size_t R>
 void tile(const UkernelArgs& args) {
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
@@ -92,8 +95,8 @@ void tile(const UkernelArgs& args) {
       v0 = _mm256_add_ps(v0, load_first(z, n0));
       v1 = _mm256_add_ps(v1, load_first(z + args.y_split, n1));
     }
-    store_first(y, _mm256_min_ps(_mm256_max_ps(v0, lo), hi), n0);  // lower half first: the
-    store_first(y + args.y_split, _mm256_min_ps(_mm256_max_ps(v1, lo), hi), n1);  // halves may overlap
+    store_first(y, clamp(v0, lo, hi), n0);  // lower half first: the halves may overlap
+    store_first(y + args.y_split, clamp(v1, lo, hi), n1);
   }
 }
 

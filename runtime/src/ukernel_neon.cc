@@ -57,7 +57,7 @@ void tile(const UkernelArgs& args) {
       const size_t at = j < 2 ? 4 * j : args.y_split + 4 * (j - 2);
       float32x4_t v = vaddq_f32(acc[m][j], bias);
       if (z) v = vaddq_f32(v, vld1q_f32(z + at));
-      vst1q_f32(y + at, vminq_f32(vmaxq_f32(v, lo), hi));
+      vst1q_f32(y + at, vminq_f32(vmaxq_f32(v, lo), hi));  // FMAX/FMIN keep NaN either way round
     }
   }
 }

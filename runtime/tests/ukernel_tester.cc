@@ -1,6 +1,7 @@
 // Compares every microkernel this CPU can run against the portable reference, on random
-// data, full and partial tiles, contiguous and split halves, with and without bias, residual
-// and clamping. Exit status 0 means all agree; prints one line per kernel.
+// data, full and partial tiles, contiguous, split and reread (b_split = 0) halves, with and
+// without bias, residual and clamping, and with NaN and +-Inf among B, bias and residual
+// lanes. Exit status 0 means all agree; prints one line per kernel.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -13,12 +14,21 @@ using namespace pscompress;
 
 namespace {
 
-struct Named {
-  const char* name;
-  Ukernel kernel;
-};
+// Equal, NaN for NaN, infinities exactly, finite values within a relative tolerance.
+bool same(float want, float got) {
+  if (std::isnan(want) || std::isnan(got)) return std::isnan(want) && std::isnan(got);
+  if (std::isinf(want) || std::isinf(got)) return want == got;
+  return std::fabs(want - got) <= 1e-4f * (1.0f + std::fabs(want));
+}
 
-bool check(const Named& simd, std::mt19937& rng) {
+// A few NaN and +-Inf among v's values.
+void poison(std::vector<float>& v, std::mt19937& rng) {
+  std::uniform_int_distribution<size_t> at(0, v.size() - 1);
+  const float specials[] = {NAN, INFINITY, -INFINITY};
+  for (size_t i = 0; i < 3; ++i) v[at(rng)] = specials[i];
+}
+
+bool check(const CpuPath& simd, std::mt19937& rng) {
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::uniform_int_distribution<size_t> pick_k(1, 300), pick_m(1, kMR), pick_n(1, kNR), coin(0, 1);
   std::uniform_int_distribution<size_t> pick_split(1, 8);
@@ -28,6 +38,8 @@ bool check(const Named& simd, std::mt19937& rng) {
     std::vector<float> a(k * kMR), b(k * b_stride + 2 * kNR), bias(kMR * 2), z(kMR * row_stride);
     for (auto* v : {&a, &b, &bias, &z})
       for (float& x : *v) x = u(rng);
+    if (trial % 4 == 3)
+      for (auto* v : {&b, &bias, &z}) poison(*v, rng);
     std::vector<int64_t> offsets(k);
     for (size_t i = 0; i < k; ++i) offsets[i] = static_cast<int64_t>(((i * 7) % k) * b_stride);
     std::vector<float> y_ref(kMR * row_stride, 42.0f), y_simd = y_ref;
@@ -36,7 +48,8 @@ bool check(const Named& simd, std::mt19937& rng) {
     args.a = a.data();
     args.b_base = b.data();
     args.b_offsets = offsets.data();
-    args.b_split = coin(rng) ? 8 : 8 + b_stride / 2;
+    const size_t splits[] = {8, 8 + b_stride / 2, 0};
+    args.b_split = splits[trial % 3];
     args.y_split = coin(rng) ? 8 : pick_split(rng);
     args.y_row_stride = row_stride;
     args.bias = coin(rng) ? bias.data() : nullptr;
@@ -49,10 +62,9 @@ bool check(const Named& simd, std::mt19937& rng) {
     args.y = y_ref.data();
     ukernel_scalar(args);
     args.y = y_simd.data();
-    simd.kernel(args);
+    simd.ukernel(args);
     for (size_t i = 0; i < y_ref.size(); ++i) {
-      const float tol = 1e-4f * (1.0f + std::fabs(y_ref[i]));
-      if (!(std::fabs(y_ref[i] - y_simd[i]) <= tol)) {
+      if (!same(y_ref[i], y_simd[i])) {
         std::printf("%s: MISMATCH k=%zu m=%zu n=%zu at %zu: %g vs %g\n", simd.name, k, m, n, i,
                     y_ref[i], y_simd[i]);
         return false;
@@ -67,17 +79,8 @@ bool check(const Named& simd, std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(1234);
-  std::vector<Named> kernels = {{"scalar", ukernel_scalar}};
-#if defined(PSCOMPRESS_HAVE_AVX2)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    kernels.push_back({"avx2-fma", ukernel_avx2_fma});
-#endif
-#if defined(PSCOMPRESS_HAVE_NEON)
-  kernels.push_back({"neon", ukernel_neon});
-#endif
   bool ok = true;
-  for (const Named& k : kernels) ok = check(k, rng) && ok;
+  for (const CpuPath& path : supported_paths()) ok = check(path, rng) && ok;
   std::printf("dispatch picks: %s\n", cpu_path().name);
   return ok ? 0 : 1;
 }
