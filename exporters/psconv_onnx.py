@@ -8,6 +8,8 @@ library is not installed.
 """
 from __future__ import annotations
 
+import math
+
 import onnx
 import onnxscript
 from onnx.defs import OpSchema
@@ -26,6 +28,24 @@ psconv_opset = Opset(DOMAIN, VERSION)
 _helper_opset = Opset(HELPER_DOMAIN, VERSION)
 
 _INT64, _UINT64, _BOOL = onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL
+
+
+@onnxscript.script(_helper_opset, default_opset=op)
+def ExactShape(V, dims):
+    """V itself when its shape is `dims`, else an error: never a broadcast, never a silent
+    reinterpretation. Arithmetic on a few int64 values only: the Reshape to V's own shape
+    aliases its data.
+
+    Each dimension that differs becomes -2 in the Reshape target, (dims + 2) * same - 2, which
+    the ONNX spec forbids and onnxruntime rejects; a rank that differs fails Equal's broadcast
+    (but a 1-element V for dims of all ones, the same tensor). onnx.reference is laxer: its
+    numpy Reshape takes any negative dimension for -1. No Where: tests/test_parity.py takes a
+    Where at run time for a kernel rebuild that was not folded.
+    """
+    same = op.Cast(op.Equal(op.Shape(V), dims), to=_INT64)
+    two = op.Constant(value_int=2)
+    checked = op.Reshape(V, op.Sub(op.Mul(op.Add(dims, two), same), two))
+    return checked
 
 
 @onnxscript.script(_helper_opset, default_opset=op)
@@ -50,16 +70,20 @@ def DenseKernel(W, kernel_shape: list[int], group: int, in_channels: int, out_ch
     mask = op.Reshape(op.Gather(kept, support, axis=0), op.Constant(value_ints=[-1]))
     # The k-th kept position takes W[k]; a masked position reads any index and is zeroed.
     index = op.Sub(op.CumSum(op.Cast(mask, to=_INT64), zero), one)
-    flat = op.Where(mask, op.Gather(W, index, axis=0), op.CastLike(zero, W))
+    # W holds exactly the kept weights: longer, shorter or not 1-D is an error, as natively.
+    packed = ExactShape(W, op.ReduceSum(op.Cast(mask, to=_INT64), keepdims=1))
+    flat = op.Where(mask, op.Gather(packed, index, axis=0), op.CastLike(zero, W))
     shape = op.Concat(op.Unsqueeze(m, zero), op.Unsqueeze(cg, zero), ks, axis=0)
     dense = op.Reshape(flat, shape)
     return dense
 
 
+# Optional attributes carry the contract's defaults (FunctionProto.attribute_proto), so a node
+# that leaves them out still inlines; the exporter writes every attribute anyway.
 @onnxscript.script(psconv_opset, default_opset=op)
-def PSConv(X, W, B, kernel_shape: list[int], strides: list[int], pads: list[int], dilations: list[int],
-           group: int, in_channels: int, out_channels: int, patterns: list[int], shift: int,
-           clip_min: float, clip_max: float):
+def PSConv(X, W, B, kernel_shape: list[int], in_channels: int, out_channels: int, patterns: list[int],
+           strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0, 0], dilations: list[int] = [1, 1],
+           group: int = 1, shift: int = 0, clip_min: float = -math.inf, clip_max: float = math.inf):
     dense = DenseKernel(W, kernel_shape=kernel_shape, group=group, in_channels=in_channels,
                         out_channels=out_channels, patterns=patterns, shift=shift)
     t = op.Conv(X, dense, B, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group)
@@ -68,19 +92,20 @@ def PSConv(X, W, B, kernel_shape: list[int], strides: list[int], pads: list[int]
 
 
 @onnxscript.script(psconv_opset, default_opset=op)
-def PSConvAdd(X, W, B, Z, kernel_shape: list[int], strides: list[int], pads: list[int], dilations: list[int],
-              group: int, in_channels: int, out_channels: int, patterns: list[int], shift: int,
-              clip_min: float, clip_max: float):
+def PSConvAdd(X, W, B, Z, kernel_shape: list[int], in_channels: int, out_channels: int, patterns: list[int],
+              strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0, 0], dilations: list[int] = [1, 1],
+              group: int = 1, shift: int = 0, clip_min: float = -math.inf, clip_max: float = math.inf):
     dense = DenseKernel(W, kernel_shape=kernel_shape, group=group, in_channels=in_channels,
                         out_channels=out_channels, patterns=patterns, shift=shift)
     t = op.Conv(X, dense, B, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group)
-    y = op.Clip(op.Add(t, Z), op.Constant(value_float=clip_min), op.Constant(value_float=clip_max))
+    z = ExactShape(Z, op.Shape(t))  # Y's shape exactly, as natively: never a broadcast
+    y = op.Clip(op.Add(t, z), op.Constant(value_float=clip_min), op.Constant(value_float=clip_max))
     return y
 
 
 def fallback_functions() -> list[onnx.FunctionProto]:
     """The model-local functions every exported model carries."""
-    return [f.to_function_proto() for f in (DenseKernel, PSConv, PSConvAdd)]
+    return [f.to_function_proto() for f in (ExactShape, DenseKernel, PSConv, PSConvAdd)]
 
 
 def opset_imports() -> dict[str, int]:

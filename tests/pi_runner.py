@@ -4,7 +4,9 @@ executes ONNX models as a job file says and writes outputs and facts for the hos
 Job: {"cases": [...], "out": folder, "result": json path}, each case either
   {"name", "model", "inputs": {input: .npy}, "native": null | true | false, "threads": null | int}:
       native null runs a plain onnxruntime session (no pscompress); true/false go through
-      pscompress.runtime. Profiling is on, so the host sees which kernel ran each node;
+      pscompress.runtime. Profiling is on, so the host sees which kernel ran each node.
+      With "tolerate_errors": true an onnxruntime error is the case's result ({"error": text})
+      instead of ending the job (the differential fuzz cases: one bad batch is one finding);
   or {"name", "argv": [...]}: the `pscompress` command line, as its console script runs it.
 """
 import contextlib
@@ -67,7 +69,15 @@ def main(job_path):
         result.update(cpu_path=runtime.cpu_path(), native_available=runtime.native_available(),
                       library_path=str(runtime.library_path()))
     for case in job["cases"]:
-        result["cases"][case["name"]] = run_command(case) if "argv" in case else run_case(case, job["out"])
+        if "argv" in case:
+            result["cases"][case["name"]] = run_command(case)
+            continue
+        try:
+            result["cases"][case["name"]] = run_case(case, job["out"])
+        except Exception as exc:
+            if not case.get("tolerate_errors"):
+                raise
+            result["cases"][case["name"]] = {"error": " ".join(str(exc).split())[:500]}
     with open(job["result"], "w") as f:
         json.dump(result, f)
 

@@ -22,9 +22,18 @@ from PIL import Image
 import pi_emulator
 import pi_models
 
+sys.path.insert(0, str(pi_emulator.ROOT / "runtime" / "tests"))
+import fuzz_cases  # noqa: E402
+import fuzz_differential  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 RTOL = 1e-4
+# The differential fuzzer's generator (runtime/tests/fuzz_cases.py) on the boards: small valid
+# cases only (emulation), native NEON and the portable functions, each against the host's
+# float64 oracle. About 30 s per board.
+NEON_FUZZ_SEED, NEON_FUZZ_CASES, NEON_FUZZ_BATCH = 2025, 300, 60
+NEON_FUZZ_MACS = 20_000
 
 
 def _save(model: onnx.ModelProto, path) -> str:
@@ -120,6 +129,23 @@ def workloads(tmp_path_factory):
         cases.append({"name": name, "model": str(model), "inputs": paths, "native": native, "threads": 2})
     expected["exported"] = _host_run(str(model), feeds)
 
+    # Differential fuzz cases, NEON against the portable functions and the oracle.
+    expected["neon_fuzz"] = []
+    functions, opsets = fuzz_differential.portable_functions()
+    fuzz = neon_fuzz_cases()
+    for start in range(0, len(fuzz), NEON_FUZZ_BATCH):
+        batch, name = fuzz[start:start + NEON_FUZZ_BATCH], f"neon_fuzz{start // NEON_FUZZ_BATCH}"
+        parts = [fuzz_cases.case_parts(c) for c in batch]
+        path = str(folder / f"{name}.onnx")
+        onnx.save(fuzz_cases.build_model(parts, functions, opsets), path)  # unknown shapes, as the fuzzer's
+        batch_folder = folder / name
+        batch_folder.mkdir()
+        paths = _save_feeds(batch_folder, {k: v for part in parts for k, v in part[3].items()})
+        for native in (True, False):
+            cases.append({"name": f"{name}_{'native' if native else 'portable'}", "model": path, "inputs": paths,
+                          "native": native, "threads": 1, "tolerate_errors": True})
+        expected["neon_fuzz"].append((name, batch))
+
     # The user's path on a Pi: `pscompress run` on a PNG, in the light install (no PyTorch).
     png = folder / "boot.png"
     Image.fromarray((pi_models.fashion_mnist_image(0)[0, 0] * 255).round().astype(np.uint8)).save(png)
@@ -205,6 +231,46 @@ def test_exported_model_native_and_portable_match_x86(board_run):
         (got,) = _outputs(result, name)
         assert_close(got, want)
         assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
+
+
+def neon_fuzz_cases() -> list[fuzz_cases.Case]:
+    """The first NEON_FUZZ_CASES cases of the fuzzer's seed that are small enough to emulate."""
+    chosen, index = [], 0
+    while len(chosen) < NEON_FUZZ_CASES:
+        case = fuzz_cases.generate(NEON_FUZZ_SEED, index)
+        index += 1
+        a, (n, m, oh, ow) = case.attrs, case.output_shape
+        (kh, kw), (pt, pl, pb, pr) = a["kernel_shape"], a["pads"]
+        if max(n, 1) * max(m * oh * ow * a["in_channels"] // a["group"] * kh * kw,
+                           a["in_channels"] * (case.h + pt + pb) * (case.w + pl + pr)) <= NEON_FUZZ_MACS:
+            chosen.append(case)
+    return chosen
+
+
+def test_neon_differential_fuzz_matches_the_oracle(board_run):
+    """Every case on the board, native (NEON) and through the portable functions, against the
+    host's float64 oracle (fuzz_cases.compare: NaN and Inf exact, finite values within float32
+    rounding): so the NEON path also agrees with the portable functions, case by case."""
+    board, result, expected = board_run
+    problems = []
+    for name, batch in expected["neon_fuzz"]:
+        span = f"cases {NEON_FUZZ_SEED}:{batch[0].index}..{batch[-1].index}"
+        for kind in ("native", "portable"):
+            entry = result["cases"][f"{name}_{kind}"]
+            if "error" in entry:
+                problems.append(f"{board} {kind} {name} ({span}): {entry['error']}")
+                continue
+            ops = set(entry["op_names"])
+            ran_native = {"PSConv", "PSConvAdd"} & ops
+            if (kind == "native") != bool(ran_native) or (kind == "native" and ops - {"PSConv", "PSConvAdd"}):
+                problems.append(f"{board} {kind} {name}: ran {sorted(ops)}")
+            for case, path in zip(batch, entry["outputs"]):
+                verdict = fuzz_cases.compare(np.load(path), *fuzz_cases.oracle(case))
+                if verdict:
+                    problems.append(f"{board} {'neon' if kind == 'native' else kind}/{verdict[0]} case="
+                                    f"{case.seed}:{case.index} {case.describe()} :: {verdict[1]} :: on x86: python "
+                                    f"runtime/tests/fuzz_differential.py LIB --seed {case.seed} --case {case.index}")
+    assert not problems, f"{len(problems)} mismatches:\n" + "\n".join(problems[:40])
 
 
 def _outputs_per_class(case: pi_models.Case) -> set[int]:

@@ -1,35 +1,28 @@
 """Throws randomised malformed PSConv/PSConvAdd models and inputs at the native kernels.
 
-Run under an AddressSanitizer build (see tests/test_runtime_asan.py). Every case must end in
-either a result of the right shape or a clean onnxruntime error; a crash or a sanitizer
-report fails the caller. Prints one JSON summary line.
+Each model starts from a valid case of runtime/tests/fuzz_cases.py (the whole contract), then
+has 1 to 3 attributes mutated (deleted, wrong length, a bad element or value, the wrong type)
+in 70% of the models, a W of the wrong length in 30%, and 3 input shapes each (some of the
+wrong rank or size). Run under an AddressSanitizer build (see tests/test_runtime_asan.py).
+Every case must end in either a result of the right shape or a clean onnxruntime error; a
+crash or a sanitizer report fails the caller. Prints one JSON summary line.
+
+runtime/tests/fuzz_differential.py --mutate runs the same models in forked workers, once per
+CPU path, so that a crash is pinned to its model instead of ending the run.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-SQUARES = [27, 54, 216, 432]
-
-
-def valid_attributes(rng: np.random.Generator) -> dict:
-    group = int(rng.choice([1, 1, 2, 4]))
-    kernel = [int(rng.integers(1, 4)), int(rng.integers(1, 4))]
-    k2 = kernel[0] * kernel[1]
-    period = int(rng.integers(1, 6))
-    return {
-        "kernel_shape": kernel, "strides": [int(rng.integers(1, 3)), int(rng.integers(1, 3))],
-        "pads": [int(v) for v in rng.integers(0, 3, 4)], "dilations": [1, 1], "group": group,
-        "in_channels": group * int(rng.integers(1, 5)), "out_channels": group * int(rng.integers(1, 5)),
-        "patterns": [int(v) for v in rng.integers(1, 1 << k2, period)], "shift": int(rng.integers(0, period)),
-        "clip_min": float(rng.choice([-np.inf, 0.0, -1.0])), "clip_max": float(rng.choice([np.inf, 6.0])),
-    }
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fuzz_cases as fc  # noqa: E402
 
 BAD_INTS = [0, -1, -(2**63), 2**62, 2**31, 65, 1025, 7]
 
@@ -61,14 +54,14 @@ def mutate_attributes(attrs: dict, rng: np.random.Generator) -> dict:
 def packed_length(attrs: dict) -> int:
     """len(W) per the contract, or a guess when the attributes are broken."""
     try:
-        k2 = attrs["kernel_shape"][0] * attrs["kernel_shape"][1]
-        m, cg = attrs["out_channels"], attrs["in_channels"] // attrs["group"]
-        pats, shift = attrs["patterns"], attrs.get("shift", 0)
-        if not (0 < k2 <= 63 and 0 < m <= 64 and 0 < cg <= 64 and pats):
+        kernel, pats = attrs["kernel_shape"], attrs["patterns"]
+        m, cg = attrs["out_channels"], attrs["in_channels"] // attrs.get("group", 1)
+        k2 = kernel[0] * kernel[1]
+        if not (0 < k2 <= 63 and 0 < m <= 1024 and 0 < cg <= 1024 and pats):
             return 7
-        return sum(bin(pats[(o + i + shift) % len(pats)] & ((1 << k2) - 1)).count("1")
-                   for o in range(m) for i in range(cg))
-    except (KeyError, TypeError, IndexError, ZeroDivisionError):
+        mask = (1 << k2) - 1
+        return fc.packed_length(kernel, [p & mask for p in pats], attrs.get("shift", 0), m, cg)
+    except (KeyError, TypeError, IndexError, ZeroDivisionError, ValueError, OverflowError):
         return 7
 
 
@@ -76,15 +69,16 @@ def build_model(attrs: dict, residual: bool, w: np.ndarray | None, with_bias: bo
     inputs = ["X", "W", "B" if with_bias else ""] + (["Z"] if residual else [])
     if not residual and not with_bias:
         inputs = inputs[:2]
-    node = helper.make_node("PSConvAdd" if residual else "PSConv", inputs, ["Y"], domain="ai.pscompress",
-                            **attrs)
+    node = helper.make_node("PSConvAdd" if residual else "PSConv", inputs, ["Y"], domain=fc.DOMAIN)
+    # An emptied list (a mutation) has no type to infer: it stays a list of ints.
+    node.attribute.extend(helper.make_attribute(name, value, attr_type=AttributeProto.INTS if value == [] else None)
+                          for name, value in attrs.items())
     graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                     for n in inputs if n and not (n == "W" and w is not None)]
     inits = [numpy_helper.from_array(w, "W")] if w is not None else []
     graph = helper.make_graph([node], "fuzz", graph_inputs,
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("ai.pscompress", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(fc.DOMAIN, 1)])
     model.ir_version = 10
     return model.SerializeToString()
 
@@ -100,59 +94,73 @@ def random_shape(good: list[int], rng: np.random.Generator) -> list[int]:
     return shape
 
 
+def mutated_job(seed: int, index: int) -> tuple[dict, int, fc.Case]:
+    """(job for fuzz_cases.run_job, the out_channels outputs must have, the valid case it came from)."""
+    case = fc.generate(seed, index)
+    rng = np.random.default_rng([seed, index, 2])
+    attrs = mutate_attributes(case.attrs, rng) if rng.random() < 0.7 else dict(case.attrs)
+    residual = bool(rng.random() < 0.4)
+    length = packed_length(attrs)
+    if rng.random() < 0.3:
+        length = max(0, length + int(rng.choice([-1, 1, 5])))
+    length = min(length, 1 << 22)
+    constant = rng.random() < 0.5
+    w = rng.standard_normal(length).astype(np.float32)
+    with_bias = bool(rng.random() < 0.7)
+    c = attrs.get("in_channels", 1) if isinstance(attrs.get("in_channels"), int) else 1
+    m = attrs.get("out_channels", 1) if isinstance(attrs.get("out_channels"), int) else 1
+    c, m = min(max(c, 1), 1024), min(max(m, 1), 1024)
+    feeds_list = []
+    for _ in range(3):  # several input shapes per loaded model
+        n, h, wd = int(rng.integers(1, 3)), case.h, case.w
+        oh, ow = case.output_shape[2:]
+        feeds = {"X": rng.random(random_shape([n, c, h, wd], rng), dtype=np.float32)}
+        if not constant:
+            feeds["W"] = rng.standard_normal(random_shape([length], rng)).astype(np.float32)
+        if with_bias:
+            feeds["B"] = rng.standard_normal(random_shape([m], rng)).astype(np.float32)
+        if residual:
+            feeds["Z"] = rng.standard_normal(random_shape([n, m, oh, ow], rng)).astype(np.float32)
+        feeds_list.append(feeds)
+    model = build_model(attrs, residual, w if constant else None, with_bias)
+    return {"model": model, "feeds": feeds_list, "outputs": None}, m, case
+
+
+def tally(result: dict, job: dict, m: int, counts: collections.Counter) -> str | None:
+    """Counts a job's outcomes; returns what is wrong with a result that ran, if anything."""
+    counts["cases"] += 1
+    if "load_error" in result:
+        counts["rejected_at_load"] += 1
+        return None
+    for feeds, run in zip(job["feeds"], result["runs"]):
+        counts["cases"] += 1
+        if "error" in run:
+            counts["rejected_at_run"] += 1
+            continue
+        counts["ran"] += 1
+        (y,) = run["outputs"]
+        if y.ndim != 4 or y.shape[:2] != (feeds["X"].shape[0], m):
+            return f"wrong output shape {list(y.shape)} for X {list(feeds['X'].shape)}, M={m}"
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("library")
-    parser.add_argument("--cases", type=int, default=1000)
+    parser.add_argument("--cases", type=int, default=1000, help="models and runs together (each model: 1 + 3)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
-    ort.set_default_logger_severity(4)  # the expected rejections would flood stderr
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(args.library)
-    options.intra_op_num_threads = 2
-    counts = {"cases": 0, "ran": 0, "rejected_at_load": 0, "rejected_at_run": 0}
+    counts: collections.Counter = collections.Counter({"cases": 0, "ran": 0, "rejected_at_load": 0,
+                                                       "rejected_at_run": 0})
+    index = 0
     while counts["cases"] < args.cases:
-        attrs = valid_attributes(rng)
-        if rng.random() < 0.7:
-            attrs = mutate_attributes(attrs, rng)
-        residual = bool(rng.random() < 0.4)
-        length = packed_length(attrs)
-        if rng.random() < 0.3:
-            length = max(0, length + int(rng.choice([-1, 1, 5])))
-        constant = rng.random() < 0.5
-        w = rng.standard_normal(length).astype(np.float32)
-        with_bias = bool(rng.random() < 0.7)
-        counts["cases"] += 1
-        try:
-            session = ort.InferenceSession(build_model(attrs, residual, w if constant else None, with_bias),
-                                           options, providers=["CPUExecutionProvider"])
-        except Exception:
-            counts["rejected_at_load"] += 1
-            continue
-        c = attrs.get("in_channels", 1) if isinstance(attrs.get("in_channels"), int) else 1
-        m = attrs.get("out_channels", 1) if isinstance(attrs.get("out_channels"), int) else 1
-        c, m = min(max(c, 1), 64), min(max(m, 1), 64)
-        for _ in range(3):  # several input shapes per loaded model
-            counts["cases"] += 1
-            n, h, wd = int(rng.integers(1, 3)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
-            feeds = {"X": rng.random(random_shape([n, c, h, wd], rng), dtype=np.float32)}
-            if not constant:
-                feeds["W"] = rng.standard_normal(random_shape([length], rng)).astype(np.float32)
-            if with_bias:
-                feeds["B"] = rng.standard_normal(random_shape([m], rng)).astype(np.float32)
-            if residual:
-                feeds["Z"] = rng.standard_normal(random_shape([n, m, h, wd], rng)).astype(np.float32)
-            try:
-                (y,) = session.run(None, feeds)
-            except Exception:
-                counts["rejected_at_run"] += 1
-                continue
-            counts["ran"] += 1
-            if y.ndim != 4 or y.shape[:2] != (feeds["X"].shape[0], m):
-                print(f"wrong output shape {y.shape} for {attrs}", file=sys.stderr)
-                return 1
-    print(json.dumps(counts))
+        job, m, case = mutated_job(args.seed, index)
+        problem = tally(fc.run_job(job, args.library, threads=2), job, m, counts)
+        if problem:
+            print(f"{problem}: case {args.seed}:{index} {case.describe()}", file=sys.stderr)
+            return 1
+        index += 1
+    print(json.dumps(dict(counts)))
     return 0
 
 
