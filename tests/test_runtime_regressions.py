@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +28,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pscompress import runtime
 from pscompress.exporters.psconv_onnx import fallback_functions, opset_imports
-from test_runtime_asan import assert_clean, sanitizer_env
+from test_runtime_asan import asan_build, assert_clean, sanitizer_env  # noqa: F401 (a fixture)
 from test_runtime_correctness import SQUARES, TWO_OF_NINE, Case, dense_weight, ort_conv_model
 
 pytestmark = pytest.mark.skipif(not runtime.native_available(), reason="native library not built")
 
 ROOT = Path(__file__).resolve().parents[1]
-ASAN_BUILD = ROOT / "build" / "native-asan"
 ATTRIBUTES = ("kernel_shape", "strides", "pads", "dilations", "group", "in_channels", "out_channels",
               "patterns", "shift", "clip_min", "clip_max")
 
@@ -208,17 +206,6 @@ LAYOUTS = {
     "more-patterns-than-outputs": Case(n=1, c=4, m=3, h=6, w=7, patterns=(1, 2, 4, 8, 16, 32, 64, 128, 256, 3, 5),
                                        shift=9),
 }
-
-
-@pytest.fixture(scope="module")
-def asan_build() -> Path:
-    if not shutil.which("cmake") or not shutil.which("g++"):
-        pytest.fail("cmake and g++ are needed (scripts/bootstrap.sh installs them)")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    subprocess.run(["cmake", "-S", str(ROOT / "runtime"), "-B", str(ASAN_BUILD), *generator,
-                    "-DPSCOMPRESS_ASAN=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(ASAN_BUILD), "--parallel", "2"], check=True, capture_output=True)
-    return ASAN_BUILD
 
 
 def test_operator_tester_under_asan(asan_build: Path) -> None:
