@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from pscompress.checkpoint import LoadedModel, load_model
-from pscompress.convert import sparsify
-from pscompress.data import load_dataset
-from pscompress.finetune import FinetuneConfig, evaluate, finetune
+from pscompress.board.data import load_dataset
+from pscompress.workstation.checkpoint import LoadedModel, load_model
+from pscompress.workstation.finetune import FinetuneConfig, evaluate, finetune
+from pscompress.workstation.sparsify import sparsify
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_DROP_POINTS = 0.5

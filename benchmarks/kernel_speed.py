@@ -23,7 +23,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from pscompress import runtime
-from pscompress.patterns import parse_pattern
+from pscompress.core.patterns import parse_pattern
 
 # (in_channels, out_channels, input size, stride): the 3x3 convolutions of ResNet-18 for CIFAR,
 # and the narrow ones of ResNet-20 on 28x28 images (the Fashion-MNIST sample).

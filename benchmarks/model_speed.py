@@ -32,9 +32,9 @@ def load(name: str):
     """(label, LoadedModel) for a model name or checkpoint path."""
     import torch
 
-    from pscompress import archs
-    from pscompress.checkpoint import LoadedModel, load_model
-    from pscompress.convert import sparsify
+    from pscompress.workstation import archs
+    from pscompress.workstation.checkpoint import LoadedModel, load_model
+    from pscompress.workstation.sparsify import sparsify
 
     if name == "resnet18":
         torch.manual_seed(0)

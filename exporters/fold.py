@@ -11,7 +11,7 @@ import copy
 import torch
 from torch import fx, nn
 
-from pscompress.errors import UserError
+from pscompress.core.errors import UserError
 
 
 class _ConvLeafTracer(fx.Tracer):

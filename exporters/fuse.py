@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from pscompress.errors import UserError
-from pscompress.layers import PSConv2d
-from pscompress.patterns import PatternSet
+from pscompress.core.errors import UserError
+from pscompress.core.patterns import PatternSet
+from pscompress.workstation.layers import PSConv2d
 
 
 def _dense(w: torch.Tensor, kernel_shape: list[int], in_per_group: int, out_channels: int,

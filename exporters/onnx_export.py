@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import re
@@ -23,15 +22,17 @@ import torch
 from torch import nn
 
 import pscompress
-from pscompress.checkpoint import LoadedModel, psconv_layers
-from pscompress.errors import UserError
+from pscompress.core.errors import UserError
+from pscompress.core.files import atomic_output
+from pscompress.core.metadata import encode_onnx_metadata, export_metadata
+from pscompress.core.patterns import pattern_name
 from pscompress.exporters import psconv_onnx
 from pscompress.exporters.fold import fold_batchnorm
 from pscompress.exporters.fuse import densify, fuse_psconv, packable
-from pscompress.files import atomic_output
-from pscompress.layers import PSConv2d
-from pscompress.onnx_reader import pattern_name
-from pscompress.report import model_input_shape
+from pscompress.workstation.checkpoint import LoadedModel
+from pscompress.workstation.layers import PSConv2d
+from pscompress.workstation.measure import model_input_shape
+from pscompress.workstation.surgery import psconv_layers
 
 # IR 8 is the oldest that carries opset 18 and model-local functions; onnx 1.23 would write 14,
 # which onnxruntime 1.31 refuses.
@@ -174,20 +175,10 @@ def _set_opsets(model: onnx.ModelProto) -> None:
 
 
 def _set_metadata(model: onnx.ModelProto, loaded: LoadedModel, shape: Sequence[int], layers: dict) -> None:
-    meta = {
-        "pscompress.version": pscompress.__version__,
-        "pscompress.input_shape": json.dumps(list(shape)),
-        "pscompress.pattern": pattern_summary(layers.values()),
-        "pscompress.operator": f"{psconv_onnx.DOMAIN} v{psconv_onnx.VERSION}",
-    }
-    if loaded.meta.get("classes"):
-        meta["pscompress.classes"] = json.dumps([str(c) for c in loaded.meta["classes"]])
-    if loaded.meta.get("accuracy") is not None:
-        meta["pscompress.accuracy"] = str(float(loaded.meta["accuracy"]))
-    if loaded.arch:
-        meta["pscompress.arch"] = loaded.arch
+    meta = export_metadata(loaded.meta, loaded.arch, shape, pattern=pattern_summary(layers.values()),
+                           operator=f"{psconv_onnx.DOMAIN} v{psconv_onnx.VERSION}")
     del model.metadata_props[:]
-    for key, value in meta.items():
+    for key, value in encode_onnx_metadata(meta).items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "pscompress", pscompress.__version__
 

@@ -8,7 +8,6 @@ turned back into float32 by DEQUANTIZE. The model's input is NHWC [1, H, W, C] f
 """
 from __future__ import annotations
 
-import json
 import math
 import operator
 import os
@@ -21,18 +20,20 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from pscompress.checkpoint import LoadedModel, psconv_layers
-from pscompress.errors import UserError
+from pscompress.workstation.checkpoint import LoadedModel
+
+from pscompress.board.tflite_predictor import TFLitePredictor, interpreter_module
+from pscompress.core.errors import UserError
+from pscompress.core.files import atomic_output
+from pscompress.core.metadata import TFLITE_ENTRY, encode_tflite_metadata, export_metadata
 from pscompress.exporters.fold import fold_batchnorm
 from pscompress.exporters.onnx_export import relative_difference
 from pscompress.exporters.tflite_sparse import smallest_encoding
 from pscompress.exporters.tflite_writer import TFLiteGraph, enum
-from pscompress.files import atomic_output
-from pscompress.layers import PSConv2d
-from pscompress.report import model_input_shape
-from pscompress.tflite_inference import METADATA_NAME, TFLitePredictor, interpreter_module
+from pscompress.workstation.layers import PSConv2d
+from pscompress.workstation.measure import model_input_shape
+from pscompress.workstation.surgery import psconv_layers
 
-METADATA_VERSION = 1
 # Export fails when the TFLite interpreter's logits differ from PyTorch's by more than this
 # (relative); float16 weights round every weight, so they get a looser bound.
 VERIFY_TOLERANCE = {False: 1e-4, True: 1e-2}
@@ -67,7 +68,7 @@ def build_tflite(loaded: LoadedModel, input_shape: tuple[int, int, int], *, fp16
         ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
     graph = TFLiteGraph()
     _Lowering(gm, graph, fp16=fp16, sparse=sparse).run()
-    return graph.serialize(description="pscompress TFLite export", metadata={METADATA_NAME: _metadata(loaded, input_shape, fp16)})
+    return graph.serialize(description="pscompress TFLite export", metadata={TFLITE_ENTRY: _metadata(loaded, input_shape, fp16)})
 
 
 def _verify(data: bytes, module: nn.Module, input_shape: tuple[int, int, int], tolerance: float) -> float | None:
@@ -90,10 +91,8 @@ def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool
     layers = {name: {"kernel_size": list(m.pattern.kernel_size), "patterns": m.pattern.bitmasks, "shift": m.shift,
                      "density": m.pattern.density()}
               for name, m in psconv_layers(loaded.module).items()}
-    meta = {"format": METADATA_NAME, "version": METADATA_VERSION, "input_shape": list(input_shape),
-            "input_layout": "NHWC", "classes": loaded.meta.get("classes"), "arch": loaded.arch,
-            "fp16": fp16, "psconv_layers": layers, "meta": loaded.meta}
-    return json.dumps(meta, default=str, sort_keys=True).encode()
+    return encode_tflite_metadata(export_metadata(loaded.meta, loaded.arch, input_shape, input_layout="NHWC",
+                                                  fp16=fp16, psconv_layers=layers, meta=loaded.meta))
 
 
 @dataclass

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pscompress.errors import UserError
-from pscompress.patterns import PatternSet, parse_pattern
+from pscompress.core.errors import UserError
+from pscompress.core.patterns import PatternSet, parse_pattern
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "PSConv2d": "pscompress.layers",
-    "sparsify": "pscompress.convert",
-    "load_model": "pscompress.checkpoint",
-    "save_checkpoint": "pscompress.checkpoint",
+    "PSConv2d": "pscompress.workstation.layers",
+    "sparsify": "pscompress.workstation.sparsify",
+    "load_model": "pscompress.workstation.checkpoint",
+    "save_checkpoint": "pscompress.workstation.checkpoint",
 }
 
 __all__ = ["PatternSet", "UserError", "parse_pattern", *_LAZY]

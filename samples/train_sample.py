@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from pscompress import archs
-from pscompress.checkpoint import LoadedModel
-from pscompress.data import load_dataset
-from pscompress.finetune import FinetuneConfig, finetune
+from pscompress.board.data import load_dataset
+from pscompress.workstation import archs
+from pscompress.workstation.checkpoint import LoadedModel
+from pscompress.workstation.finetune import FinetuneConfig, finetune
 
 HERE = Path(__file__).resolve().parent
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pscompress import archs
-from pscompress.checkpoint import LoadedModel
-from pscompress.convert import sparsify
+from pscompress.workstation import archs
+from pscompress.workstation.checkpoint import LoadedModel
+from pscompress.workstation.sparsify import sparsify
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pscompress.checkpoint import LoadedModel, save_checkpoint
-from pscompress.data import load_dataset
+from pscompress.board.data import load_dataset
+from pscompress.workstation.checkpoint import LoadedModel, save_checkpoint
 
 
 def fit_linear(images: int = 5000, ridge: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +44,8 @@ def psconv_module(weight: np.ndarray, bias: np.ndarray, channels: int = 4) -> nn
     Every 4-of-9 support keeps the centre: weight 1 there plus a little noise on the other kept
     positions, so the packed weights are all exercised and the accuracy stays the classifier's.
     """
-    from pscompress.layers import PSConv2d
-    from pscompress.patterns import parse_pattern
+    from pscompress.workstation.layers import PSConv2d
+    from pscompress.core.patterns import parse_pattern
 
     conv = PSConv2d(1, channels, 3, padding=1, pattern=parse_pattern("4of9"))
     linear = nn.Linear(channels * weight.shape[1], weight.shape[0])

@@ -90,10 +90,11 @@ def checkpoint_dict() -> dict:
     """A valid pscompress checkpoint (ResNet-20, one channel, 3 classes, 8x8 input, one pSConv layer)."""
     import torch
 
-    from pscompress.archs import build
-    from pscompress.checkpoint import FORMAT, VERSION, replace_module
-    from pscompress.layers import PSConv2d
-    from pscompress.patterns import parse_pattern
+    from pscompress.workstation.archs import build
+    from pscompress.workstation.checkpoint import FORMAT, VERSION
+    from pscompress.workstation.surgery import replace_module
+    from pscompress.workstation.layers import PSConv2d
+    from pscompress.core.patterns import parse_pattern
 
     torch.manual_seed(0)
     module = build("resnet20", in_channels=1, num_classes=len(CLASSES))

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pscompress.align import align, default_placement, recognise
-from pscompress.patterns import PatternSet, parse_pattern
+from pscompress.core.patterns import PatternSet, parse_pattern
+from pscompress.workstation.align import align, default_placement, recognise
 
 
 def _kept_energy(weight: np.ndarray, pattern: PatternSet, shift: int) -> float:

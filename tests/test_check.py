@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from gate_fixtures import fit_linear, linear_module, run_cli, save_module, torch_predictions
-from pscompress.data import load_dataset
-from pscompress.errors import UserError
-from pscompress.evaluate import EvalResult, Latency, evaluate_file
-from pscompress.gate import Budgets, check, junit_xml, markdown
+from pscompress.board.data import load_dataset
+from pscompress.board.evaluate import EvalResult, Latency, evaluate_file
+from pscompress.board.gate import Budgets, check, junit_xml, markdown
+from pscompress.core.errors import UserError
 
 LIMIT = 400
 

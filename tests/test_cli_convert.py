@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pscompress import cli
-from pscompress.archs import build
-from pscompress.checkpoint import LoadedModel, load_model, psconv_layers, save_checkpoint
+from pscompress.workstation.archs import build
+from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
+from pscompress.workstation.surgery import psconv_layers
 
 
 def _run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 from export_models import exported, psconv_model
-from pscompress.checkpoint import save_checkpoint
 from pscompress.cli import main
+from pscompress.workstation.checkpoint import save_checkpoint
 
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 
 import hostile_inputs as corpus
-from pscompress.errors import UserError
-from pscompress.inputs import NpzReader, load_npy, opened_image
-from pscompress.limits import check_input_shape, parse_size
-from pscompress.metadata import check_metadata
-from pscompress.onnx_reader import Node, psconv_attributes
+from pscompress.board.onnx_reader import Node, psconv_attributes
+from pscompress.core.errors import UserError
+from pscompress.core.inputs import NpzReader, load_npy, opened_image
+from pscompress.core.limits import check_input_shape, parse_size
+from pscompress.core.metadata import check_metadata
 
 ADDRESS_SPACE = 2 << 30  # bytes, both groups
 
@@ -272,7 +272,7 @@ def test_sparsify_refuses_non_finite_weights_before_changing_the_model():
     import torch
 
     from pscompress import sparsify
-    from pscompress.archs import build
+    from pscompress.workstation.archs import build
 
     model = build("resnet20", in_channels=1, num_classes=3)
     with torch.no_grad():

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from pscompress.align import align
-from pscompress.archs import build
-from pscompress.convert import sparsify
-from pscompress.errors import UserError
-from pscompress.layers import PSConv2d
-from pscompress.patterns import PatternSet, parse_pattern
-from pscompress.report import measure
+from pscompress.core.errors import UserError
+from pscompress.core.patterns import PatternSet, parse_pattern
+from pscompress.workstation.align import align
+from pscompress.workstation.archs import build
+from pscompress.workstation.layers import PSConv2d
+from pscompress.workstation.measure import measure
+from pscompress.workstation.sparsify import sparsify
 
 
 def _small_net(in_channels: int = 1) -> nn.Module:
@@ -128,7 +128,7 @@ def test_dummy_forward_leaves_training_state_and_statistics_alone():
 
 def test_alignment_keeps_more_energy_than_the_default_on_a_trained_layer():
     """A model trained briefly on Fashion-MNIST: alignment is never worse, per layer."""
-    from pscompress.data import load_dataset
+    from pscompress.board.data import load_dataset
 
     torch.manual_seed(3)
     train = load_dataset("fashion-mnist", "train").subset(1024)

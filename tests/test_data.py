@@ -1,4 +1,4 @@
-"""pscompress.data: Fashion-MNIST idx files, .npz and image folders, and compatibility checks."""
+"""pscompress.board.data: Fashion-MNIST idx files, .npz and image folders, and compatibility checks."""
 from __future__ import annotations
 
 import gzip
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pscompress.data import FASHION_MNIST_DIR, check_compatible, load_dataset, read_idx
-from pscompress.errors import UserError
+from pscompress.board.data import FASHION_MNIST_DIR, check_compatible, load_dataset, read_idx
+from pscompress.core.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +135,8 @@ def test_check_compatible_names_each_mismatch(fashion_test):
 
 
 def test_data_module_does_not_import_torch():
-    """The board-side eval uses pscompress.data on machines without PyTorch."""
-    code = "import sys, pscompress.data; sys.exit('torch' in sys.modules)"
+    """The board-side eval uses pscompress.board.data on machines without PyTorch."""
+    code = "import sys, pscompress.board.data; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from pscompress import archs
-from pscompress.checkpoint import LoadedModel, load_model, psconv_layers, save_checkpoint
-from pscompress.convert import sparsify
-from pscompress.data import load_dataset
+from pscompress.board.data import load_dataset
+from pscompress.workstation import archs
+from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
+from pscompress.workstation.sparsify import sparsify
+from pscompress.workstation.surgery import psconv_layers
 
 
 def _digest(state: dict) -> str:

@@ -1,4 +1,4 @@
-"""`pscompress eval` and pscompress.evaluate, checked against torch's own predictions on Fashion-MNIST."""
+"""`pscompress eval` and pscompress.board.evaluate, checked against torch's own predictions on Fashion-MNIST."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from gate_fixtures import fit_linear, linear_module, psconv_module, run_cli, save_module, torch_predictions
-from pscompress.data import load_dataset
-from pscompress.errors import UserError
-from pscompress.evaluate import EvalResult, load_result, per_class_accuracy, summarise_latency, topk_accuracy
+from pscompress.board.data import load_dataset
+from pscompress.board.evaluate import EvalResult, load_result, per_class_accuracy, summarise_latency, topk_accuracy
+from pscompress.core.errors import UserError
 
 LIMIT = 500
 
@@ -102,7 +102,7 @@ def test_eval_image_folder_matches_torch(linear, test_set, tmp_path, capsys, mon
 
 
 def test_eval_tflite_agrees_with_torch(linear, test_set, tmp_path, capsys, monkeypatch):
-    from pscompress.checkpoint import LoadedModel
+    from pscompress.workstation.checkpoint import LoadedModel
     from pscompress.exporters.tflite import export_tflite
 
     export_tflite(LoadedModel(linear), tmp_path / "linear.tflite", input_shape=(1, 28, 28))
@@ -156,7 +156,7 @@ def test_damaged_record_is_a_usage_error(tmp_path):
 
 
 def test_eval_onnx_with_and_without_the_native_kernel_agrees_with_torch(test_set, tmp_path, capsys, monkeypatch):
-    from pscompress.checkpoint import LoadedModel
+    from pscompress.workstation.checkpoint import LoadedModel
     from pscompress.exporters.onnx_export import export_onnx
 
     module = psconv_module(*fit_linear())

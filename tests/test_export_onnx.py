@@ -15,12 +15,12 @@ from onnx.reference import ReferenceEvaluator
 from torch import nn
 
 from export_models import exported, psconv_model
-from pscompress.checkpoint import LoadedModel
-from pscompress.errors import UserError
+from pscompress.board.onnx_predictor import Predictor
+from pscompress.core.errors import UserError
+from pscompress.core.patterns import PatternSet, parse_pattern
 from pscompress.exporters.onnx_export import export_onnx, relative_difference
-from pscompress.inference import Predictor
-from pscompress.layers import PSConv2d
-from pscompress.patterns import PatternSet, parse_pattern
+from pscompress.workstation.checkpoint import LoadedModel
+from pscompress.workstation.layers import PSConv2d
 
 
 def portable_session(path) -> ort.InferenceSession:
@@ -99,7 +99,7 @@ def test_portable_onnxruntime_and_reference_match_pytorch(batch):
 
 
 def test_portable_path_on_fashion_mnist_images():
-    from pscompress.data import load_dataset
+    from pscompress.board.data import load_dataset
 
     path, _, loaded = exported("resnet20")
     x = np.ascontiguousarray(load_dataset("fashion-mnist", "test").x[:64], dtype=np.float32)

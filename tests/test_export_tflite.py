@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from pscompress import archs
-from pscompress.checkpoint import LoadedModel, load_model, save_checkpoint
-from pscompress.data import FASHION_MNIST_CLASSES, load_dataset
-from pscompress.errors import UserError
+from pscompress.board.data import FASHION_MNIST_CLASSES, load_dataset
+from pscompress.board.tflite_predictor import TFLitePredictor
+from pscompress.core.errors import UserError
+from pscompress.core.patterns import parse_pattern
 from pscompress.exporters.tflite import build_tflite, export_tflite
 from pscompress.exporters.tflite_writer import schema
-from pscompress.layers import PSConv2d
-from pscompress.patterns import parse_pattern
-from pscompress.tflite_inference import TFLitePredictor
+from pscompress.workstation import archs
+from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
+from pscompress.workstation.layers import PSConv2d
 
 CLASSES = list(FASHION_MNIST_CLASSES)
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

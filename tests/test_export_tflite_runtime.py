@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Runs in the tflite-runtime venv: only numpy, tflite-runtime and the torch-free predictor exist there.
 RUNNER = """
 import sys, numpy as np
-from pscompress.tflite_inference import TFLitePredictor, interpreter_module
+from pscompress.board.tflite_predictor import TFLitePredictor, interpreter_module
 assert interpreter_module().__name__ == "tflite_runtime.interpreter"
 x = np.load(sys.argv[1])
 for xnnpack, out in ((True, sys.argv[3]), (False, sys.argv[4])):

@@ -6,10 +6,10 @@ import itertools
 import numpy as np
 import pytest
 
+from pscompress.board.tflite_predictor import interpreter_module
+from pscompress.core.patterns import parse_pattern
 from pscompress.exporters.tflite_sparse import DENSE, SPARSE_CSR, encode, smallest_encoding
 from pscompress.exporters.tflite_writer import TFLiteGraph
-from pscompress.patterns import parse_pattern
-from pscompress.tflite_inference import interpreter_module
 
 
 def densified_by_tflite(values: np.ndarray, order, formats, xnnpack: bool) -> np.ndarray:

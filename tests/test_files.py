@@ -1,4 +1,4 @@
-"""Atomic outputs (pscompress.files): modes kept, links written through, no stale temporaries."""
+"""Atomic outputs (pscompress.core.files): modes kept, links written through, no stale temporaries."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pscompress import UserError
-from pscompress.files import atomic_output, write_text_atomic
+from pscompress.core.files import atomic_output, write_text_atomic
 
 
 def mode(path: Path) -> int:
@@ -76,7 +76,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path: Path)
     target = tmp_path / "model.onnx"
     writer = textwrap.dedent(f"""
         import os, sys, time
-        from pscompress.files import atomic_output
+        from pscompress.core.files import atomic_output
         with atomic_output({str(target)!r}) as tmp:
             tmp.write_bytes(b"partial")
             print("writing", flush=True)

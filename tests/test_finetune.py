@@ -10,12 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pscompress.finetune as ft
-from pscompress import archs, cli
-from pscompress.checkpoint import LoadedModel, load_model, psconv_layers, save_checkpoint
-from pscompress.convert import sparsify
-from pscompress.data import ArrayImages, ArrayDataset, load_dataset
-from pscompress.finetune import FinetuneConfig, distillation_loss, finetune, state_path
+import pscompress.workstation.finetune as ft
+from pscompress import cli
+from pscompress.board.data import ArrayImages, ArrayDataset, load_dataset
+from pscompress.workstation import archs
+from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
+from pscompress.workstation.finetune import FinetuneConfig, distillation_loss, finetune, state_path
+from pscompress.workstation.sparsify import sparsify
+from pscompress.workstation.surgery import psconv_layers
 
 KWARGS = {"in_channels": 1, "num_classes": 10}
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "fashion_resnet20.pt"

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from pscompress import archs
+from pscompress.core.patterns import parse_pattern
 from pscompress.exporters.fold import fold_batchnorm
-from pscompress.layers import PSConv2d
-from pscompress.patterns import parse_pattern
+from pscompress.workstation import archs
+from pscompress.workstation.layers import PSConv2d
 
 
 def _randomise_bn(model: nn.Module) -> None:

@@ -54,7 +54,7 @@ def test_sample_export_agrees_with_its_pytorch_model(exported, capsys, monkeypat
 
 def test_gate_catches_a_damaged_model(tmp_path, capsys, monkeypatch):
     """A regression the gate exists for: one convolution's weights damaged before export."""
-    from pscompress.checkpoint import load_model
+    from pscompress.workstation.checkpoint import load_model
     from pscompress.exporters.onnx_export import export_onnx
 
     loaded = load_model(SAMPLE)

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from export_models import FASHION_CLASSES, exported
-from pscompress.errors import UserError
+from pscompress.board.onnx_predictor import Predictor, load_input
+from pscompress.board.onnx_reader import read_onnx
+from pscompress.core.errors import UserError
 from pscompress.exporters.onnx_export import relative_difference
-from pscompress.inference import Predictor, load_input
-from pscompress.onnx_reader import read_onnx
 
 
 def test_predictor_matches_pytorch_on_both_paths():
@@ -104,6 +104,6 @@ def test_reader_rejects_a_non_onnx_file(tmp_path):
 
 
 def test_board_side_modules_import_without_torch_or_onnx():
-    code = ("import sys, pscompress.inference, pscompress.onnx_reader, pscompress.commands.run, "
-            "pscompress.commands.info; bad = {'torch', 'onnx'} & set(sys.modules); assert not bad, bad")
+    code = ("import sys, pscompress.board.onnx_predictor, pscompress.board.onnx_reader, pscompress.cli.commands.run, "
+            "pscompress.cli.commands.info; bad = {'torch', 'onnx'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pscompress.archs import build
-from pscompress.checkpoint import LoadedModel, load_model, psconv_layers, save_checkpoint
-from pscompress.convert import sparsify
-from pscompress.layers import PSConv2d
-from pscompress.patterns import parse_pattern
+from pscompress.core.patterns import parse_pattern
+from pscompress.workstation.archs import build
+from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
+from pscompress.workstation.layers import PSConv2d
+from pscompress.workstation.sparsify import sparsify
+from pscompress.workstation.surgery import psconv_layers
 
 
 def _rule_mask(pattern, out_channels: int, in_per_group: int, shift: int) -> torch.Tensor:

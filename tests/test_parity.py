@@ -15,8 +15,8 @@ from onnx.reference import ReferenceEvaluator
 
 from export_models import exported
 from pscompress import runtime
+from pscompress.board.onnx_predictor import Predictor
 from pscompress.exporters.onnx_export import export_onnx, relative_difference
-from pscompress.inference import Predictor
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -64,7 +64,7 @@ def test_four_way_parity_on_random_input():
 
 
 def test_native_and_portable_match_pytorch_on_fashion_mnist():
-    from pscompress.data import load_dataset
+    from pscompress.board.data import load_dataset
 
     path, _, loaded = exported("resnet20")
     x = np.ascontiguousarray(load_dataset("fashion-mnist", "test").x[:512], dtype=np.float32)
@@ -77,8 +77,8 @@ def test_native_and_portable_match_pytorch_on_fashion_mnist():
 
 def _sample_model():
     """(model, fine-tuned?): the fine-tuned 4of9 sample, else the dense sample converted to 4of9."""
-    from pscompress.checkpoint import load_model
-    from pscompress.convert import sparsify
+    from pscompress.workstation.checkpoint import load_model
+    from pscompress.workstation.sparsify import sparsify
 
     if (SAMPLES / "fashion_resnet20_4of9.pt").is_file():
         return load_model(SAMPLES / "fashion_resnet20_4of9.pt"), True
@@ -91,7 +91,7 @@ def _sample_model():
 
 @pytest.mark.slow
 def test_sample_model_native_predicts_the_same_classes_as_pytorch_on_all_10000(tmp_path):
-    from pscompress.data import load_dataset
+    from pscompress.board.data import load_dataset
 
     loaded, finetuned = _sample_model()
     path = tmp_path / "sample.onnx"

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pscompress.errors import UserError
-from pscompress.patterns import PatternSet, parse_pattern
+from pscompress.core.errors import UserError
+from pscompress.core.patterns import PatternSet, parse_pattern
 
 FAMILIES = [f"{k}of9" for k in range(1, 10)]
 

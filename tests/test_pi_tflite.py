@@ -15,9 +15,9 @@ import pytest
 
 import pi_emulator
 import pi_models
-from pscompress.checkpoint import load_model
+from pscompress.board.tflite_predictor import TFLitePredictor
 from pscompress.exporters.tflite import export_tflite
-from pscompress.tflite_inference import TFLitePredictor
+from pscompress.workstation.checkpoint import load_model
 
 from test_export_tflite import relative_error, torch_logits
 
@@ -34,7 +34,7 @@ RUNNER = """
 import json, platform, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from pscompress.tflite_inference import TFLitePredictor, interpreter_module
+from pscompress.board.tflite_predictor import TFLitePredictor, interpreter_module
 images, out = np.load(sys.argv[2]), sys.argv[3]
 result = {"machine": platform.machine(), "interpreter": interpreter_module().__name__,
           "numpy": np.__version__, "cases": {}}

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pscompress.errors import UserError
+from pscompress.core.errors import UserError
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -100,7 +100,7 @@ def session_options(threads: int | None = None, native: bool | None = None) -> "
     if threads is not None and threads < 1:
         raise UserError(f"threads must be >= 1, got {threads}")
     options = onnxruntime.SessionOptions()
-    # Errors reach the caller as exceptions (create_session and pscompress.inference turn them
+    # Errors reach the caller as exceptions (create_session and pscompress.board.onnx_predictor turn them
     # into one-line UserErrors); onnxruntime's logger would print each one to stderr first.
     options.log_severity_level = 4  # fatal only
     if threads is not None:

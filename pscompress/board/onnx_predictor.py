@@ -1,0 +1,125 @@
+"""Running exported ONNX models: the board-side Python API (numpy + onnxruntime, no PyTorch).
+
+    from pscompress.board.onnx_predictor import Predictor
+    p = Predictor("model.onnx", threads=2)
+    logits = p.predict(images)              # float32 [N, C, H, W] in [0, 1]
+    top = p.topk(images, k=3)               # probabilities and class indices, best first
+
+The native PSConv kernels are used when the library is installed (``native=None``); the
+model's portable ONNX functions run otherwise.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from pscompress import runtime
+from pscompress.core.errors import UserError
+from pscompress.core.inputs import load_npy, opened_image
+from pscompress.core.limits import check_input_shape
+from pscompress.core.metadata import decode_onnx_metadata
+
+
+class TopK(NamedTuple):
+    """Per image, the k best classes: softmax probabilities and class indices, best first."""
+
+    values: np.ndarray   # float32 [N, k]
+    indices: np.ndarray  # int64 [N, k]
+
+
+class Predictor:
+    """An exported model loaded in onnxruntime, with the metadata pscompress wrote into it."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, native: bool | None = None) -> None:
+        self.path = Path(path)
+        self.session = runtime.create_session(self.path, threads=threads, native=native)
+        #: whether the native kernel library is registered in this session
+        self.native = runtime.native_library(native) is not None
+        self.meta = decode_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        model_input = self.session.get_inputs()[0]
+        self._input_name = model_input.name
+        self.input_shape = self._resolve_input_shape(model_input.shape)
+        classes = self.meta.get("classes")
+        self.classes: list[str] | None = [str(c) for c in classes] if classes else None
+        out = self.session.get_outputs()[0].shape
+        self.num_outputs = out[-1] if out and isinstance(out[-1], int) else (len(self.classes) if self.classes else None)
+
+    def _resolve_input_shape(self, onnx_shape: list) -> tuple[int, int, int]:
+        recorded = self.meta.get("input_shape")
+        if recorded:
+            return tuple(recorded)  # type: ignore[return-value]
+        dims = onnx_shape[1:]
+        if len(dims) != 3 or not all(isinstance(d, int) for d in dims):
+            raise UserError(f"{self.path} does not say what input it takes (no input_shape metadata, input {onnx_shape})")
+        return check_input_shape(dims, f"{self.path}: the graph's input")
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits [N, classes] for float32 images [N, C, H, W] scaled to [0, 1]."""
+        x = np.asarray(x)
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
+            want = "x".join(map(str, self.input_shape))
+            raise UserError(f"the model takes images of shape [N, {', '.join(map(str, self.input_shape))}] "
+                            f"(C x H x W = {want}), got an array of shape {list(x.shape)}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        try:
+            return self.session.run(None, {self._input_name: x})[0]
+        except runtime.onnxruntime_errors() as exc:  # e.g. a node whose input shape its kernel rejects
+            raise UserError(f"onnxruntime cannot run {self.path.name}: {runtime.first_line(exc)}") from exc
+
+    def topk(self, x: np.ndarray, k: int = 5) -> TopK:
+        """The ``k`` most probable classes of each image (softmax over the logits)."""
+        logits = self.predict(x).astype(np.float64)
+        k = max(1, min(int(k), logits.shape[1]))
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return TopK(np.take_along_axis(probs, order, axis=1).astype(np.float32), order.astype(np.int64))
+
+    def class_name(self, index: int) -> str:
+        return self.classes[index] if self.classes and 0 <= index < len(self.classes) else str(index)
+
+
+def load_input(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """Images for a model from a file: an image (any format Pillow reads) or a .npy array.
+
+    Images are converted to the model's channels (1: grayscale, 3: RGB) and resized to its
+    input size. Arrays may be [H, W], [C, H, W] or [N, C, H, W]; uint8 arrays are scaled by
+    1/255, float arrays must already be in [0, 1].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"cannot read {path}: no such file")
+    channels, height, width = input_shape
+    if path.suffix.lower() == ".npy":
+        return _array_input(path, input_shape)
+    from PIL import Image, UnidentifiedImageError
+
+    modes = {1: "L", 3: "RGB"}
+    if channels not in modes:
+        raise UserError(f"the model takes {channels}-channel input: give a .npy array instead of an image")
+    try:
+        with opened_image(path) as image:
+            image = image.convert(modes[channels]).resize((width, height), Image.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{path} is neither an image Pillow can read nor a .npy file") from exc
+    pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return pixels[None]
+
+
+def _array_input(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
+    array = load_npy(path)
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    elif not np.issubdtype(array.dtype, np.floating):
+        raise UserError(f"{path} holds {array.dtype} values: use uint8 (0..255) or float (0..1)")
+    while array.ndim < 4:
+        array = array[None]
+    if tuple(array.shape[1:]) != tuple(input_shape):
+        raise UserError(f"{path} has shape {list(array.shape)}; the model takes [N, {', '.join(map(str, input_shape))}]")
+    if array.size and (array.min() < 0 or array.max() > 1):
+        raise UserError(f"{path} has values outside [0, 1]: models take images scaled to [0, 1]")
+    return array.astype(np.float32)

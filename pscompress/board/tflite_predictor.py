@@ -1,0 +1,156 @@
+"""Running exported .tflite models without PyTorch or TensorFlow.
+
+Uses whichever TFLite interpreter is installed: ``ai-edge-litert`` (numpy 2 works) or
+``tflite-runtime`` (needs numpy < 2). The model's input is NHWC; ``predict`` takes PyTorch's
+NCHW images and transposes them, so callers never see the difference.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pscompress.core.errors import UserError
+from pscompress.core.limits import check_input_shape
+from pscompress.core.metadata import TFLITE_ENTRY, decode_tflite_metadata
+
+_INTERPRETERS = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+_MAX_BATCH = 64
+
+
+def interpreter_module() -> Any:
+    """The first importable TFLite interpreter module."""
+    for name in _INTERPRETERS:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise UserError("running .tflite models needs a TFLite interpreter: pip install ai-edge-litert "
+                    "(or tflite-runtime, which needs numpy<2)")
+
+
+class TFLitePredictor:
+    """A .tflite model: ``predict(x)`` maps float32 [N, C, H, W] images in [0, 1] to logits [N, classes].
+
+    ``xnnpack=False`` turns the runtime's default XNNPACK delegate off; ``threads`` sets the
+    interpreter's thread count (None: the runtime's default).
+    """
+
+    def __init__(self, path: str | os.PathLike, xnnpack: bool = True, threads: int | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"cannot read {path}: no such file")
+        self._load(path.read_bytes(), str(path), xnnpack, threads)
+
+    @classmethod
+    def from_bytes(cls, content: bytes, xnnpack: bool = True, threads: int | None = None) -> "TFLitePredictor":
+        """A predictor for a model held in memory (e.g. just exported, before it is written)."""
+        predictor = cls.__new__(cls)
+        predictor._load(content, "the model", xnnpack, threads)
+        return predictor
+
+    def _load(self, content: bytes, path: str, xnnpack: bool, threads: int | None) -> None:
+        if content[4:8] != b"TFL3":
+            raise UserError(f"{path} is not a TFLite model")
+        module = interpreter_module()
+        options: dict[str, Any] = {"model_content": content, "num_threads": threads}
+        if not xnnpack:
+            options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            self._interpreter = module.Interpreter(**options)
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"{path}: the TFLite runtime cannot load it ({exc})") from exc
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = 0
+        self.meta: dict[str, Any] = _metadata(content, path)
+        shape = [int(d) for d in self._input["shape"]]
+        if len(shape) != 4:
+            raise UserError(f"{path} takes a {len(shape)}-D input, not images [N, H, W, C]")
+        _, h, w, c = shape
+        self.input_shape: tuple[int, int, int] = check_input_shape((c, h, w), f"{path}: the model's input")
+        classes = self.meta.get("classes")
+        self.classes: list[str] | None = [str(name) for name in classes] if classes else None
+        self.native = None  # pscompress's native kernels are an ONNX runtime matter
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise UserError(f"expected images of shape [N, {', '.join(map(str, self.input_shape))}], got {list(x.shape)}")
+        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        return np.concatenate([self._run(nhwc[i:i + _MAX_BATCH]) for i in range(0, len(nhwc), _MAX_BATCH)]
+                              or [np.zeros((0, self._output["shape"][-1]), np.float32)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            if len(batch) != self._batch:  # re-plan only when the batch size changes
+                self._interpreter.resize_tensor_input(self._input["index"], list(batch.shape), strict=False)
+                self._interpreter.allocate_tensors()
+                self._batch = len(batch)
+            self._interpreter.set_tensor(self._input["index"], batch)
+            self._interpreter.invoke()
+        except (RuntimeError, ValueError) as exc:  # the interpreter's errors on a model it cannot run
+            raise UserError(f"the TFLite runtime cannot run the model: {str(exc).strip().splitlines()[0]}") from exc
+        return self._interpreter.get_tensor(self._output["index"]).copy()
+
+
+def metadata_buffer(content: bytes) -> bytes | None:
+    """The bytes of a .tflite file's ``pscompress`` Model.metadata buffer, or None if it has none.
+
+    A few lines of flatbuffer reading, so neither the ``tflite`` schema package nor
+    ``flatbuffers`` is needed on a board.
+    """
+    model = _u32(content, 0)
+    buffers = _vector(content, model, 4)  # Model field 4: buffers
+    for entry in _vector(content, model, 6):  # Model field 6: metadata
+        name_at = _field(content, entry, 0)
+        if name_at is None or _string(content, name_at) != TFLITE_ENTRY:
+            continue
+        buffer_at = _field(content, entry, 1)
+        if buffer_at is None:
+            return None
+        data = _field(content, buffers[_u32(content, buffer_at)], 0)  # Buffer field 0: data
+        if data is None:
+            return None
+        start = data + _u32(content, data)
+        return bytes(content[start + 4:start + 4 + _u32(content, start)])
+    return None
+
+
+def _metadata(content: bytes, path: str) -> dict[str, Any]:
+    try:
+        raw = metadata_buffer(content)
+    except (struct.error, IndexError) as exc:
+        raise UserError(f"{path}: its pscompress metadata is damaged ({exc.__class__.__name__})") from exc
+    return decode_tflite_metadata(raw, path)
+
+
+def _u32(buf: bytes, at: int) -> int:
+    return struct.unpack_from("<I", buf, at)[0]
+
+
+def _field(buf: bytes, table: int, index: int) -> int | None:
+    """Where field ``index`` of the table at ``table`` is stored, or None when absent."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vtable_size = struct.unpack_from("<H", buf, vtable)[0]
+    slot = 4 + 2 * index
+    offset = struct.unpack_from("<H", buf, vtable + slot)[0] if slot < vtable_size else 0
+    return table + offset if offset else None
+
+
+def _vector(buf: bytes, table: int, index: int) -> list[int]:
+    """The tables of a vector-of-tables field."""
+    at = _field(buf, table, index)
+    if at is None:
+        return []
+    start = at + _u32(buf, at)
+    return [start + 4 + 4 * i + _u32(buf, start + 4 + 4 * i) for i in range(_u32(buf, start))]
+
+
+def _string(buf: bytes, at: int) -> str:
+    start = at + _u32(buf, at)
+    return buf[start + 4:start + 4 + _u32(buf, start)].decode()

@@ -1,0 +1,85 @@
+"""The ``pscompress`` command line.
+
+Each subcommand lives in its own module under pscompress/cli/commands/ and is imported only
+when it runs, so board-side commands (``run``, ``info``) never import PyTorch.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util  # not imported by `import importlib`: on a light install nothing else loads it
+import sys
+
+import click
+
+from pscompress.core.errors import UserError
+
+# name -> (module, function, one-line help shown in ``pscompress --help``)
+_COMMANDS = {
+    "convert": ("pscompress.cli.commands.convert", "convert", "Replace eligible convolutions by pSConv layers."),
+    "finetune": ("pscompress.cli.commands.finetune", "finetune", "Fine-tune a pSConv model with its masks fixed."),
+    "export": ("pscompress.cli.commands.export", "export", "Export a model to ONNX or TFLite."),
+    "info": ("pscompress.cli.commands.info", "info", "Describe an exported model: layers, density, size."),
+    "run": ("pscompress.cli.commands.run", "run", "Run an exported model on an image or .npy file."),
+    "eval": ("pscompress.cli.commands.eval", "eval_", "Measure a model's accuracy and latency on a data set."),
+    "check": ("pscompress.cli.commands.check", "check", "Fail when accuracy, size or speed regress."),
+}
+# The commands that need PyTorch, which only the workstation extra installs.
+_WORKSTATION = {"convert", "finetune", "export"}
+_WORKSTATION_NOTE = "needs the workstation extra: pip install 'pscompress[workstation]'"
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS:
+            return None
+        if name in _WORKSTATION and not _torch_installed():
+            raise UserError(f"`pscompress {name}` {_WORKSTATION_NOTE} (this install has no PyTorch)")
+        module, attr, _ = _COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        light = not _torch_installed()
+        rows = [(name, help_ + (" [workstation]" if light and name in _WORKSTATION else ""))
+                for name, (_, _, help_) in _COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+            if light:
+                formatter.write_paragraph()
+                formatter.write_text(f"This install has no PyTorch: each command marked [workstation] {_WORKSTATION_NOTE}.")
+
+
+def _torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pscompress")
+def cli() -> None:
+    """Compress CNNs with periodic sparse convolutions (pSConv) and export them for edge boards.
+
+    Typical flow: convert -> finetune -> export -> run / eval -> check.
+    """
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit status 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+

@@ -1,0 +1,75 @@
+"""``pscompress convert``: replace a model's eligible convolutions by pSConv layers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--pattern", default="4of9", show_default=True, metavar="SPEC",
+              help="A family kof9 (k = 1..9 kept positions of 3x3) or explicit supports such as "
+                   "'0,1,3,4/4,5,7,8' (positions row-major, 0 = top-left). See docs/patterns.md.")
+@click.option("--period", type=int, metavar="N",
+              help="Repeat the pattern's supports cyclically to a period of N kernels.")
+@click.option("--dense-kernel", is_flag=True, help="Make the last kernel of every period dense (all 9 positions).")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Also convert convs whose module name matches (fnmatch), even the first conv or an --exclude "
+                   "match. Repeatable.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Leave convs whose module name matches dense. Repeatable.")
+@click.option("--no-align", is_flag=True,
+              help="Use the pattern's order as given with shift 0, instead of the order and shift that keep "
+                   "the most weight energy.")
+@click.option("--arch", metavar="NAME",
+              help="Architecture of a bare state dict: resnet18, resnet20 or vgg16.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a .pt file that holds pickled Python objects (can run code: trusted files only).")
+@click.option("--input-shape", metavar="C,H,W",
+              help="Input the MACs are counted for.  [default: the model's recorded input shape, else 1,28,28 "
+                   "for a 1-channel model and 3,32,32 otherwise]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write.  [default: MODEL's name with -psconv.pt, beside it]")
+@click.option("--report-json", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write the conversion report (per layer and total) as JSON.")
+def convert(model: Path, pattern: str, period: int | None, dense_kernel: bool, include: tuple[str, ...],
+            exclude: tuple[str, ...], no_align: bool, arch: str | None, trust_pickle: bool,
+            input_shape: str | None, output: Path | None, report_json: Path | None) -> None:
+    """Convert MODEL's 3x3 convolutions (all but the first) to pSConv layers and write a checkpoint.
+
+    MODEL is a pscompress checkpoint, a state dict (with --arch) or, with --trust-pickle, a
+    pickled nn.Module. Layers whose weights are already periodic sparse keep their pattern
+    exactly; the others get the order and shift of --pattern that keep the most weight energy.
+    Prints parameters, non-zeros and MACs per layer, dense against pSConv.
+    """
+    from pscompress.workstation import archs
+    from pscompress.workstation.checkpoint import load_model, save_checkpoint
+    from pscompress.workstation.sparsify import sparsify
+    from pscompress.core.errors import UserError
+    from pscompress.core.files import atomic_output
+    from pscompress.workstation.measure import default_input_shape, parse_input_shape
+
+    if arch is not None and arch not in archs.ARCHITECTURES:
+        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(sorted(archs.ARCHITECTURES))}")
+    output = output or model.with_name(f"{model.stem}-psconv.pt")
+    if output.resolve() == model.resolve():
+        raise UserError(f"the output {output} would overwrite the input model: choose another -o")
+    loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    shape = parse_input_shape(input_shape) if input_shape else default_input_shape(loaded.module, loaded.meta)
+    report = sparsify(loaded.module, pattern, period=period, dense_kernel=dense_kernel, include=include,
+                      exclude=exclude, align=not no_align, input_shape=shape)
+    # The measured accuracy belonged to the dense weights; keep it under a name that says so.
+    if "accuracy" in loaded.meta:
+        loaded.meta["dense_accuracy"] = loaded.meta.pop("accuracy")
+    loaded.meta.update({"pattern": pattern, "input_shape": list(shape), "conversion": report.summary()})
+    if report_json is None:
+        save_checkpoint(loaded, output)
+    else:
+        with atomic_output(report_json) as tmp:  # the report appears only if the checkpoint was written
+            tmp.write_text(report.to_json())
+            save_checkpoint(loaded, output)
+    click.echo(report.format_table())
+    click.echo(f"wrote {output}: {len(report.converted)} layer(s) converted, "
+               f"{report.macs_dense / max(report.macs, 1):.2f}x fewer MACs, "
+               f"{report.nonzero:,} of {report.params:,} parameters non-zero")

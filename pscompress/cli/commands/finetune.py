@@ -1,0 +1,74 @@
+"""``pscompress finetune``: train a (pSConv or dense) model with its masks fixed."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from pscompress.workstation.finetune import OPTIMIZERS, FinetuneConfig
+
+_DEFAULTS = FinetuneConfig()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "data_spec", required=True, metavar="SPEC",
+              help="Data set: 'fashion-mnist', an image folder (DIR/<class>/*.png, or DIR/train and DIR/test), or an .npz file.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Checkpoint to write (rewritten atomically after every epoch; OUTPUT.state holds what --resume needs).")
+@click.option("--epochs", type=int, default=_DEFAULTS.epochs, show_default=True, help="Epochs over the training split.")
+@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True, help="Peak learning rate (cosine decay to zero over all epochs).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer, show_default=True,
+              help="sgd (Nesterov momentum) or adamw.")
+@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True, help="Examples per step and process.")
+@click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay, show_default=True, help="Weight decay.")
+@click.option("--augment/--no-augment", default=_DEFAULTS.augment, show_default=True,
+              help="Random crop (zero padding) and horizontal flip of training images.")
+@click.option("--bn-recalibrate", type=int, default=_DEFAULTS.bn_recalibrate, show_default=True, metavar="N",
+              help="Before training, re-estimate batch-norm statistics on N training images (0: keep them).")
+@click.option("--distill-from", type=click.Path(dir_okay=False, path_type=Path),
+              help="Dense teacher checkpoint: add a knowledge-distillation loss on its softened outputs.")
+@click.option("--distill-alpha", type=float, default=_DEFAULTS.distill_alpha, show_default=True,
+              help="Weight of the distillation loss (1 - alpha weighs the label loss).")
+@click.option("--distill-temperature", type=float, default=_DEFAULTS.distill_temperature, show_default=True,
+              help="Softmax temperature for distillation.")
+@click.option("--resume", is_flag=True, help="Continue the run that wrote OUTPUT from its last finished epoch.")
+@click.option("--limit", type=int, help="Train on the first N training examples only (for quick runs).")
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed for shuffling and augmentation.")
+@click.option("--workers", type=int, default=_DEFAULTS.workers, show_default=True, help="Data-loading worker processes.")
+@click.option("--arch", help="Architecture of a bare state dict (resnet18, resnet20, vgg16).")
+@click.option("--trust-pickle", is_flag=True, help="Allow loading pickled models (runs code from the file).")
+def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, optimizer: str, batch_size: int,
+             weight_decay: float, augment: bool, bn_recalibrate: int, distill_from: Path | None, distill_alpha: float,
+             distill_temperature: float, resume: bool, limit: int | None, seed: int, workers: int,
+             arch: str | None, trust_pickle: bool) -> None:
+    """Fine-tune MODEL on a data set with its pSConv masks fixed, and write the result to OUTPUT.
+
+    Masked weights stay exactly zero. Prints the test accuracy after each epoch and records the
+    final one in the checkpoint's meta["accuracy"] (a fraction in [0, 1]). A dense model trains
+    the same way. Runs unchanged under `torchrun --nproc-per-node N` (DistributedDataParallel).
+    """
+    from pscompress.workstation.checkpoint import load_model
+    from pscompress.board.data import load_dataset
+    from pscompress.core.errors import UserError
+    from pscompress.workstation.finetune import finetune as run_finetune
+    from pscompress.workstation.finetune import model_io
+
+    config = FinetuneConfig(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                            weight_decay=weight_decay, augment=augment, bn_recalibrate=bn_recalibrate, distill_alpha=distill_alpha,
+                            distill_temperature=distill_temperature, seed=seed, workers=workers, limit=limit)
+    loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    if loaded.arch is None:
+        raise UserError(f"{model} is a pickled module of no built-in architecture: fine-tuning writes pscompress checkpoints only")
+    teacher = None
+    if distill_from is not None:
+        teacher_model = load_model(distill_from, arch=arch, trust_pickle=trust_pickle)
+        if model_io(teacher_model) != model_io(loaded):
+            raise UserError(f"teacher {distill_from} maps {model_io(teacher_model)} (channels, classes), "
+                            f"the model {model_io(loaded)}: they must match")
+        teacher = teacher_model.module
+    train, test = load_dataset(data_spec, "train"), load_dataset(data_spec, "test")
+    result = run_finetune(loaded, train, test, output, config, teacher=teacher, resume=resume, log=click.echo)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 reports
+        click.echo(f"wrote {output}: test accuracy {result.accuracy:.2%}")

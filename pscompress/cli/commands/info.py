@@ -1,0 +1,90 @@
+"""``pscompress info``: what an exported ONNX model holds. Needs neither PyTorch nor onnx."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path))
+def info(model: Path) -> None:
+    """Describe MODEL (.onnx): its layers with their pattern and density, file size,
+    IR version and operator sets, and the metadata pscompress wrote (classes, accuracy...)."""
+    from pscompress.core.errors import UserError
+    from pscompress.board.onnx_reader import read_onnx
+
+    if model.suffix.lower() != ".onnx":
+        raise UserError(f"{model.name}: info describes .onnx models")
+    summary = read_onnx(model)
+    for line in describe(summary, model.stat().st_size, source=str(model)):
+        click.echo(line)
+
+
+def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
+    """The lines `info` prints for a parsed model; UserError when its metadata or a PSConv node is malformed."""
+    from pscompress.core.errors import UserError
+    from pscompress.core.metadata import decode_onnx_metadata
+    from pscompress.board.onnx_reader import PSCONV_DOMAIN, psconv_attributes
+    from pscompress.core.patterns import pattern_name
+
+    meta = decode_onnx_metadata(summary.metadata, source)
+    lines = [f"file size:   {file_bytes:,} bytes ({sum(b for _, b in summary.initializers.values()):,} in weights)",
+             f"IR version:  {summary.ir_version} (producer {summary.producer or 'unknown'})",
+             "opsets:      " + ", ".join(f"{d or 'ai.onnx'} v{v}" for d, v in sorted(summary.opsets.items()))]
+    if summary.functions:
+        lines.append("functions:   " + ", ".join(summary.functions) + " (portable fallback)")
+    for key in ("version", "arch", "pattern", "input_shape", "accuracy", "classes"):
+        if key in meta:
+            lines.append(f"{key + ':':<13}{_show(meta[key])}")
+
+    rows, kept_total, dense_total = [], 0, 0
+    for node in summary.nodes:
+        a = psconv_attributes(node) if node.domain == PSCONV_DOMAIN else None  # every PSConv node, weights or not
+        if node.op_type not in ("Conv", "PSConv", "PSConvAdd", "Gemm", "MatMul"):
+            continue
+        weights = summary.initializers.get(node.inputs[1]) if len(node.inputs) > 1 else None
+        if weights is None:
+            continue
+        if a is not None:
+            if len(weights[0]) != 1:
+                raise UserError(f"{source}: node {node.name}'s packed weights {node.inputs[1]} are not 1-D ({weights[0]})")
+            kh, kw = a["kernel_shape"]
+            full = a["out_channels"] * (a["in_channels"] // a["group"]) * kh * kw
+            kept = weights[0][0]
+            pattern = pattern_name(a["kernel_shape"], a["patterns"])
+            fused = "+add" if node.op_type == "PSConvAdd" else ""
+            fused += "+relu" if a.get("clip_min") == 0.0 else ""
+            shape = f"{a['out_channels']}x{a['in_channels'] // a['group']}x{kh}x{kw}"
+        else:
+            dims = weights[0]
+            full = kept = _product(dims)
+            pattern, fused, shape = "dense", "", "x".join(map(str, dims))
+        kept_total += kept
+        dense_total += full
+        rows.append((node.name, f"{node.domain + '.' if node.domain else ''}{node.op_type}{fused}", shape, pattern,
+                     _density(kept, full), f"{kept:,}"))
+    if rows:
+        header = ("layer", "operator", "weights", "pattern", "density", "kept")
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines.append("")
+        lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+        lines.append(f"total: {kept_total:,} of {dense_total:,} weights kept (density {_density(kept_total, dense_total)})")
+    return lines
+
+
+def _density(kept: int, full: int) -> str:
+    return f"{kept / full:.3f}" if full > 0 else "-"  # an initializer with a zero dimension
+
+
+def _show(value) -> str:
+    """A metadata value as JSON wrote it (lists, numbers), strings as they are."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _product(dims) -> int:
+    out = 1
+    for d in dims:
+        out *= d
+    return out

@@ -1,0 +1,115 @@
+"""The metadata pscompress records with a model: one schema for checkpoints, ONNX and TFLite.
+
+Fields (all optional; readers pass what they decoded through ``check_metadata`` so the rest of
+the code can trust them):
+
+- ``schema``: the version of this schema (``SCHEMA``); ``version``: the pscompress version
+  that wrote the file.
+- ``input_shape`` [C, H, W]; ``input_layout`` ("NCHW" or "NHWC", the exported graph's);
+  ``classes`` (names); ``accuracy``, ``dense_accuracy`` (fractions); ``arch``.
+- ``pattern`` (the layers' pattern families, "4of9"); ``operator`` (ONNX: the custom operator
+  set); ``fp16``, ``psconv_layers`` (TFLite: per layer, its kernel size, patterns and shift);
+  ``meta`` (TFLite: the checkpoint's own metadata); ``finetune``, ``conversion`` (checkpoints:
+  how the model was made).
+
+ONNX stores each field as a ``pscompress.<field>`` metadata property holding JSON; TFLite as one
+JSON object in the ``pscompress`` Model.metadata entry. torch-free and numpy-free.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+from pscompress.core.errors import UserError, short_repr
+from pscompress.core.limits import MAX_CLASSES, check_input_shape, is_int
+
+SCHEMA = 1
+ONNX_PREFIX = "pscompress."
+TFLITE_ENTRY = "pscompress"  # the Model.metadata entry name
+_FRACTIONS = ("accuracy", "dense_accuracy")
+_MAPPINGS = ("finetune", "conversion")  # written by finetune and convert, read back by them
+
+
+def export_metadata(source_meta: Mapping[str, Any], arch: str | None, input_shape: list[int] | tuple[int, ...],
+                    **fields: Any) -> dict[str, Any]:
+    """The fields every export records, from the checkpoint's metadata, plus format-specific ``fields``."""
+    from pscompress import __version__
+
+    meta: dict[str, Any] = {"schema": SCHEMA, "version": __version__, "input_shape": list(input_shape)}
+    if source_meta.get("classes"):
+        meta["classes"] = [str(c) for c in source_meta["classes"]]
+    if source_meta.get("accuracy") is not None:
+        meta["accuracy"] = float(source_meta["accuracy"])
+    if arch:
+        meta["arch"] = arch
+    meta.update(fields)
+    return meta
+
+
+def encode_onnx_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
+    """``meta`` as ONNX metadata properties: prefixed keys, JSON values (plain strings stay as they are)."""
+    return {ONNX_PREFIX + key: value if isinstance(value, str) else json.dumps(value)
+            for key, value in meta.items() if value is not None}
+
+
+def encode_tflite_metadata(meta: Mapping[str, Any]) -> bytes:
+    """``meta`` as the JSON stored in a .tflite file's ``pscompress`` metadata buffer."""
+    return json.dumps(dict(meta), default=str, sort_keys=True).encode()
+
+
+def decode_tflite_metadata(raw: bytes | None, source: str) -> dict[str, Any]:
+    """The metadata from a .tflite file's ``pscompress`` buffer (None: the file has none), validated."""
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:  # bad JSON or UTF-8
+        raise UserError(f"{source}: its pscompress metadata is damaged ({exc.__class__.__name__})") from exc
+    if isinstance(meta, dict) and "schema" not in meta and is_int(meta.get("version")):
+        meta["schema"] = meta.pop("version")  # pscompress 0.1 wrote the schema version as "version"
+    return check_metadata(meta, source)
+
+
+def check_metadata(meta: Any, source: str) -> dict[str, Any]:
+    """``meta`` with its known fields validated (input_shape normalised to a list of ints)."""
+    if not isinstance(meta, Mapping):
+        raise UserError(f"{source}: the metadata is a {type(meta).__name__}, not a mapping of names to values")
+    meta = dict(meta)
+    if meta.get("input_shape") is not None:
+        meta["input_shape"] = list(check_input_shape(meta["input_shape"], f"{source}: input_shape"))
+    if meta.get("classes") is not None:
+        meta["classes"] = _classes(meta["classes"], source)
+    for key in _FRACTIONS:
+        value = meta.get(key)
+        if value is not None and not (_is_number(value) and 0 <= value <= 1):
+            raise UserError(f"{source}: {key} must be a fraction in [0, 1], got {value!r}")
+    for key in _MAPPINGS:
+        if meta.get(key) is not None and not isinstance(meta[key], Mapping):
+            raise UserError(f"{source}: {key} must be a mapping, got {type(meta[key]).__name__}")
+    return meta
+
+
+def decode_onnx_metadata(props: Mapping[str, str], source: str) -> dict[str, Any]:
+    """An ONNX model's pscompress metadata: prefix stripped, JSON values (lists, numbers) decoded, validated."""
+    meta: dict[str, Any] = {}
+    for key, value in props.items():
+        if not key.startswith(ONNX_PREFIX):
+            continue
+        try:
+            meta[key[len(ONNX_PREFIX):]] = json.loads(value)
+        except ValueError:
+            meta[key[len(ONNX_PREFIX):]] = value
+    return check_metadata(meta, source)
+
+
+def _classes(classes: Any, source: str) -> list[str]:
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) or is_int(c) for c in classes):
+        raise UserError(f"{source}: classes must be a list of class names, got {short_repr(classes)}")
+    if len(classes) > MAX_CLASSES:
+        raise UserError(f"{source}: {len(classes):,} classes, more than the {MAX_CLASSES:,} allowed")
+    return [str(c) for c in classes]
+
+
+def _is_number(value: Any) -> bool:
+    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)

@@ -1,0 +1,1 @@
+"""The PyTorch side (the `workstation` extra): pSConv layers, conversion, measuring, checkpoints, fine-tuning."""

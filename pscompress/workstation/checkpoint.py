@@ -1,0 +1,224 @@
+"""Loading models safely and writing pscompress checkpoints.
+
+A pscompress checkpoint is a plain dict saved with torch.save and read back with
+``weights_only=True`` (no code runs on load)::
+
+    {"format": "pscompress", "version": 1,
+     "arch": "resnet20", "arch_kwargs": {"in_channels": 1, "num_classes": 10},
+     "state_dict": {...},   # PSConv2d layers carry their pattern as "<name>._extra_state"
+     "meta": {...}}         # preprocessing, classes, accuracy, provenance: JSON-like values
+
+A full pickled nn.Module can run arbitrary code when loaded, so it is read only when the
+caller passes ``trust_pickle=True`` (the CLI's ``--trust-pickle``). Every field of a
+checkpoint is checked, with bounds, before anything is built from it; a zip archive's sizes
+are checked before torch inflates it (pscompress.core.inputs).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from pscompress.core.errors import UserError, short_repr
+from pscompress.core.files import atomic_output
+from pscompress.core.inputs import check_zip
+from pscompress.core.limits import MAX_CHANNELS, MAX_CLASSES, check_count, is_int
+from pscompress.core.metadata import check_metadata
+from pscompress.core.patterns import MAX_PERIOD, PatternSet
+from pscompress.workstation import archs
+from pscompress.workstation.layers import PSConv2d
+from pscompress.workstation.surgery import has_submodule, replace_module
+
+FORMAT = "pscompress"
+VERSION = 1
+_EXTRA_STATE = "._extra_state"
+# The keyword arguments every built-in architecture takes, with their bounds.
+_ARCH_KWARGS = {"in_channels": MAX_CHANNELS, "num_classes": MAX_CLASSES}
+
+
+@dataclass
+class LoadedModel:
+    """A model with what is needed to save it again: its architecture and metadata."""
+
+    module: nn.Module
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    """Load a pscompress checkpoint, a state dict (with ``arch``), or, if trusted, a pickled module."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"cannot read {path}: {'it is a directory' if path.is_dir() else 'no such file'}")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"cannot read {path}: permission denied")
+    obj = _torch_load(path, trust_pickle)
+    if isinstance(obj, nn.Module):
+        loaded = LoadedModel(obj.eval())
+    elif isinstance(obj, dict) and obj.get("format") == FORMAT:
+        loaded = _from_checkpoint(obj, path)
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values() if not _is_extra(v)):
+        loaded = _from_state_dict(obj, arch, path)
+    else:
+        raise UserError(f"{path} holds no model: expected a pscompress checkpoint, a state dict or a module")
+    _check_finite(loaded.module, path)
+    return loaded
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    """What torch.save wrote, read with ``weights_only`` unless trusted; a zip's sizes are checked first."""
+    if zipfile.is_zipfile(path):
+        check_zip(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # how weights_only refuses an object (or fails on bytes that are no pickle)
+        if not _is_torch_file(path):
+            raise UserError(f"{path} is not a PyTorch model file") from exc
+        if not trust_pickle:
+            raise UserError(
+                f"{path} holds pickled Python objects, which can run code when loaded: "
+                "pass --trust-pickle only if you trust where it came from"
+            ) from exc
+        return _load_trusted(path)
+    except Exception as exc:  # torch's loaders fail on arbitrary bytes in arbitrary ways (RuntimeError, KeyError, ...)
+        raise UserError(f"{path} is not a PyTorch model file ({exc.__class__.__name__})") from exc
+
+
+def save_checkpoint(model: LoadedModel, path: str | os.PathLike) -> None:
+    """Write a checkpoint atomically; a model of no built-in architecture is saved as a pickle."""
+    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.module.state_dict().items()}
+    if model.arch is None:
+        payload: Any = model.module
+    else:
+        payload = {"format": FORMAT, "version": VERSION, "arch": model.arch,
+                   "arch_kwargs": dict(model.arch_kwargs), "state_dict": state, "meta": dict(model.meta)}
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _is_extra(value: Any) -> bool:
+    return isinstance(value, dict) and "patterns" in value
+
+
+def _is_torch_file(path: Path) -> bool:
+    if zipfile.is_zipfile(path):  # torch.save's zip archives hold <name>/data.pkl
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x80\x02"  # legacy (non-zip) torch.save starts with a protocol-2 pickle
+
+
+def _load_trusted(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # an arbitrary pickle can fail in arbitrary ways
+        raise UserError(f"cannot unpickle {path}: {exc}") from exc
+
+
+def _from_checkpoint(obj: dict, path: Path) -> LoadedModel:
+    if obj.get("version") != VERSION:
+        raise UserError(f"{path} is a pscompress checkpoint of version {obj.get('version')}; this pscompress reads version {VERSION}")
+    arch = obj.get("arch")
+    if not isinstance(arch, str) or arch not in archs.ARCHITECTURES:
+        raise UserError(f"{path}: arch {arch!r} is not a built-in architecture ({', '.join(sorted(archs.ARCHITECTURES))})")
+    kwargs = _arch_kwargs(obj.get("arch_kwargs"), path)
+    state = _state_dict(obj.get("state_dict"), path)
+    meta = check_metadata({} if obj.get("meta") is None else obj["meta"], f"{path}: meta")
+    module = archs.build(arch, **kwargs)
+    _load_state(module, state, path)
+    return LoadedModel(module.eval(), arch, kwargs, meta)
+
+
+def _from_state_dict(state: dict, arch: str | None, path: Path) -> LoadedModel:
+    if arch is None:
+        raise UserError(f"{path} is a bare state dict: name its architecture with --arch ({', '.join(sorted(archs.ARCHITECTURES))})")
+    kwargs = _arch_kwargs(_infer_arch_kwargs(state), path)
+    module = archs.build(arch, **kwargs)
+    _load_state(module, state, path)
+    return LoadedModel(module.eval(), arch, kwargs)
+
+
+def _arch_kwargs(kwargs: Any, path: Path) -> dict[str, int]:
+    """A checkpoint's ``arch_kwargs``: known keys only, each an integer within its bound."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise UserError(f"{path}: arch_kwargs must be a mapping such as {{'in_channels': 3}}, got {type(kwargs).__name__}")
+    unknown = sorted(str(k) for k in kwargs if k not in _ARCH_KWARGS)
+    if unknown:
+        raise UserError(f"{path}: arch_kwargs has unknown key(s) {', '.join(unknown)} (known: {', '.join(_ARCH_KWARGS)})")
+    return {key: check_count(f"{path}: arch_kwargs {key}", value, _ARCH_KWARGS[key]) for key, value in kwargs.items()}
+
+
+def _state_dict(state: Any, path: Path) -> Mapping[str, Any]:
+    """A checkpoint's ``state_dict``: names to tensors (and pSConv extra state); shapes are checked on loading."""
+    if state is None:
+        raise UserError(f"{path} is a pscompress checkpoint without a state_dict")
+    if not isinstance(state, Mapping):
+        raise UserError(f"{path}: state_dict must map names to tensors, got {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not (isinstance(value, torch.Tensor) or key.endswith(_EXTRA_STATE)):
+            raise UserError(f"{path}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+    return state
+
+
+def _infer_arch_kwargs(state: dict) -> dict[str, int]:
+    """in_channels from the first conv, num_classes from the last linear layer."""
+    convs = [v for k, v in state.items() if k.endswith("weight") and isinstance(v, torch.Tensor) and v.dim() == 4]
+    linears = [v for k, v in state.items() if k.endswith("weight") and isinstance(v, torch.Tensor) and v.dim() == 2]
+    if not convs or not linears:
+        raise UserError("the state dict has no convolution or no linear layer: it does not match any built-in architecture")
+    return {"in_channels": int(convs[0].shape[1]), "num_classes": int(linears[-1].shape[0])}
+
+
+def _load_state(module: nn.Module, state: Mapping[str, Any], path: Path) -> None:
+    """Turn the convs that carry a pattern into PSConv2d, then load the weights strictly."""
+    for key, value in state.items():
+        if key.endswith(_EXTRA_STATE) and _is_extra(value):
+            name = key[: -len(_EXTRA_STATE)]
+            conv = module.get_submodule(name) if has_submodule(module, name) else None
+            if not isinstance(conv, nn.Conv2d):
+                raise UserError(f"{path}: {name} carries a pattern but is not a convolution of this architecture")
+            pattern, shift = _extra_pattern(value, f"{path}: {key}")
+            if tuple(pattern.kernel_size) != tuple(conv.kernel_size):
+                raise UserError(f"{path}: {key} is a pattern for {pattern.kernel_size} kernels, "
+                                f"the convolution has {tuple(conv.kernel_size)}")
+            replace_module(module, name, PSConv2d.from_conv(conv, pattern, shift))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise UserError(f"{path} does not match the architecture: {first}") from exc
+
+
+def _extra_pattern(value: Mapping[str, Any], where: str) -> tuple[PatternSet, int]:
+    """The pattern and shift a PSConv2d layer saved as extra state: {"kernel_size", "patterns", "shift"}."""
+    kernel_size, patterns, shift = value.get("kernel_size"), value.get("patterns"), value.get("shift")
+    if not isinstance(kernel_size, (list, tuple)) or len(kernel_size) != 2 or not all(is_int(k) for k in kernel_size):
+        raise UserError(f"{where}: kernel_size must be two integers [KH, KW], got {kernel_size!r}")
+    if not isinstance(patterns, (list, tuple)) or not 1 <= len(patterns) <= MAX_PERIOD \
+            or not all(is_int(p) for p in patterns):
+        raise UserError(f"{where}: patterns must be 1 to {MAX_PERIOD} integer bitmasks, got {short_repr(patterns)}")
+    if not is_int(shift):
+        raise UserError(f"{where}: shift must be an integer, got {shift!r}")
+    try:
+        pattern = PatternSet.from_bitmasks(kernel_size, patterns)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+    if not 0 <= shift < pattern.period:
+        raise UserError(f"{where}: shift {shift} is outside [0, {pattern.period})")
+    return pattern, shift
+
+
+def _check_finite(module: nn.Module, path: Path) -> None:
+    """NaN or infinite weights (a diverged training run) would poison alignment, export and accuracy alike."""
+    for name, value in module.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"{path}: {name} holds NaN or infinite values: the model's weights are broken")

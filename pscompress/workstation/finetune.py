@@ -1,0 +1,352 @@
+"""Fine-tuning (or training) with pSConv masks fixed, on one process or under torchrun.
+
+Masks need no special care here: PSConv2d multiplies its weight by the mask in forward, so
+the gradient of a masked weight is exactly zero and no optimizer (SGD momentum, AdamW moments,
+decoupled weight decay on a zero) can revive it. A dense model trains the same way.
+
+Under ``torchrun --nproc-per-node N`` the model is wrapped in DistributedDataParallel (gloo on
+CPU); each rank trains on its shard of every epoch, evaluates a shard of the test set, and only
+rank 0 writes files and prints. Batch-norm running statistics are taken from rank 0 before
+every evaluation, so all replicas hold the same weights and buffers at each checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pscompress.workstation.checkpoint import LoadedModel, save_checkpoint
+
+from pscompress.board.data import ArrayDataset, check_compatible
+from pscompress.core.errors import UserError
+from pscompress.core.files import atomic_output
+from pscompress.workstation.surgery import psconv_layers
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyper-parameters; recorded in the checkpoint's meta["finetune"]."""
+
+    epochs: int = 3
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    augment: bool = False
+    bn_recalibrate: int = 2048
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
+    seed: int = 0
+    workers: int = 0
+    limit: int | None = None
+
+
+@dataclass
+class FinetuneResult:
+    accuracy: float             # test top-1 after the last epoch, in [0, 1]
+    epoch_accuracies: list[float]
+    epoch_seconds: list[float]  # wall time of each epoch run by this call (training + evaluation)
+
+
+def state_path(out: str | os.PathLike) -> Path:
+    """The sibling file that holds what --resume needs: epoch, optimizer and scheduler state."""
+    return Path(f"{out}.state")
+
+
+def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: str | os.PathLike,
+             config: FinetuneConfig, teacher: nn.Module | None = None, resume: bool = False,
+             log: Callable[[str], None] = tqdm.write) -> FinetuneResult:
+    """Train ``model`` in place for ``config.epochs`` epochs and write ``out`` after each one.
+
+    ``out`` is a pscompress checkpoint whose meta["accuracy"] is the test top-1 so far;
+    ``out.state`` lets a later call with ``resume=True`` continue after the last finished
+    epoch (the model passed in then only supplies the architecture: weights come from ``out``).
+    """
+    _check_config(config)
+    _check_data(model, train, test)
+    train = train.subset(config.limit)
+    world, rank = _init_distributed()
+    is_main = rank == 0
+    torch.manual_seed(config.seed)
+
+    saved_state = _load_resume(model, out, config) if resume else None
+    net = model.module.train()
+    optimizer = _make_optimizer(config, [p for p in net.parameters() if p.requires_grad])
+    # Cosine decay per step in closed form: it depends only on the step count, so a resumed
+    # run (even one given more --epochs) follows the curve from where it stopped.
+    total_steps = config.epochs * math.ceil(math.ceil(len(train) / world) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    start_epoch = 0
+    if saved_state is not None:
+        optimizer.load_state_dict(saved_state["optimizer"])
+        scheduler.load_state_dict(saved_state["scheduler"])
+        start_epoch = int(saved_state["epochs_done"])
+    replica = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    if teacher is not None:
+        teacher.eval()
+
+    if start_epoch == 0:
+        recalibrate_batchnorm(net, train, config.bn_recalibrate, config.batch_size, world, rank)
+        _sync_buffers(net, world)
+    accuracies = list(model.meta.get("finetune", {}).get("epoch_accuracies", [])) if resume else []
+    seconds: list[float] = []
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        _train_epoch(replica, teacher, train, optimizer, scheduler, config, epoch, world, rank)
+        _sync_buffers(net, world)
+        accuracy = evaluate(net, test, config.batch_size, world, rank)
+        accuracies.append(accuracy)
+        seconds.append(time.perf_counter() - started)
+        model.meta.update(_meta(model, train, test, config, accuracies, world, epoch + 1, _replica_digests(net, world)))
+        if is_main:
+            log(f"epoch {epoch + 1}/{config.epochs}: test accuracy {accuracy:.2%} ({seconds[-1]:.0f} s)")
+            _write(model, optimizer, scheduler, out, epoch + 1)
+        if world > 1:
+            dist.barrier()
+    net.eval()
+    final = accuracies[-1] if accuracies else float(model.meta.get("accuracy", float("nan")))
+    return FinetuneResult(final, accuracies, seconds)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, data: ArrayDataset, batch_size: int = 256, world: int = 1, rank: int = 0) -> float:
+    """Test top-1 in [0, 1]; under DDP each rank scores a shard and the counts are summed."""
+    was_training = net.training
+    net.eval()
+    counts = torch.zeros(2, dtype=torch.float64)
+    for x, y in data.batches(batch_size, np.arange(rank, len(data), world)):
+        logits = net(torch.from_numpy(x))
+        counts += torch.tensor([(logits.argmax(1) == torch.from_numpy(y)).sum().item(), len(y)], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(counts)
+    net.train(was_training)
+    return float(counts[0] / counts[1]) if counts[1] else float("nan")
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, data: ArrayDataset, examples: int, batch_size: int = 256,
+                          world: int = 1, rank: int = 0) -> None:
+    """Re-estimate batch-norm running statistics on the first ``examples`` training images.
+
+    Zeroing 5/9 of a layer's weights shifts every later activation's mean and variance; with the
+    dense model's statistics the converted model can collapse to one class in eval mode, and a
+    momentum of 0.1 needs many steps to forget them. A plain average over fresh batches does not.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or examples <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = net.training
+    net.train()
+    for x, _ in data.batches(batch_size, np.arange(rank, min(examples, len(data)), world)):
+        net(torch.from_numpy(x))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    net.train(was_training)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                      alpha: float, temperature: float) -> torch.Tensor:
+    """(1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || student) on softened logits."""
+    hard = F.cross_entropy(student, labels)
+    soft = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
+                    reduction="batchmean", log_target=True)
+    return (1 - alpha) * hard + alpha * temperature ** 2 * soft
+
+
+class _BatchSource(torch.utils.data.Dataset):
+    """Hands out whole batches by index list, so no per-image collate cost."""
+
+    def __init__(self, data: ArrayDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices)
+        return torch.from_numpy(self.data.images[idx]), torch.from_numpy(self.data.y[idx])
+
+
+def _train_epoch(replica: nn.Module, teacher: nn.Module | None, train: ArrayDataset, optimizer, scheduler,
+                 config: FinetuneConfig, epoch: int, world: int, rank: int) -> None:
+    # DistributedSampler even on one process: its shuffle depends only on (seed, epoch), so a
+    # resumed run sees exactly the batches an uninterrupted one would have.
+    sampler = torch.utils.data.DistributedSampler(range(len(train)), num_replicas=world, rank=rank,
+                                                  shuffle=True, seed=config.seed)
+    sampler.set_epoch(epoch)
+    batches = torch.utils.data.BatchSampler(sampler, config.batch_size, drop_last=False)
+    loader = torch.utils.data.DataLoader(_BatchSource(train), sampler=batches, batch_size=None,
+                                         num_workers=config.workers)
+    augment_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 1009 + rank)
+    replica.train()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=rank != 0, leave=False)
+    for x, y in bar:
+        if config.augment:
+            x = _augment(x, augment_rng)
+        logits = replica(x)
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(x)
+            loss = distillation_loss(logits, target, y, config.distill_alpha, config.distill_temperature)
+        else:
+            loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {loss.item()} in epoch {epoch + 1}: lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+
+
+def _augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding (1/7 of the side) and random horizontal flip."""
+    n, _, h, w = x.shape
+    pad = max(1, min(h, w) // 7)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=rng)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=rng)
+    flip = torch.rand(n, generator=rng) < 0.5
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def _make_optimizer(config: FinetuneConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _check_config(config: FinetuneConfig) -> None:
+    if config.optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {config.optimizer!r}: choose {' or '.join(OPTIMIZERS)}")
+    if config.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {config.epochs}")
+    if config.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if not config.lr > 0:
+        raise UserError(f"--lr must be positive, got {config.lr}")
+    if not 0 <= config.distill_alpha <= 1:
+        raise UserError(f"--distill-alpha must lie in [0, 1], got {config.distill_alpha}")
+    if not config.distill_temperature > 0:
+        raise UserError(f"--distill-temperature must be positive, got {config.distill_temperature}")
+
+
+def _check_data(model: LoadedModel, train: ArrayDataset, test: ArrayDataset) -> None:
+    in_channels, num_classes = model_io(model)
+    input_shape = model.meta.get("input_shape")
+    for data in (train, test):
+        check_compatible(data, in_channels, num_classes, input_shape[1:] if input_shape else None)
+    if train.shape != test.shape:
+        raise UserError(f"train images are {train.shape}, test images {test.shape}: they must match")
+
+
+def model_io(model: LoadedModel) -> tuple[int, int]:
+    """(input channels, number of classes) of a model: from its first conv and last linear layer."""
+    convs = [m for m in model.module.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.module.modules() if isinstance(m, nn.Linear)]
+    if not convs or not linears:
+        raise UserError("the model has no convolution or no linear classifier: cannot fine-tune it on images")
+    return convs[0].in_channels, linears[-1].out_features
+
+
+def _init_distributed() -> tuple[int, int]:
+    """(world size, rank): joins the torchrun process group when there is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _sync_buffers(net: nn.Module, world: int) -> None:
+    """Batch-norm statistics drift per rank in the last step: take rank 0's everywhere."""
+    if world > 1:
+        for buffer in net.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def _replica_digests(net: nn.Module, world: int) -> list[str]:
+    """One digest of weights and buffers per rank: equal digests prove the replicas agree."""
+    h = hashlib.sha256()
+    for name, value in sorted(net.state_dict().items()):
+        if isinstance(value, torch.Tensor):
+            h.update(name.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    digest = h.hexdigest()[:16]
+    if world == 1:
+        return [digest]
+    gathered: list[str | None] = [None] * world
+    dist.all_gather_object(gathered, digest)
+    return [str(d) for d in gathered]
+
+
+def _meta(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, config: FinetuneConfig,
+          accuracies: list[float], world: int, epochs_done: int, digests: list[str]) -> dict:
+    meta = {
+        "accuracy": accuracies[-1],
+        "accuracy_data": test.name,
+        "finetune": {**asdict(config), "train_data": train.name, "train_examples": len(train),
+                     "epochs_done": epochs_done, "epoch_accuracies": list(accuracies),
+                     "world_size": world, "replica_digests": digests,
+                     "sparse_layers": len(psconv_layers(model.module))},
+    }
+    meta.setdefault("input_shape", list(model.meta.get("input_shape") or train.shape))
+    if "classes" not in model.meta:
+        meta["classes"] = list(train.classes)
+    return meta
+
+
+def _write(model: LoadedModel, optimizer, scheduler, out: str | os.PathLike, epochs_done: int) -> None:
+    """Checkpoint first, then the resume state; both carry the epoch so a mismatch is detected."""
+    save_checkpoint(model, out)
+    with atomic_output(state_path(out)) as tmp:
+        torch.save({"epochs_done": epochs_done, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict()}, tmp)
+
+
+def _load_resume(model: LoadedModel, out: str | os.PathLike, config: FinetuneConfig) -> dict:
+    """Swap in the model and meta saved in ``out``; return ``out.state`` (epoch, optimizer, scheduler)."""
+    from pscompress.workstation.checkpoint import load_model
+    from pscompress.core.inputs import check_zip
+
+    saved_path = state_path(out)
+    if not Path(out).is_file() or not saved_path.is_file():
+        raise UserError(f"--resume needs {out} and {saved_path} from an earlier run; one is missing")
+    saved = load_model(out)
+    check_zip(saved_path)
+    try:
+        state = torch.load(saved_path, map_location="cpu", weights_only=True)
+        done = int(state["epochs_done"])
+    except (RuntimeError, OSError, EOFError, KeyError, TypeError) as exc:
+        raise UserError(f"{saved_path} is not a pscompress fine-tuning state: {exc}") from exc
+    if saved.meta.get("finetune", {}).get("epochs_done") != done:
+        raise UserError(f"{out} and {saved_path} come from different epochs: cannot resume")
+    if saved.arch != model.arch or saved.arch_kwargs != model.arch_kwargs:
+        raise UserError(f"{out} holds a {saved.arch} model, not the {model.arch} given: cannot resume")
+    if done >= config.epochs:
+        raise UserError(f"{out} already finished {done} epochs; ask for more with --epochs")
+    model.module, model.meta = saved.module, saved.meta
+    return state
