@@ -21,7 +21,7 @@ import torch
 
 from pscompress.board.data import load_dataset
 from pscompress.workstation.checkpoint import LoadedModel, load_model
-from pscompress.workstation.finetune import FinetuneConfig, evaluate, finetune
+from pscompress.workstation.finetune import FinetuneConfig, finetune, sharded_accuracy
 from pscompress.workstation.sparsify import sparsify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,13 +40,13 @@ def main() -> None:
 
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     dense = load_model(args.sample)
-    dense_accuracy = evaluate(dense.module, test)
+    dense_accuracy = sharded_accuracy(dense.module, test)
 
     sparse = LoadedModel(copy.deepcopy(dense.module), dense.arch, dict(dense.arch_kwargs), copy.deepcopy(dense.meta))
     report = sparsify(sparse.module, "4of9", input_shape=dense.meta.get("input_shape"))
     sparse.meta.update({"pattern": "4of9", "conversion": report.summary(),
                         "trained_by": f"benchmarks/finetune_accuracy.py from {args.sample.name}"})
-    converted_accuracy = evaluate(sparse.module, test)
+    converted_accuracy = sharded_accuracy(sparse.module, test)
 
     config = FinetuneConfig(epochs=args.epochs, lr=args.lr, optimizer="sgd", limit=args.limit)
     started = time.perf_counter()

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "PSConv2d": "pscompress.workstation.layers",
     "sparsify": "pscompress.workstation.sparsify",
+    "SparsifyConfig": "pscompress.workstation.sparsify",
     "load_model": "pscompress.workstation.checkpoint",
     "save_checkpoint": "pscompress.workstation.checkpoint",
 }

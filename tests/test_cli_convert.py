@@ -125,3 +125,12 @@ def test_console_script_end_to_end(models, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert len(psconv_layers(load_model(out).module)) == 18
+
+
+def test_the_whole_conversion_config_is_recorded(models, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "periodic.pt"
+    status, _, stderr = _run(monkeypatch, capsys, str(models / "r20.pt"), "--pattern", "2of9", "--period", "4",
+                             "--dense-kernel", "--exclude", "layers.8.*", "--no-align", "-o", str(out))
+    assert status == 0, stderr
+    assert load_model(out).meta["sparsify"] == {"pattern": "2of9", "period": 4, "dense_kernel": True, "include": [],
+                                                "exclude": ["layers.8.*"], "align": False, "filter_fn": None}

@@ -148,3 +148,45 @@ def test_alignment_keeps_more_energy_than_the_default_on_a_trained_layer():
         weight = model.get_submodule(name).weight.detach().numpy()
         assert by_align[name] == pytest.approx(align(weight, parse_pattern("4of9")).retained_energy)
 
+
+
+def test_a_config_object_with_a_filter_function_chooses_the_layers():
+    from pscompress.workstation.sparsify import SparsifyConfig
+
+    wide_only = SparsifyConfig("4of9", filter_fn=lambda name, conv: conv.out_channels >= 16)
+    model = _small_net()
+    report = sparsify(model, wide_only)
+    assert [isinstance(model[i], PSConv2d) for i in (0, 2, 5)] == [False, False, True]
+    assert report.config is wide_only
+    # The filter replaces the default rule: it may choose the first conv too.
+    model = _small_net()
+    sparsify(model, SparsifyConfig("4of9", filter_fn=lambda name, conv: name == "0"))
+    assert [isinstance(model[i], PSConv2d) for i in (0, 2, 5)] == [True, False, False]
+
+
+def test_config_to_dict_is_json_and_keeps_every_field():
+    from pscompress.workstation.sparsify import SparsifyConfig
+
+    def big(name, conv):
+        return True
+
+    record = SparsifyConfig("2of9", period=4, dense_kernel=True, exclude=("5",), align=False, filter_fn=big).to_dict()
+    assert json.loads(json.dumps(record)) == {"pattern": "2of9", "period": 4, "dense_kernel": True, "include": [],
+                                              "exclude": ["5"], "align": False,
+                                              "filter_fn": "test_config_to_dict_is_json_and_keeps_every_field.<locals>.big"}
+    explicit = SparsifyConfig(parse_pattern("0,1,2,3,4/4,5,6,7,8")).to_dict()["pattern"]
+    assert explicit == {"kernel_size": [3, 3], "patterns": list(parse_pattern("0,1,2,3,4/4,5,6,7,8").bitmasks)}
+
+
+def test_a_config_and_keyword_options_together_are_refused():
+    from pscompress.workstation.sparsify import SparsifyConfig
+
+    with pytest.raises(UserError, match="not both"):
+        sparsify(_small_net(), SparsifyConfig(), exclude=["5"])
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags():
+    with pytest.raises(ValueError, match="`include` 'nope' matches no convolution") as caught:
+        sparsify(_small_net(), "4of9", include=["nope"])
+    assert isinstance(caught.value, UserError) and "--include" not in str(caught.value)
+    assert caught.value.for_cli().startswith("--include 'nope' matches no convolution")

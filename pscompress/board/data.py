@@ -104,7 +104,7 @@ class ArrayDataset:
         if limit is None or limit >= len(self):
             return self
         if limit <= 0:
-            raise UserError(f"--limit must be positive, got {limit}")
+            raise UserError(f"`limit` must be positive, got {limit}", "limit")
         if isinstance(self.images, ArrayImages):
             images: ArrayImages | FileImages = ArrayImages(self.images.array[:limit])
         else:
@@ -122,7 +122,7 @@ class ArrayDataset:
 def load_dataset(spec: str, split: str = "train") -> ArrayDataset:
     """Load the ``split`` ("train" or "test") of the data set named by ``spec`` (see module doc)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise UserError(f"`split` must be one of {SPLITS}, got {split!r}", "split")
     if spec.lower() == "fashion-mnist":
         return _load_fashion_mnist(split)
     path = Path(spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Callable, Sequence
 
 from pscompress.board.evaluate import EvalResult, disagreement
 from pscompress.core.errors import UserError
@@ -51,7 +51,12 @@ class Outcome:
 
 
 def option_name(field_name: str) -> str:
+    """The `pscompress check` flag that sets a budget: how reports name it."""
     return "--" + field_name.replace("_", "-")
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
 
 
 def _pct(value: float) -> str:
@@ -74,10 +79,12 @@ def require_checkable(budgets: Budgets, has_reference: bool) -> None:
     """Raise UserError, before anything is measured, for budgets that cannot be checked."""
     names = budgets.set_names()
     if not names:
-        raise UserError("no budget given: set at least one of " + ", ".join(option_name(f.name) for f in fields(Budgets)))
+        every = [f.name for f in fields(Budgets)]
+        raise UserError("no budget given: set at least one of " + _quoted(every), *every)
     needing = [n for n in names if n in _NEEDS_REFERENCE]
     if needing and not has_reference:
-        raise UserError(f"{', '.join(map(option_name, needing))}: compared with a reference, so give --baseline or --reference")
+        raise UserError(f"{_quoted(needing)}: compared with a reference, so give `baseline` or `reference`",
+                        *needing, "baseline", "reference")
 
 
 def check(candidate: EvalResult, budgets: Budgets, reference: EvalResult | None = None) -> list[Outcome]:
@@ -87,12 +94,12 @@ def check(candidate: EvalResult, budgets: Budgets, reference: EvalResult | None 
     same_data = [n for n in names if n in _NEEDS_SAME_DATA]
     if same_data and reference.data.get("sha256") != candidate.data.get("sha256"):
         raise UserError(
-            f"{', '.join(map(option_name, same_data))}: both models must be measured on the same images, but the reference saw "
+            f"{_quoted(same_data)}: both models must be measured on the same images, but the reference saw "
             f"{reference.data.get('images')} images of {reference.data.get('name')} and this run "
-            f"{candidate.data.get('images')} of {candidate.data.get('name')} (different contents): use the same --data/--split/--limit"
-        )
+            f"{candidate.data.get('images')} of {candidate.data.get('name')} (different contents): use the same "
+            "`data`/`split`/`limit`", *same_data, "data", "split", "limit")
     if budgets.min_top5 is not None and candidate.top5 is None:
-        raise UserError("--min-top5 needs more than five classes")
+        raise UserError("`min_top5` needs more than five classes", "min_top5")
 
     checks: dict[str, Callable[[float], Outcome]] = {
         "min_accuracy": lambda limit: _at_least("top-1 accuracy", candidate.top1, limit, _pct),

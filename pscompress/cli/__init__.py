@@ -71,7 +71,7 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {exc.for_cli()}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

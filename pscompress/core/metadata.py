@@ -9,8 +9,8 @@ the code can trust them):
   ``classes`` (names); ``accuracy``, ``dense_accuracy`` (fractions); ``arch``.
 - ``pattern`` (the layers' pattern families, "4of9"); ``operator`` (ONNX: the custom operator
   set); ``fp16``, ``psconv_layers`` (TFLite: per layer, its kernel size, patterns and shift);
-  ``meta`` (TFLite: the checkpoint's own metadata); ``finetune``, ``conversion`` (checkpoints:
-  how the model was made).
+  ``meta`` (TFLite: the checkpoint's own metadata); ``finetune``, ``conversion``, ``sparsify``
+  (checkpoints: how the model was made; ``sparsify`` is the whole SparsifyConfig).
 
 ONNX stores each field as a ``pscompress.<field>`` metadata property holding JSON; TFLite as one
 JSON object in the ``pscompress`` Model.metadata entry. torch-free and numpy-free.
@@ -28,7 +28,7 @@ SCHEMA = 1
 ONNX_PREFIX = "pscompress."
 TFLITE_ENTRY = "pscompress"  # the Model.metadata entry name
 _FRACTIONS = ("accuracy", "dense_accuracy")
-_MAPPINGS = ("finetune", "conversion")  # written by finetune and convert, read back by them
+_MAPPINGS = ("finetune", "conversion", "sparsify")  # written by finetune and convert, read back by them
 
 
 def export_metadata(source_meta: Mapping[str, Any], arch: str | None, input_shape: list[int] | tuple[int, ...],

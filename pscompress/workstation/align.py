@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from pscompress.core.errors import UserError
 from pscompress.core.patterns import MAX_PERIOD, PatternSet
 
 
@@ -108,4 +109,4 @@ def normal_form(kernel_size: Sequence[int], by_class: Sequence[frozenset[int]]) 
 
 def _check_shape(weight: np.ndarray, pattern: PatternSet) -> None:
     if weight.ndim != 4 or tuple(weight.shape[2:]) != tuple(pattern.kernel_size):
-        raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit a {pattern.kernel_size} pattern")
+        raise UserError(f"weight of shape {tuple(weight.shape)} does not fit a {pattern.kernel_size} pattern")

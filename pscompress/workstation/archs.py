@@ -10,6 +10,7 @@ from typing import Callable
 from torch import nn
 
 from pscompress.core.errors import UserError
+from pscompress.workstation import ARCHITECTURE_NAMES
 
 
 class BasicBlock(nn.Module):
@@ -84,6 +85,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet20": lambda in_channels=3, num_classes=10: CifarResNet([16, 32, 64], [3, 3, 3], in_channels, num_classes),
     "vgg16": lambda in_channels=3, num_classes=10: VGG(in_channels, num_classes),
 }
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "name each architecture in pscompress/workstation/__init__.py"
 
 
 def build(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Module:

@@ -138,8 +138,12 @@ def _from_checkpoint(obj: dict, path: Path) -> LoadedModel:
 
 def _from_state_dict(state: dict, arch: str | None, path: Path) -> LoadedModel:
     if arch is None:
-        raise UserError(f"{path} is a bare state dict: name its architecture with --arch ({', '.join(sorted(archs.ARCHITECTURES))})")
-    kwargs = _arch_kwargs(_infer_arch_kwargs(state), path)
+        raise UserError(f"{path} is a bare state dict: name its architecture with `arch` "
+                        f"({', '.join(sorted(archs.ARCHITECTURES))})", "arch")
+    from pscompress.workstation.model_io import weights_io  # model_io needs LoadedModel from here
+
+    in_channels, num_classes = weights_io(state)
+    kwargs = _arch_kwargs({"in_channels": in_channels, "num_classes": num_classes}, path)
     module = archs.build(arch, **kwargs)
     _load_state(module, state, path)
     return LoadedModel(module.eval(), arch, kwargs)
@@ -167,15 +171,6 @@ def _state_dict(state: Any, path: Path) -> Mapping[str, Any]:
         if not isinstance(key, str) or not (isinstance(value, torch.Tensor) or key.endswith(_EXTRA_STATE)):
             raise UserError(f"{path}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
     return state
-
-
-def _infer_arch_kwargs(state: dict) -> dict[str, int]:
-    """in_channels from the first conv, num_classes from the last linear layer."""
-    convs = [v for k, v in state.items() if k.endswith("weight") and isinstance(v, torch.Tensor) and v.dim() == 4]
-    linears = [v for k, v in state.items() if k.endswith("weight") and isinstance(v, torch.Tensor) and v.dim() == 2]
-    if not convs or not linears:
-        raise UserError("the state dict has no convolution or no linear layer: it does not match any built-in architecture")
-    return {"in_channels": int(convs[0].shape[1]), "num_classes": int(linears[-1].shape[0])}
 
 
 def _load_state(module: nn.Module, state: Mapping[str, Any], path: Path) -> None:

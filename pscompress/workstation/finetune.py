@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pscompress.workstation.checkpoint import LoadedModel, save_checkpoint
-
 from pscompress.board.data import ArrayDataset, check_compatible
 from pscompress.core.errors import UserError
 from pscompress.core.files import atomic_output
+from pscompress.workstation.checkpoint import LoadedModel, save_checkpoint
+from pscompress.workstation.model_io import model_io
 from pscompress.workstation.surgery import psconv_layers
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -109,7 +109,7 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
         started = time.perf_counter()
         _train_epoch(replica, teacher, train, optimizer, scheduler, config, epoch, world, rank)
         _sync_buffers(net, world)
-        accuracy = evaluate(net, test, config.batch_size, world, rank)
+        accuracy = sharded_accuracy(net, test, config.batch_size, world, rank)
         accuracies.append(accuracy)
         seconds.append(time.perf_counter() - started)
         model.meta.update(_meta(model, train, test, config, accuracies, world, epoch + 1, _replica_digests(net, world)))
@@ -124,8 +124,11 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, data: ArrayDataset, batch_size: int = 256, world: int = 1, rank: int = 0) -> float:
-    """Test top-1 in [0, 1]; under DDP each rank scores a shard and the counts are summed."""
+def sharded_accuracy(net: nn.Module, data: ArrayDataset, batch_size: int = 256, world: int = 1, rank: int = 0) -> float:
+    """Top-1 in [0, 1] during training; under DDP each rank scores a shard and the counts are summed.
+
+    The model's own evaluation (any format, latency, per-class) is pscompress.board.evaluate.
+    """
     was_training = net.training
     net.eval()
     counts = torch.zeros(2, dtype=torch.float64)
@@ -210,7 +213,7 @@ def _train_epoch(replica: nn.Module, teacher: nn.Module | None, train: ArrayData
         else:
             loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
-            raise UserError(f"the loss became {loss.item()} in epoch {epoch + 1}: lower --lr")
+            raise UserError(f"the loss became {loss.item()} in epoch {epoch + 1}: lower `lr`", "lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -242,33 +245,25 @@ def _check_config(config: FinetuneConfig) -> None:
     if config.optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {config.optimizer!r}: choose {' or '.join(OPTIMIZERS)}")
     if config.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {config.epochs}")
+        raise UserError(f"`epochs` must be at least 1, got {config.epochs}", "epochs")
     if config.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {config.batch_size}")
+        raise UserError(f"`batch_size` must be at least 1, got {config.batch_size}", "batch_size")
     if not config.lr > 0:
-        raise UserError(f"--lr must be positive, got {config.lr}")
+        raise UserError(f"`lr` must be positive, got {config.lr}", "lr")
     if not 0 <= config.distill_alpha <= 1:
-        raise UserError(f"--distill-alpha must lie in [0, 1], got {config.distill_alpha}")
+        raise UserError(f"`distill_alpha` must lie in [0, 1], got {config.distill_alpha}", "distill_alpha")
     if not config.distill_temperature > 0:
-        raise UserError(f"--distill-temperature must be positive, got {config.distill_temperature}")
+        raise UserError(f"`distill_temperature` must be positive, got {config.distill_temperature}",
+                        "distill_temperature")
 
 
 def _check_data(model: LoadedModel, train: ArrayDataset, test: ArrayDataset) -> None:
-    in_channels, num_classes = model_io(model)
+    in_channels, num_classes = model_io(model.module)
     input_shape = model.meta.get("input_shape")
     for data in (train, test):
         check_compatible(data, in_channels, num_classes, input_shape[1:] if input_shape else None)
     if train.shape != test.shape:
         raise UserError(f"train images are {train.shape}, test images {test.shape}: they must match")
-
-
-def model_io(model: LoadedModel) -> tuple[int, int]:
-    """(input channels, number of classes) of a model: from its first conv and last linear layer."""
-    convs = [m for m in model.module.modules() if isinstance(m, nn.Conv2d)]
-    linears = [m for m in model.module.modules() if isinstance(m, nn.Linear)]
-    if not convs or not linears:
-        raise UserError("the model has no convolution or no linear classifier: cannot fine-tune it on images")
-    return convs[0].in_channels, linears[-1].out_features
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -329,12 +324,12 @@ def _write(model: LoadedModel, optimizer, scheduler, out: str | os.PathLike, epo
 
 def _load_resume(model: LoadedModel, out: str | os.PathLike, config: FinetuneConfig) -> dict:
     """Swap in the model and meta saved in ``out``; return ``out.state`` (epoch, optimizer, scheduler)."""
-    from pscompress.workstation.checkpoint import load_model
     from pscompress.core.inputs import check_zip
+    from pscompress.workstation.checkpoint import load_model
 
     saved_path = state_path(out)
     if not Path(out).is_file() or not saved_path.is_file():
-        raise UserError(f"--resume needs {out} and {saved_path} from an earlier run; one is missing")
+        raise UserError(f"`resume` needs {out} and {saved_path} from an earlier run; one is missing", "resume")
     saved = load_model(out)
     check_zip(saved_path)
     try:
@@ -347,6 +342,6 @@ def _load_resume(model: LoadedModel, out: str | os.PathLike, config: FinetuneCon
     if saved.arch != model.arch or saved.arch_kwargs != model.arch_kwargs:
         raise UserError(f"{out} holds a {saved.arch} model, not the {model.arch} given: cannot resume")
     if done >= config.epochs:
-        raise UserError(f"{out} already finished {done} epochs; ask for more with --epochs")
+        raise UserError(f"{out} already finished {done} epochs; ask for more with `epochs`", "epochs")
     model.module, model.meta = saved.module, saved.meta
     return state

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pscompress.core.errors import UserError
 from pscompress.core.patterns import PatternSet
 
 
@@ -25,7 +26,7 @@ class PSConv2d(nn.Conv2d):
 
     def set_pattern(self, pattern: PatternSet, shift: int = 0) -> None:
         if tuple(pattern.kernel_size) != tuple(self.kernel_size):
-            raise ValueError(f"pattern is for {pattern.kernel_size} kernels, layer has {self.kernel_size}")
+            raise UserError(f"pattern is for {pattern.kernel_size} kernels, layer has {self.kernel_size}")
         self.pattern = pattern
         self.shift = int(shift)
         mask = pattern.mask(self.out_channels, self.in_channels // self.groups, self.shift)

@@ -14,8 +14,6 @@ import torch
 from torch import nn
 
 from pscompress.core.errors import UserError
-from pscompress.core.limits import check_input_shape
-from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.layers import PSConv2d
 
 # How a conversion placed a layer's pattern (LayerReport.method).
@@ -47,6 +45,7 @@ class ConversionReport:
     params: int  # every parameter of the model, normalisation layers included
     nonzero: int
     retained_energy: float | None = None  # over the converted layers, weighted by their energy
+    config: Any = None  # the SparsifyConfig a conversion used (None for a plain measurement)
 
     @property
     def macs_dense(self) -> int:
@@ -146,38 +145,10 @@ def run_dummy(model: nn.Module, input_shape: Sequence[int]) -> None:
             model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise UserError(f"the model does not run on a {shape} input ({first}): give the right --input-shape") from exc
+        raise UserError(f"the model does not run on a {shape} input ({first}): give the right `input_shape`",
+                        "input_shape") from exc
     finally:
         model.train(was_training)
-
-
-def default_input_shape(model: nn.Module, meta: dict[str, Any] | None = None) -> tuple[int, int, int]:
-    """meta["input_shape"] if recorded; else 1x28x28 for a 1-channel first conv, Cx32x32 otherwise."""
-    if meta and meta.get("input_shape"):
-        return check_input_shape(meta["input_shape"], "input_shape")
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = first.in_channels if first is not None else 3
-    return (1, 28, 28) if channels == 1 else (channels, 32, 32)
-
-
-def parse_input_shape(text: str) -> tuple[int, int, int]:
-    """'C,H,W' or 'CxHxW' -> (C, H, W)."""
-    parts = text.replace("x", ",").split(",")
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise UserError(f"bad input shape {text!r}: expected C,H,W with positive integers, such as 3,32,32")
-    return check_input_shape(shape)
-
-
-def model_input_shape(loaded: LoadedModel, override: Sequence[int] | None = None) -> tuple[int, int, int]:
-    """(C, H, W) the model takes: ``override``, else what its checkpoint metadata records."""
-    shape = override if override is not None else loaded.meta.get("input_shape")
-    if shape is None:
-        raise UserError("the model does not record its input shape: pass --input-shape C,H,W (e.g. 1,28,28)")
-    return check_input_shape(shape)
 
 
 def _layer_report(name: str, module: nn.Module, output_shape: torch.Size) -> LayerReport:
@@ -221,3 +192,6 @@ def _percent(value: float | None) -> str:
 
 def _blank(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+from pscompress.workstation.model_io import model_input_shape, parse_input_shape  # noqa: E402,F401  TEMP

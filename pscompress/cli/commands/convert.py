@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from pscompress.cli.options import arch_option, input_shape_option, trust_pickle_option
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
@@ -22,13 +24,10 @@ import click
 @click.option("--no-align", is_flag=True,
               help="Use the pattern's order as given with shift 0, instead of the order and shift that keep "
                    "the most weight energy.")
-@click.option("--arch", metavar="NAME",
-              help="Architecture of a bare state dict: resnet18, resnet20 or vgg16.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow a .pt file that holds pickled Python objects (can run code: trusted files only).")
-@click.option("--input-shape", metavar="C,H,W",
-              help="Input the MACs are counted for.  [default: the model's recorded input shape, else 1,28,28 "
-                   "for a 1-channel model and 3,32,32 otherwise]")
+@arch_option()
+@trust_pickle_option()
+@input_shape_option("Input the MACs are counted for.  [default: the model's recorded input shape, else 1,28,28 "
+                    "for a 1-channel model and 3,32,32 otherwise]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write.  [default: MODEL's name with -psconv.pt, beside it]")
 @click.option("--report-json", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
@@ -43,26 +42,25 @@ def convert(model: Path, pattern: str, period: int | None, dense_kernel: bool, i
     exactly; the others get the order and shift of --pattern that keep the most weight energy.
     Prints parameters, non-zeros and MACs per layer, dense against pSConv.
     """
-    from pscompress.workstation import archs
-    from pscompress.workstation.checkpoint import load_model, save_checkpoint
-    from pscompress.workstation.sparsify import sparsify
     from pscompress.core.errors import UserError
     from pscompress.core.files import atomic_output
-    from pscompress.workstation.measure import default_input_shape, parse_input_shape
+    from pscompress.workstation.checkpoint import load_model, save_checkpoint
+    from pscompress.workstation.model_io import default_input_shape, parse_input_shape
+    from pscompress.workstation.sparsify import SparsifyConfig, sparsify
 
-    if arch is not None and arch not in archs.ARCHITECTURES:
-        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(sorted(archs.ARCHITECTURES))}")
     output = output or model.with_name(f"{model.stem}-psconv.pt")
     if output.resolve() == model.resolve():
         raise UserError(f"the output {output} would overwrite the input model: choose another -o")
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     shape = parse_input_shape(input_shape) if input_shape else default_input_shape(loaded.module, loaded.meta)
-    report = sparsify(loaded.module, pattern, period=period, dense_kernel=dense_kernel, include=include,
-                      exclude=exclude, align=not no_align, input_shape=shape)
+    config = SparsifyConfig(pattern, period=period, dense_kernel=dense_kernel, include=include, exclude=exclude,
+                            align=not no_align)
+    report = sparsify(loaded.module, config, input_shape=shape)
     # The measured accuracy belonged to the dense weights; keep it under a name that says so.
     if "accuracy" in loaded.meta:
         loaded.meta["dense_accuracy"] = loaded.meta.pop("accuracy")
-    loaded.meta.update({"pattern": pattern, "input_shape": list(shape), "conversion": report.summary()})
+    loaded.meta.update({"pattern": pattern, "input_shape": list(shape), "conversion": report.summary(),
+                        "sparsify": config.to_dict()})
     if report_json is None:
         save_checkpoint(loaded, output)
     else:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from pscompress.cli.options import arch_option, trust_pickle_option
+
 from pscompress.workstation.finetune import OPTIMIZERS, FinetuneConfig
 
 _DEFAULTS = FinetuneConfig()
@@ -37,8 +39,8 @@ _DEFAULTS = FinetuneConfig()
 @click.option("--limit", type=int, help="Train on the first N training examples only (for quick runs).")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed for shuffling and augmentation.")
 @click.option("--workers", type=int, default=_DEFAULTS.workers, show_default=True, help="Data-loading worker processes.")
-@click.option("--arch", help="Architecture of a bare state dict (resnet18, resnet20, vgg16).")
-@click.option("--trust-pickle", is_flag=True, help="Allow loading pickled models (runs code from the file).")
+@arch_option()
+@trust_pickle_option()
 def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, optimizer: str, batch_size: int,
              weight_decay: float, augment: bool, bn_recalibrate: int, distill_from: Path | None, distill_alpha: float,
              distill_temperature: float, resume: bool, limit: int | None, seed: int, workers: int,
@@ -49,11 +51,11 @@ def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, 
     final one in the checkpoint's meta["accuracy"] (a fraction in [0, 1]). A dense model trains
     the same way. Runs unchanged under `torchrun --nproc-per-node N` (DistributedDataParallel).
     """
-    from pscompress.workstation.checkpoint import load_model
     from pscompress.board.data import load_dataset
     from pscompress.core.errors import UserError
+    from pscompress.workstation.checkpoint import load_model
     from pscompress.workstation.finetune import finetune as run_finetune
-    from pscompress.workstation.finetune import model_io
+    from pscompress.workstation.model_io import model_io
 
     config = FinetuneConfig(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
                             weight_decay=weight_decay, augment=augment, bn_recalibrate=bn_recalibrate, distill_alpha=distill_alpha,
@@ -64,9 +66,9 @@ def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, 
     teacher = None
     if distill_from is not None:
         teacher_model = load_model(distill_from, arch=arch, trust_pickle=trust_pickle)
-        if model_io(teacher_model) != model_io(loaded):
-            raise UserError(f"teacher {distill_from} maps {model_io(teacher_model)} (channels, classes), "
-                            f"the model {model_io(loaded)}: they must match")
+        if model_io(teacher_model.module) != model_io(loaded.module):
+            raise UserError(f"teacher {distill_from} maps {model_io(teacher_model.module)} (channels, classes), "
+                            f"the model {model_io(loaded.module)}: they must match")
         teacher = teacher_model.module
     train, test = load_dataset(data_spec, "train"), load_dataset(data_spec, "test")
     result = run_finetune(loaded, train, test, output, config, teacher=teacher, resume=resume, log=click.echo)

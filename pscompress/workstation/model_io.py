@@ -1,0 +1,55 @@
+"""What a PyTorch model takes and gives: input channels, class count and input shape, worked out once."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from pscompress.core.errors import UserError
+from pscompress.core.limits import check_input_shape
+from pscompress.workstation.checkpoint import LoadedModel
+
+
+def weights_io(state: Mapping[str, Any]) -> tuple[int, int]:
+    """(input channels, classes) from weights in model order: the first conv's and the last linear layer's."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and isinstance(v, torch.Tensor)]
+    convs = [w for w in weights if w.dim() == 4]
+    linears = [w for w in weights if w.dim() == 2]
+    if not convs or not linears:
+        raise UserError("the model has no convolution or no linear classifier: it is not an image classifier")
+    return int(convs[0].shape[1]), int(linears[-1].shape[0])
+
+
+def model_io(module: nn.Module) -> tuple[int, int]:
+    """(input channels, classes) of a model."""
+    return weights_io(module.state_dict())
+
+
+def default_input_shape(model: nn.Module, meta: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+    """meta["input_shape"] if recorded; else 1x28x28 for a 1-channel first conv, Cx32x32 otherwise."""
+    if meta and meta.get("input_shape"):
+        return check_input_shape(meta["input_shape"], "input_shape")
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first.in_channels if first is not None else 3
+    return (1, 28, 28) if channels == 1 else (channels, 32, 32)
+
+
+def model_input_shape(loaded: LoadedModel, override: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """(C, H, W) the model takes: ``override``, else what its checkpoint metadata records."""
+    shape = override if override is not None else loaded.meta.get("input_shape")
+    if shape is None:
+        raise UserError("the model does not record its input shape: pass `input_shape` C,H,W (e.g. 1,28,28)", "input_shape")
+    return check_input_shape(shape)
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """'C,H,W' or 'CxHxW' -> (C, H, W)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"bad input shape {text!r}: expected C,H,W with positive integers, such as 3,32,32")
+    return check_input_shape(shape)

@@ -1,0 +1,50 @@
+"""Running a PyTorch checkpoint like an exported model (the workstation side: needs torch).
+
+``pscompress.board.predictor.open_predictor`` imports this module by name when a .pt/.pth
+file is opened, so the board side never imports torch itself.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from pscompress.board.predictor import Predictor
+from pscompress.core.errors import UserError
+from pscompress.workstation.checkpoint import LoadedModel, load_model
+
+
+def model_io(loaded: LoadedModel) -> tuple[int | None, int | None]:
+    """(input channels, number of classes): from the checkpoint's arch_kwargs, else the first conv
+    and last linear layer; None where the model has neither."""
+    modules = list(loaded.module.modules())
+    convs = [m for m in modules if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in modules if isinstance(m, torch.nn.Linear)]
+    in_channels = loaded.arch_kwargs.get("in_channels") or (convs[0].in_channels if convs else None)
+    num_classes = loaded.arch_kwargs.get("num_classes") or (linears[-1].out_features if linears else None)
+    return in_channels, num_classes
+
+
+class TorchPredictor(Predictor):
+    """A PyTorch model loaded safely from a pscompress checkpoint or state dict."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, trust_pickle: bool = False) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        loaded = load_model(path, trust_pickle=trust_pickle)
+        self.module = loaded.module.eval()
+        self.meta = dict(loaded.meta)
+        self.classes = [str(c) for c in self.meta["classes"]] if self.meta.get("classes") else None
+        self.native = None
+        in_channels, self.num_outputs = model_io(loaded)
+        hw = self.meta.get("input_shape")
+        self.input_shape = (in_channels, *(tuple(hw[-2:]) if hw else (None, None)))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            try:
+                return self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            except RuntimeError as exc:  # a model that records no input size meets images it cannot take
+                reason = str(exc).strip().splitlines()[0]
+                raise UserError(f"the model cannot run on images of shape {list(x.shape[1:])}: {reason}") from exc
