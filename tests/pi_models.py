@@ -3,12 +3,13 @@ native kernel, each paired with an oracle model made of standard ONNX Conv on th
 masked weights. The dense weights are rebuilt here from the contract alone, not with
 pscompress's own code.
 
-Paths covered (tests/test_pi_emulated.py checks the claims on the shapes): 16-pixel tiles read
-straight from output rows (full, with a tail, and rows of 12 to 15 pixels), two-row tiles of
-outputs 6 to 8 wide (8 and narrower, even and odd row counts), tiles gathered across rows
-(full and with a tail); every row count a microkernel
-of up to 6 rows (kMR) can get (1 to 8 outputs per residue class, more split into panels, and
-classes with none); strides 1 and 2 (column phases); long reductions as in the benchmark's layers;
+Paths covered (tests/test_pi_emulated.py checks the claims on the shapes, with the tile layout
+the native kernel reports for each): 16-pixel tiles read straight from output rows (full, with
+a tail, and rows of 12 to 15 pixels), two-row tiles of outputs 6 to 8 wide (8 and narrower,
+even and odd row counts), tiles gathered across rows (full and with a tail); every row count
+the 6-row (kMR) microkernel can get (classes of 1 to 6 outputs, one panel each; 7 and 8, two
+panels; over 12, three; and classes with none); strides 1 and 2 (column phases); long
+reductions as in the benchmark's layers;
 asymmetric pads; a 5x5 kernel; groups; bias or none; no activation, Relu, Clip and the
 residual of PSConvAdd; periods 3, 4 and 8 with a dense support; weights that are a graph input
 (packed on every run) or a constant (prepacked once).
@@ -86,14 +87,6 @@ CASES = (
     # A first layer on a real 28x28 image: one output, so three of the four classes are empty.
     Case("first_layer_fashion_mnist", 1, 1, 28, 28, 1, tuple(SQUARES_4OF9), shift=1, fashion_mnist=True),
 )
-
-
-def tile_layout(output_width: int) -> str:
-    """How the native kernel tiles an output of this width (mirrors choose_layout in
-    runtime/src/psconv.cc): 'rows', 'two_rows' or 'gathered'."""
-    if output_width >= 16 or (output_width > 8 and 4 * output_width >= 3 * 16):
-        return "rows"
-    return "two_rows" if output_width <= 8 and 8 * output_width >= 3 * 16 else "gathered"
 
 
 def dense_weights(case: Case, packed: np.ndarray) -> np.ndarray:

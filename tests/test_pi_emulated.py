@@ -21,6 +21,7 @@ from PIL import Image
 
 import pi_emulator
 import pi_models
+from test_runtime_asan import asan_build  # noqa: F401 (a fixture: the build holds psconv_tester)
 
 sys.path.insert(0, str(pi_emulator.ROOT / "runtime" / "tests"))
 import fuzz_cases  # noqa: E402
@@ -299,25 +300,36 @@ def test_pscompress_run_on_a_png_in_the_light_install(board_run):
 
 
 def test_coverage_cases_reach_every_row_count():
-    """Every row count a microkernel of up to 8 rows can be given, however a class's outputs are
-    cut into panels: each count 1..8 alone, empty classes, and counts split into 3 panels."""
+    """Every row count the microkernel (kMR = 6 rows) can be given, however a class's outputs
+    are cut into panels: classes of 1 to 6 outputs (one panel each), 7 and 8 (two panels),
+    more than 12 (three), and empty classes."""
     counts = set().union(*map(_outputs_per_class, pi_models.CASES))
     assert set(range(9)) <= counts and max(counts) > 12, counts
 
 
-def test_coverage_cases_reach_every_tile_layout():
-    """Each way the kernel tiles an output (pi_models.tile_layout) in every variant: rows with
-    full 16-pixel tiles, a tail, and rows shorter than a tile; two-row tiles 8 wide and
-    narrower, each with an even and an odd row count; gathered tiles full and with a tail."""
+def native_layouts(build: Path, widths) -> dict[int, str]:
+    """The tile layout the native kernel picks for each output width ('rows', 'two_rows' or
+    'gathered'), as psconv_tester reports it: no copy of the rule here to drift from it."""
+    done = subprocess.run([str(build / "psconv_tester"), "--layout", *map(str, widths)],
+                          capture_output=True, text=True, check=True, timeout=60)
+    return {int(width): layout for width, layout in map(str.split, done.stdout.splitlines())}
+
+
+def test_coverage_cases_reach_every_tile_layout(asan_build: Path):
+    """Each way the kernel tiles an output in every variant: rows with full 16-pixel tiles, a
+    tail, and rows shorter than a tile; two-row tiles 8 wide and narrower, each with an even
+    and an odd row count; gathered tiles full and with a tail."""
+    layouts = native_layouts(asan_build, sorted({case.output_hw[1] for case in pi_models.CASES}))
     rows, two_rows, gathered = set(), set(), set()
     for case in pi_models.CASES:
         oh, ow = case.output_hw
-        layout = pi_models.tile_layout(ow)
+        layout = layouts[ow]
         if layout == "rows":
             rows.add("short" if ow < 16 else "tail" if ow % 16 else "full")
         elif layout == "two_rows":
             two_rows.add((ow == 8, oh % 2))
         else:
+            assert layout == "gathered", layout
             gathered.add("tail" if oh * ow % 16 else "full")
     assert rows == {"full", "tail", "short"}, rows
     assert two_rows == {(True, 0), (True, 1), (False, 0), (False, 1)}, two_rows

@@ -23,12 +23,12 @@ std::vector<CpuPath> supported_paths() {
   std::vector<CpuPath> paths;
 #if defined(PSCOMPRESS_HAVE_AVX2)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) paths.push_back({"avx2-fma", ukernel_avx2_fma});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) paths.push_back({"avx2-fma", ukernel_6x16_avx2_fma});
 #endif
 #if defined(PSCOMPRESS_HAVE_NEON)
-  paths.push_back({"neon", ukernel_neon});  // Advanced SIMD is mandatory on aarch64
+  paths.push_back({"neon", ukernel_6x16_neon});  // Advanced SIMD is mandatory on aarch64
 #endif
-  paths.push_back({"scalar", ukernel_scalar});
+  paths.push_back({"scalar", ukernel_6x16_scalar});
   return paths;
 }
 

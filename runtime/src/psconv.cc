@@ -233,19 +233,6 @@ namespace {
 
 constexpr size_t kMaxTileBlock = 8;
 
-// How a tile's kNR output pixels map onto the phase planes. Row and two-row tiles are read
-// straight from the image (pixels contiguous per half); other tiles are gathered first.
-enum class TileLayout { kRow, kTwoRows, kGathered };
-
-// Gathering costs about as much as the multiply-adds when a residue class has few outputs
-// (narrow layers), so tiles read straight from the image whenever that leaves at most a
-// quarter of the lanes idle: rows of 12 to 15 pixels, or two rows of 6 to 8.
-TileLayout choose_layout(size_t ow) {
-  if (ow >= kNR || (ow > 8 && 4 * ow >= 3 * kNR)) return TileLayout::kRow;
-  if (ow <= 8 && 8 * ow >= 3 * kNR) return TileLayout::kTwoRows;
-  return TileLayout::kGathered;
-}
-
 constexpr size_t kPadding = ~size_t{0};  // a plane row in the padding: no image row
 
 // Copies src[i * stride] to dst[i] for i < n and returns bit 31 set when one of them is an Inf
@@ -273,6 +260,15 @@ uint32_t copy_checked(float* dst, const float* src, size_t n, size_t stride) {
 }
 
 }  // namespace
+
+// Gathering costs about as much as the multiply-adds when a residue class has few outputs
+// (narrow layers), so tiles read straight from the image whenever that leaves at most a
+// quarter of the lanes idle: rows of 12 to 15 pixels, or two rows of 6 to 8.
+TileLayout choose_layout(size_t ow) {
+  if (ow >= kNR || (ow > 8 && 4 * ow >= 3 * kNR)) return TileLayout::kRow;
+  if (ow <= 8 && 8 * ow >= 3 * kNR) return TileLayout::kTwoRows;
+  return TileLayout::kGathered;
+}
 
 // One run's state, shared by its tasks; x, y, z and the planes are those of the current chunk.
 struct PSConv::Run {

@@ -36,6 +36,12 @@ struct Inputs {
   const int64_t* z_shape; size_t z_rank; const float* z;  // z_rank == 0: no residual
 };
 
+// How a tile's kNR output pixels map onto the phase planes, by the output width alone. Row
+// and two-row tiles are read straight from the image (pixels contiguous per half); other
+// tiles are gathered first. Public so that tests can ask which layout a shape gets.
+enum class TileLayout { kRow, kTwoRows, kGathered };
+TileLayout choose_layout(size_t ow);
+
 class PSConv {
  public:
   // Validates every attribute; throws std::invalid_argument on the first violation.

@@ -1,4 +1,5 @@
-// The GEMM microkernel interface shared by every CPU path (scalar, AVX2+FMA, NEON).
+// The GEMM microkernel interface shared by every CPU path. Each path is one file named for
+// its tile and ISA, ukernel_<kMR>x<kNR>_<isa>.cc: scalar (the portable reference), avx2_fma, neon.
 //
 // One call computes a tile of up to kMR output channels x kNR output pixels:
 //   acc[m][n] = sum_k a[k * kMR + m] * b_base[b_offsets[k] + n + (n >= 8 ? b_split - 8 : 0)]
@@ -12,8 +13,14 @@
 // upper half's valid pixels overwrite the lower half's unused lanes. b_split = 0 (the upper
 // half rereads the lower) serves a tile with no second row: n <= 8, nothing there to read.
 // Both halves of every B row must have 8 readable floats even when n < kNR (lanes past n are
-// discarded); the caller guarantees it (psconv.cc, "B reads").
-// The epilogue keeps NaN: clamp(NaN) is NaN on every path, as in ONNX Clip.
+// discarded); the caller guarantees it (psconv.cc, "B reads"). Y and Z are touched only at
+// the first min(n, 8) pixels of the lower half and the first n - 8 of the upper.
+//
+// The second line, the epilogue, is written once for every path: store_tile in ukernel_tile.h
+// fixes the order of the additions, where each pixel goes and the order of the stores. A path
+// supplies only its operations on half a row, 8 floats (add, clamp, loads, partial stores);
+// clamp is min(hi, max(lo, v)) and keeps NaN on every path, as ONNX Clip. The scalar path's
+// operations are the reference: ukernel_tester compares every path's tiles with them.
 #pragma once
 
 #include <cstddef>
@@ -37,34 +44,17 @@ struct UkernelArgs {
   size_t bias_stride;
   const float* z;             // nullable residual, laid out like y
   float lo, hi;               // fused activation
-  size_t m, n;                // valid rows (<= kMR) and pixels (<= kNR)
+  size_t m, n;                // valid rows (1 to kMR) and pixels (1 to kNR)
 };
 
 using Ukernel = void (*)(const UkernelArgs&);
 
-void ukernel_scalar(const UkernelArgs& args);
+void ukernel_6x16_scalar(const UkernelArgs& args);
 #if defined(PSCOMPRESS_HAVE_AVX2)
-void ukernel_avx2_fma(const UkernelArgs& args);
+void ukernel_6x16_avx2_fma(const UkernelArgs& args);
 #endif
 #if defined(PSCOMPRESS_HAVE_NEON)
-void ukernel_neon(const UkernelArgs& args);
+void ukernel_6x16_neon(const UkernelArgs& args);
 #endif
-
-// Writes an accumulated tile through the epilogue (bias, residual, clamp); shared by all
-// paths for partial tiles so the fused semantics live in one place.
-inline void store_tile(const float acc[kMR][kNR], const UkernelArgs& args) {
-  for (size_t m = 0; m < args.m; ++m) {
-    const float bias = args.bias ? args.bias[m * args.bias_stride] : 0.0f;
-    float* y = args.y + m * args.y_row_stride;
-    const float* z = args.z ? args.z + m * args.y_row_stride : nullptr;
-    for (size_t n = 0; n < args.n; ++n) {
-      const size_t at = n < 8 ? n : args.y_split + n - 8;
-      float v = acc[m][n] + bias;
-      if (z) v += z[at];
-      v = v < args.lo ? args.lo : v;
-      y[at] = v > args.hi ? args.hi : v;
-    }
-  }
-}
 
 }  // namespace pscompress

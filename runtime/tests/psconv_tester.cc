@@ -4,10 +4,12 @@
 // the image, groups, bias, residual, clamps, batches split into chunks, NaN and Inf inputs;
 // then the memory bounds and the rejections. Build with PSCOMPRESS_ASAN=ON to check that no
 // read leaves the buffers. Exit status 0 means all pass; prints one line per group of checks.
+// `psconv_tester --layout OW...` instead prints the tile layout each output width gets.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -266,9 +268,27 @@ bool rejects(const Case& c, const std::vector<int64_t>& b_shape, const std::vect
   return false;
 }
 
+// One "OW layout" line per output width (rows, two_rows or gathered): the layouts tests rely
+// on come from the kernel itself, not from a copy of its rule.
+int print_layouts(int count, char** widths) {
+  for (int i = 0; i < count; ++i) {
+    char* end;
+    const unsigned long long ow = std::strtoull(widths[i], &end, 10);
+    if (*end || end == widths[i]) {
+      std::fprintf(stderr, "--layout: not an output width: %s\n", widths[i]);
+      return 2;
+    }
+    const TileLayout layout = choose_layout(ow);
+    std::printf("%llu %s\n", ow,
+                layout == TileLayout::kRow ? "rows" : layout == TileLayout::kTwoRows ? "two_rows" : "gathered");
+  }
+  return 0;
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--layout") return print_layouts(argc - 2, argv + 2);
   const std::vector<CpuPath> paths = supported_paths();
   std::mt19937 rng(2024);
   bool ok = true;

@@ -1,10 +1,22 @@
-// Compares every microkernel this CPU can run against the portable reference, on random
-// data, full and partial tiles, contiguous, split and reread (b_split = 0) halves, with and
-// without bias, residual and clamping, and with NaN and +-Inf among B, bias and residual
-// lanes. Exit status 0 means all agree; prints one line per kernel.
+// Table-driven check of every microkernel this CPU can run: the scalar reference against a
+// plain float64 evaluation of ukernel.h's formula, every SIMD path against the scalar one.
+//   layouts:   every m (1 to kMR) x n (1 to kNR) x y_split (1 to 8 where n > 8 stores an
+//              upper half) x b_split (0: reread, 6: halves overlapping in B as in two rows of
+//              6, 8: contiguous, 29: a row further) x k (0, 1, around the AVX2 prefetch
+//              distance of 6 and its unrolling by 2, long), with bias and residual, unclamped;
+//   epilogues: every m x n x bias (none, stride 1, 3) x residual x clamp (none, Relu,
+//              [-0.5, 0.75], [0.25, 0.25]) x finite data or NaN and +-Inf among B, bias and Z,
+//              in a row and a two-row layout.
+// Every float of Y outside the tile's pixels holds a guard that must survive; B lanes that
+// feed only discarded pixels hold NaN, as do the unread floats of Z and bias. B, Z and bias
+// end at the last float the tile may read ("B reads": 8 floats per half), so that an ASan
+// build (PSCOMPRESS_ASAN=ON) reports any read past them. Prints a line per path, with the
+// count and the first mismatches; exit status 1 on any mismatch.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "dispatch.h"
@@ -14,73 +26,211 @@ using namespace pscompress;
 
 namespace {
 
-// Equal, NaN for NaN, infinities exactly, finite values within a relative tolerance.
-bool same(float want, float got) {
-  if (std::isnan(want) || std::isnan(got)) return std::isnan(want) && std::isnan(got);
-  if (std::isinf(want) || std::isinf(got)) return want == got;
-  return std::fabs(want - got) <= 1e-4f * (1.0f + std::fabs(want));
-}
+constexpr size_t kRowStride = 19;  // Y and Z floats per tile row: 16 and a gap of guards
+constexpr size_t kLead = 8, kTrail = 8;  // guards before row 0 and after row kMR - 1
+constexpr float kGuard = -7777.0f;       // no tile computes it: |values| stay below 300
+constexpr float kInf = INFINITY;
 
-// A few NaN and +-Inf among v's values.
-void poison(std::vector<float>& v, std::mt19937& rng) {
-  std::uniform_int_distribution<size_t> at(0, v.size() - 1);
-  const float specials[] = {NAN, INFINITY, -INFINITY};
-  for (size_t i = 0; i < 3; ++i) v[at(rng)] = specials[i];
-}
+struct Case {
+  size_t m, n, k, b_split, y_split;
+  size_t bias_stride;  // 0: no bias
+  bool residual;
+  float lo, hi;
+  bool non_finite;  // NaN and +-Inf among the pixels' B lanes, the bias and Z
 
-bool check(const CpuPath& simd, std::mt19937& rng) {
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  std::uniform_int_distribution<size_t> pick_k(1, 300), pick_m(1, kMR), pick_n(1, kNR), coin(0, 1);
-  std::uniform_int_distribution<size_t> pick_split(1, 8);
-  for (int trial = 0; trial < 500; ++trial) {
-    const size_t k = pick_k(rng), m = pick_m(rng), n = pick_n(rng);
-    const size_t row_stride = kNR + 3, b_stride = kNR + 5;
-    std::vector<float> a(k * kMR), b(k * b_stride + 2 * kNR), bias(kMR * 2), z(kMR * row_stride);
-    for (auto* v : {&a, &b, &bias, &z})
-      for (float& x : *v) x = u(rng);
-    if (trial % 4 == 3)
-      for (auto* v : {&b, &bias, &z}) poison(*v, rng);
-    std::vector<int64_t> offsets(k);
-    for (size_t i = 0; i < k; ++i) offsets[i] = static_cast<int64_t>(((i * 7) % k) * b_stride);
-    std::vector<float> y_ref(kMR * row_stride, 42.0f), y_simd = y_ref;
+  std::string describe() const {
+    char text[160];
+    std::snprintf(text, sizeof text, "m=%zu n=%zu k=%zu b_split=%zu y_split=%zu bias_stride=%zu z=%d clamp=[%g, %g]%s",
+                  m, n, k, b_split, y_split, bias_stride, residual, lo, hi, non_finite ? " NaN/Inf" : "");
+    return text;
+  }
+  // Where a pixel of a row lies in Y (from the tile's row 0, pixel 0) and in Z; in a B row.
+  size_t place(size_t row, size_t pixel) const { return row * kRowStride + (pixel < 8 ? pixel : y_split + pixel - 8); }
+  size_t lane(size_t pixel) const { return pixel < 8 ? pixel : b_split + pixel - 8; }
+};
+
+// One case's buffers; B, Z and bias exactly as long as the tile may read.
+struct Tile {
+  std::vector<float> a, b, bias, z, y;  // y: guards everywhere
+  std::vector<int64_t> offsets;
+  std::vector<bool> pixel;  // which floats of y the tile stores
+
+  UkernelArgs args(const Case& c, float* out) const {
     UkernelArgs args{};
-    args.k = k;
+    args.k = c.k;
     args.a = a.data();
     args.b_base = b.data();
     args.b_offsets = offsets.data();
-    const size_t splits[] = {8, 8 + b_stride / 2, 0};
-    args.b_split = splits[trial % 3];
-    args.y_split = coin(rng) ? 8 : pick_split(rng);
-    args.y_row_stride = row_stride;
-    args.bias = coin(rng) ? bias.data() : nullptr;
-    args.bias_stride = 2;
-    args.z = coin(rng) ? z.data() : nullptr;
-    args.lo = coin(rng) ? 0.0f : -INFINITY;
-    args.hi = coin(rng) ? 0.5f : INFINITY;
-    args.m = m;
-    args.n = n;
-    args.y = y_ref.data();
-    ukernel_scalar(args);
-    args.y = y_simd.data();
-    simd.ukernel(args);
-    for (size_t i = 0; i < y_ref.size(); ++i) {
-      if (!same(y_ref[i], y_simd[i])) {
-        std::printf("%s: MISMATCH k=%zu m=%zu n=%zu at %zu: %g vs %g\n", simd.name, k, m, n, i,
-                    y_ref[i], y_simd[i]);
-        return false;
-      }
+    args.b_split = c.b_split;
+    args.y = out + kLead;
+    args.y_split = c.y_split;
+    args.y_row_stride = kRowStride;
+    args.bias = c.bias_stride ? bias.data() : nullptr;
+    args.bias_stride = c.bias_stride;
+    args.z = c.residual ? z.data() : nullptr;
+    args.lo = c.lo;
+    args.hi = c.hi;
+    args.m = c.m;
+    args.n = c.n;
+    return args;
+  }
+};
+
+Tile make_tile(const Case& c, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Tile t;
+  t.a.assign(c.k * kMR, 0.0f);  // rows past m stay zero, as packed
+  for (size_t k = 0; k < c.k; ++k)
+    for (size_t m = 0; m < c.m; ++m) t.a[k * kMR + m] = u(rng);
+  const size_t row = std::max<size_t>(8, c.b_split + 8);  // both halves' 8 floats
+  t.b.assign(c.k * row, NAN);
+  for (size_t k = 0; k < c.k; ++k) {
+    t.offsets.push_back(static_cast<int64_t>((c.k - 1 - k) * row));  // backwards: row 0 ends B
+    for (size_t n = 0; n < c.n; ++n) t.b[t.offsets[k] + c.lane(n)] = u(rng);
+  }
+  if (c.bias_stride) {
+    t.bias.assign((c.m - 1) * c.bias_stride + 1, NAN);
+    for (size_t m = 0; m < c.m; ++m) t.bias[m * c.bias_stride] = u(rng);
+  }
+  if (c.residual) {
+    size_t end = 0;  // past the last row's last pixel: the lower half's may lie past the upper's
+    for (size_t n = 0; n < c.n; ++n) end = std::max(end, c.place(c.m - 1, n) + 1);
+    t.z.assign(end, NAN);
+    for (size_t m = 0; m < c.m; ++m)
+      for (size_t n = 0; n < c.n; ++n) t.z[c.place(m, n)] = u(rng);
+  }
+  t.y.assign(kLead + kMR * kRowStride + kTrail, kGuard);
+  t.pixel.assign(t.y.size(), false);
+  for (size_t m = 0; m < c.m; ++m)
+    for (size_t n = 0; n < c.n; ++n) t.pixel[kLead + c.place(m, n)] = true;
+  if (c.non_finite) {
+    const float specials[] = {NAN, kInf, -kInf};
+    std::uniform_int_distribution<size_t> pick_k(0, c.k ? c.k - 1 : 0), pick_m(0, c.m - 1), pick_n(0, c.n - 1);
+    std::uniform_int_distribution<size_t> pick_special(0, 2);
+    for (float s : specials) {
+      if (c.k) t.b[t.offsets[pick_k(rng)] + c.lane(pick_n(rng))] = s;
+      if (c.residual) t.z[c.place(pick_m(rng), pick_n(rng))] = s;
+    }
+    if (c.bias_stride) t.bias[pick_m(rng) * c.bias_stride] = specials[pick_special(rng)];
+  }
+  return t;
+}
+
+// ukernel.h's formula in float64, pixels stored in order; per pixel, the sum of its terms'
+// magnitudes, which bounds the rounding error (0 when infinite: the result is then exact).
+void reference(const Case& c, const Tile& t, std::vector<float>& y, std::vector<double>& magnitude) {
+  y = t.y;
+  magnitude.assign(y.size(), 0.0);
+  for (size_t m = 0; m < c.m; ++m) {
+    for (size_t n = 0; n < c.n; ++n) {
+      double acc = 0.0, sum = 0.0;
+      auto add = [&](double term) { acc += term, sum += std::fabs(term); };
+      for (size_t k = 0; k < c.k; ++k) add(double{t.a[k * kMR + m]} * t.b[t.offsets[k] + c.lane(n)]);
+      if (c.bias_stride) add(t.bias[m * c.bias_stride]);
+      if (c.residual) add(t.z[c.place(m, n)]);
+      acc = acc < c.lo ? c.lo : acc;  // keeps NaN
+      acc = acc > c.hi ? c.hi : acc;
+      y[kLead + c.place(m, n)] = static_cast<float>(acc);
+      magnitude[kLead + c.place(m, n)] = std::isfinite(sum) ? sum : 0.0;
     }
   }
-  std::printf("%s: ok (500 random tiles vs scalar)\n", simd.name);
-  return true;
+}
+
+// Two float results of up to k + 2 roundings each: NaN for NaN, infinities exact.
+bool same(float want, float got, size_t k, double magnitude) {
+  if (std::isnan(want) || std::isnan(got)) return std::isnan(want) && std::isnan(got);
+  if (std::isinf(want) || std::isinf(got)) return want == got;
+  return std::fabs(double{want} - got) <= (k + 3) * 0x1p-23 * (1.0 + magnitude);
+}
+
+// One path's results against what it should match, all mismatches counted.
+struct Report {
+  const char* path;
+  const char* against;
+  size_t cases = 0, bad_cases = 0, bad_floats = 0;
+  std::vector<std::string> first;
+
+  Report(const char* name, const char* reference) : path(name), against(reference) {}
+
+  void check(const Case& c, const Tile& t, const std::vector<float>& want, const std::vector<float>& got,
+             const std::vector<double>& magnitude) {
+    ++cases;
+    size_t bad = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (t.pixel[i] ? same(want[i], got[i], c.k, magnitude[i]) : got[i] == kGuard) continue;
+      if (bad++ == 0 && first.size() < 8) {
+        char text[120];
+        std::snprintf(text, sizeof text, ": y[%td] (%s) want %.9g, got %.9g", static_cast<ptrdiff_t>(i - kLead),
+                      t.pixel[i] ? "a pixel" : "no pixel: must stay untouched", want[i], got[i]);
+        first.push_back(c.describe() + text);
+      }
+    }
+    bad_cases += bad != 0;
+    bad_floats += bad;
+  }
+
+  bool print() const {
+    if (!bad_cases) {
+      std::printf("%s: ok (%zu cases vs %s)\n", path, cases, against);
+      return true;
+    }
+    std::printf("%s: MISMATCH in %zu of %zu cases vs %s, %zu floats; first per case:\n", path, bad_cases, cases,
+                against, bad_floats);
+    for (const std::string& line : first) std::printf("  %s\n", line.c_str());
+    return false;
+  }
+};
+
+constexpr size_t kKs[] = {0, 1, 5, 6, 7, 12, 13, 64, 257};
+constexpr size_t kBSplits[] = {0, 6, 8, 29};
+constexpr struct Clamp { float lo, hi; } kClamps[] = {{-kInf, kInf}, {0.0f, kInf}, {-0.5f, 0.75f}, {0.25f, 0.25f}};
+
+std::vector<Case> cases() {
+  std::vector<Case> all;
+  for (size_t m = 1; m <= kMR; ++m) {
+    for (size_t n = 1; n <= kNR; ++n) {
+      for (size_t y_split = n > 8 ? 1 : 8; y_split <= 8; ++y_split)
+        for (size_t b_split : kBSplits)
+          for (size_t k : kKs) all.push_back({m, n, k, b_split, y_split, 3, true, -kInf, kInf, false});
+      const size_t two_rows_b_split = n > 8 ? 29 : 0;  // no second row: reread the first
+      for (size_t bias_stride : {0, 1, 3})
+        for (bool residual : {false, true})
+          for (Clamp clamp : kClamps)
+            for (bool non_finite : {false, true}) {
+              all.push_back({m, n, 13, 8, 8, bias_stride, residual, clamp.lo, clamp.hi, non_finite});
+              all.push_back({m, n, 13, two_rows_b_split, 6, bias_stride, residual, clamp.lo, clamp.hi, non_finite});
+            }
+    }
+  }
+  return all;
 }
 
 }  // namespace
 
 int main() {
+  const std::vector<CpuPath> paths = supported_paths();  // "scalar" last
+  std::vector<Report> reports;
+  for (const CpuPath& path : paths) reports.emplace_back(path.name, path.ukernel == ukernel_6x16_scalar ? "float64" : "scalar");
   std::mt19937 rng(1234);
+  std::vector<float> want, scalar;
+  std::vector<double> magnitude;
+  for (const Case& c : cases()) {
+    const Tile t = make_tile(c, rng);
+    reference(c, t, want, magnitude);
+    scalar = t.y;
+    ukernel_6x16_scalar(t.args(c, scalar.data()));
+    for (size_t p = 0; p < paths.size(); ++p) {
+      if (paths[p].ukernel == ukernel_6x16_scalar) {
+        reports[p].check(c, t, want, scalar, magnitude);
+        continue;
+      }
+      std::vector<float> got = t.y;
+      paths[p].ukernel(t.args(c, got.data()));
+      reports[p].check(c, t, scalar, got, magnitude);
+    }
+  }
   bool ok = true;
-  for (const CpuPath& path : supported_paths()) ok = check(path, rng) && ok;
+  for (const Report& report : reports) ok = report.print() && ok;
   std::printf("dispatch picks: %s\n", cpu_path().name);
   return ok ? 0 : 1;
 }

@@ -1,43 +1,44 @@
 // AVX2+FMA microkernel: up to 6 rows x 16 pixels in 12 ymm accumulators. Compiled with
 // -mavx2 -mfma for this file only and chosen at run time (see dispatch.cc). The row count
-// is a template parameter so a class's last, partial panel computes no padding rows.
-// Accumulators are named variables, not an array: GCC then keeps them in registers.
+// is a template parameter (with_rows) so a class's last, partial panel computes no padding
+// rows. Accumulators are named variables, not an array: GCC then keeps them in registers.
+// Partial tiles (row tails, rows narrower than a tile) are the common case in narrow layers:
+// store_tile keeps their epilogue vectorised, only the final stores and residual loads split.
 #include <immintrin.h>
 
-#include "ukernel.h"
+#include "ukernel_tile.h"
 
 namespace pscompress {
 namespace {
 
-// The first `count` (0 to 8) lanes of v to y, in order, in at most four stores.
-inline void store_first(float* y, __m256 v, size_t count) {
-  if (count == 8) return _mm256_storeu_ps(y, v);
-  __m128 part = _mm256_castps256_ps128(v);
-  if (count >= 4) {
-    _mm_storeu_ps(y, part);
-    part = _mm256_extractf128_ps(v, 1);
-    y += 4;
-    count -= 4;
-  }
-  if (count >= 2) {
-    _mm_storel_pi(reinterpret_cast<__m64*>(y), part);
-    part = _mm_movehl_ps(part, part);
-    y += 2;
-    count -= 2;
-  }
-  if (count) _mm_store_ss(y, part);
-}
+// Half a tile row in one register, for store_tile.
+struct Avx2 {
+  using Half = __m256;
+  static __m256 splat(float x) { return _mm256_set1_ps(x); }
+  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  // max/min return their second operand when either is NaN: v goes second so NaN stays NaN.
+  static __m256 clamp(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
 
-// The first `count` (0 to 8) floats of z, without reading past them; other lanes are zero.
-inline __m256 load_first(const float* z, size_t count) {
-  if (count == 8) return _mm256_loadu_ps(z);
-  float part[8] = {};
-  for (size_t i = 0; i < count; ++i) part[i] = z[i];
-  return _mm256_loadu_ps(part);
-}
-
-// max/min return their second operand when either is NaN: v goes second so NaN stays NaN.
-inline __m256 clamp(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+  // The first `count` (0 to 8) lanes of v to y, in order, in at most four stores.
+  static void store_first(float* y, __m256 v, size_t count) {
+    if (count == 8) return _mm256_storeu_ps(y, v);
+    __m128 part = _mm256_castps256_ps128(v);
+    if (count >= 4) {
+      _mm_storeu_ps(y, part);
+      part = _mm256_extractf128_ps(v, 1);
+      y += 4;
+      count -= 4;
+    }
+    if (count >= 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(y), part);
+      part = _mm_movehl_ps(part, part);
+      y += 2;
+      count -= 2;
+    }
+    if (count) _mm_store_ss(y, part);
+  }
+};
 
 template <size_t R>
 void tile(const UkernelArgs& args) {
@@ -82,35 +83,14 @@ void tile(const UkernelArgs& args) {
   }
   for (; k < k_end; ++k) step(k);
   const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  // Partial tiles (row tails, rows narrower than a tile) are the common case in narrow layers:
-  // their epilogue stays vectorised, only the final stores and residual loads are split.
-  const size_t n0 = args.n < 8 ? args.n : 8, n1 = args.n - n0;
-  const __m256 lo = _mm256_set1_ps(args.lo), hi = _mm256_set1_ps(args.hi);
-  for (size_t m = 0; m < R; ++m) {
-    const __m256 bias = _mm256_set1_ps(args.bias ? args.bias[m * args.bias_stride] : 0.0f);
-    __m256 v0 = _mm256_add_ps(acc[m][0], bias), v1 = _mm256_add_ps(acc[m][1], bias);
-    float* y = args.y + m * args.y_row_stride;
-    if (args.z) {
-      const float* z = args.z + m * args.y_row_stride;
-      v0 = _mm256_add_ps(v0, load_first(z, n0));
-      v1 = _mm256_add_ps(v1, load_first(z + args.y_split, n1));
-    }
-    store_first(y, clamp(v0, lo, hi), n0);  // lower half first: the halves may overlap
-    store_first(y + args.y_split, clamp(v1, lo, hi), n1);
-  }
+  store_tile<Avx2>(acc, R, args);
 }
 
 }  // namespace
 
-void ukernel_avx2_fma(const UkernelArgs& args) {
-  switch (args.m) {
-    case 1: return tile<1>(args);
-    case 2: return tile<2>(args);
-    case 3: return tile<3>(args);
-    case 4: return tile<4>(args);
-    case 5: return tile<5>(args);
-    default: return tile<6>(args);
-  }
+void ukernel_6x16_avx2_fma(const UkernelArgs& args) {
+  static_assert(kMR == 6 && kNR == 16, "the file name says the tile");
+  with_rows(args.m, [&](auto rows) { tile<decltype(rows)::value>(args); });
 }
 
 }  // namespace pscompress
