@@ -9,22 +9,9 @@ import zipfile
 import pytest
 import torch
 
-from pscompress import cli
 from pscompress.workstation.archs import build
 from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
 from pscompress.workstation.surgery import psconv_layers
-
-
-def _run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """pscompress.cli.main as the console script runs it; returns (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["pscompress", "convert", *args])
-    try:
-        cli.main()
-        status = 0
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +32,9 @@ def models(tmp_path_factory):
     return folder
 
 
-def test_convert_writes_checkpoint_report_and_table(models, tmp_path, monkeypatch, capsys):
+def test_convert_writes_checkpoint_report_and_table(models, tmp_path, run_cli):
     out, report = tmp_path / "converted.pt", tmp_path / "report.json"
-    status, stdout, stderr = _run(monkeypatch, capsys, str(models / "r20.pt"), "--pattern", "2of9", "--dense-kernel",
+    status, stdout, stderr = run_cli("convert", str(models / "r20.pt"), "--pattern", "2of9", "--dense-kernel",
                                   "-o", str(out), "--report-json", str(report))
     assert status == 0, stderr
     loaded = load_model(out)
@@ -62,10 +49,10 @@ def test_convert_writes_checkpoint_report_and_table(models, tmp_path, monkeypatc
     assert "layers.0.conv1" in stdout and "total" in stdout and f"wrote {out}" in stdout
 
 
-def test_default_output_and_state_dict_with_arch(models, tmp_path, monkeypatch, capsys):
+def test_default_output_and_state_dict_with_arch(models, tmp_path, run_cli):
     source = tmp_path / "plain.pt"
     source.write_bytes((models / "state.pt").read_bytes())
-    status, _, stderr = _run(monkeypatch, capsys, str(source), "--arch", "resnet20", "--no-align",
+    status, stdout, stderr = run_cli("convert", str(source), "--arch", "resnet20", "--no-align",
                              "--exclude", "layers.8.*")
     assert status == 0, stderr
     loaded = load_model(tmp_path / "plain-psconv.pt")
@@ -73,9 +60,9 @@ def test_default_output_and_state_dict_with_arch(models, tmp_path, monkeypatch, 
     assert all(layer.shift == 0 for layer in psconv_layers(loaded.module).values())
 
 
-def test_trusted_pickle_converts(models, tmp_path, monkeypatch, capsys):
+def test_trusted_pickle_converts(models, tmp_path, run_cli):
     out = tmp_path / "from_pickle.pt"
-    status, _, stderr = _run(monkeypatch, capsys, str(models / "pickled.pt"), "--trust-pickle", "-o", str(out))
+    status, stdout, stderr = run_cli("convert", str(models / "pickled.pt"), "--trust-pickle", "-o", str(out))
     assert status == 0, stderr
     assert len(psconv_layers(load_model(out, trust_pickle=True).module)) == 18
 
@@ -106,10 +93,10 @@ def test_trusted_pickle_converts(models, tmp_path, monkeypatch, capsys):
         (["{m}/r20.pt", "--report-json", "{m}/no/such/dir/r.json"], "does not exist"),
     ],
 )
-def test_mistakes_exit_2_with_one_line_and_no_output(models, tmp_path, monkeypatch, capsys, args, message):
+def test_mistakes_exit_2_with_one_line_and_no_output(models, tmp_path, run_cli, args, message):
     out = tmp_path / "out.pt"
     args = [a.format(m=models) for a in args]
-    status, stdout, stderr = _run(monkeypatch, capsys, *args, "-o", str(out))
+    status, stdout, stderr = run_cli("convert", *args, "-o", str(out))
     assert status == 2
     assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
     assert message in stderr
@@ -127,9 +114,9 @@ def test_console_script_end_to_end(models, tmp_path):
     assert len(psconv_layers(load_model(out).module)) == 18
 
 
-def test_the_whole_conversion_config_is_recorded(models, tmp_path, monkeypatch, capsys):
+def test_the_whole_conversion_config_is_recorded(models, tmp_path, run_cli):
     out = tmp_path / "periodic.pt"
-    status, _, stderr = _run(monkeypatch, capsys, str(models / "r20.pt"), "--pattern", "2of9", "--period", "4",
+    status, stdout, stderr = run_cli("convert", str(models / "r20.pt"), "--pattern", "2of9", "--period", "4",
                              "--dense-kernel", "--exclude", "layers.8.*", "--no-align", "-o", str(out))
     assert status == 0, stderr
     assert load_model(out).meta["sparsify"] == {"pattern": "2of9", "period": 4, "dense_kernel": True, "include": [],

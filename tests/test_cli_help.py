@@ -42,3 +42,11 @@ def test_light_install_workstation_command_is_one_line(name: str) -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("Error: ") and "pscompress[workstation]" in done.stderr
+
+
+def test_arch_help_lists_exactly_the_built_in_architectures() -> None:
+    from pscompress.workstation.archs import ARCHITECTURES
+
+    for name in ("convert", "finetune", "export"):
+        text = " ".join(CliRunner().invoke(cli, [name, "--help"]).output.split())
+        assert f"Architecture of a bare state dict: {', '.join(ARCHITECTURES)}." in text, name

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 import pscompress.workstation.finetune as ft
-from pscompress import cli
 from pscompress.board.data import ArrayImages, ArrayDataset, load_dataset
 from pscompress.workstation import archs
 from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
@@ -187,27 +185,18 @@ def small_npz(tmp_path_factory, fashion):
     return path
 
 
-def _run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["pscompress", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-        sys.exit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out + captured.err
-
-
-def test_cli_trains_a_dense_model(tmp_path, small_npz, monkeypatch, capsys):
+def test_cli_trains_a_dense_model(tmp_path, small_npz, run_cli):
     model = _model(sparse=False)
     save_checkpoint(model, tmp_path / "dense.pt")
-    code, text = _run_cli(monkeypatch, capsys, "finetune", tmp_path / "dense.pt", "--data", small_npz,
+    code, out, err = run_cli("finetune", tmp_path / "dense.pt", "--data", small_npz,
                           "-o", tmp_path / "out.pt", "--epochs", "1", "--batch-size", "32", "--limit", "64")
-    assert code == 0, text
+    assert code == 0, err
     saved = load_model(tmp_path / "out.pt")
-    assert f"test accuracy {saved.meta['accuracy']:.2%}" in text
+    assert f"test accuracy {saved.meta['accuracy']:.2%}" in out + err
     assert saved.meta["finetune"]["train_examples"] == 64 and not psconv_layers(saved.module)
 
 
-def test_cli_user_errors_exit_2(tmp_path, small_npz, monkeypatch, capsys):
+def test_cli_user_errors_exit_2(tmp_path, small_npz, run_cli):
     save_checkpoint(_model(), tmp_path / "m.pt")
     rgb = tmp_path / "rgb.npz"
     np.savez(rgb, x=np.zeros((4, 28, 28, 3), np.uint8), y=np.arange(4))
@@ -219,7 +208,8 @@ def test_cli_user_errors_exit_2(tmp_path, small_npz, monkeypatch, capsys):
         (["finetune", tmp_path / "m.pt", "--data", small_npz, "-o", tmp_path / "o.pt", "--epochs", "0"], "--epochs must be"),
     ]
     for args, message in cases:
-        code, text = _run_cli(monkeypatch, capsys, *args)
+        code, out, err = run_cli(*args)
+        text = out + err
         assert code == 2 and message in text and "Traceback" not in text, (args, text)
     assert not (tmp_path / "o.pt").exists()
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from export_models import FASHION_CLASSES, exported
-from pscompress.board.onnx_predictor import Predictor, load_input
+from pscompress.board.onnx_predictor import OnnxPredictor, load_input
 from pscompress.board.onnx_reader import read_onnx
 from pscompress.core.errors import UserError
 from pscompress.exporters.onnx_export import relative_difference
@@ -21,26 +21,26 @@ def test_predictor_matches_pytorch_on_both_paths():
     with torch.no_grad():
         expected = loaded.module(torch.from_numpy(x)).numpy()
     for native in (False, None):
-        p = Predictor(path, threads=1, native=native)
+        p = OnnxPredictor(path, threads=1, native=native)
         assert relative_difference(p.predict(x), expected) <= 1e-4
-    assert Predictor(path, native=False).native is False
+    assert OnnxPredictor(path, native=False).native is False
     assert p.input_shape == (1, 28, 28) and p.classes == FASHION_CLASSES and p.num_outputs == 10
     assert p.meta["pattern"] == "4of9" and p.meta["accuracy"] == 0.5
 
 
 def test_predictor_reports_the_path_the_loader_chose(monkeypatch):
-    # The loader skips the library on onnxruntime < 1.21; the Predictor must not claim it ran.
+    # The loader skips the library on onnxruntime < 1.21; the predictor must not claim it ran.
     import onnxruntime
 
     path, _, _ = exported("resnet20")
-    assert Predictor(path, threads=1).native is True
+    assert OnnxPredictor(path, threads=1).native is True
     monkeypatch.setattr(onnxruntime, "__version__", "1.20.1")
-    assert Predictor(path, threads=1).native is False
+    assert OnnxPredictor(path, threads=1).native is False
 
 
 def test_topk_is_softmax_ordered():
     path, _, _ = exported("resnet20")
-    p = Predictor(path, native=False)
+    p = OnnxPredictor(path, native=False)
     x = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
     logits = p.predict(x)
     top = p.topk(x, k=3)
@@ -54,7 +54,7 @@ def test_topk_is_softmax_ordered():
 def test_wrong_input_shape_is_a_user_error():
     path, _, _ = exported("resnet20")
     with pytest.raises(UserError, match=r"\[N, 1, 28, 28\]"):
-        Predictor(path, native=False).predict(np.zeros((1, 3, 28, 28), np.float32))
+        OnnxPredictor(path, native=False).predict(np.zeros((1, 3, 28, 28), np.float32))
 
 
 def test_image_input_is_converted_and_resized(tmp_path):

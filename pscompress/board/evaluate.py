@@ -17,14 +17,11 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from pscompress.board.predictor import Predictor, describe, num_classes, open_predictor
 from pscompress.core.errors import UserError
 
 SCHEMA = "pscompress-eval/1"
 TOP5_MIN_CLASSES = 6  # top-5 says something only when there are more than five classes
-
-
-class SupportsPredict(Protocol):
-    def predict(self, x: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -157,7 +154,7 @@ class LabelledData(Protocol):
     def batches(self, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]: ...
 
 
-def run_batches(predictor: SupportsPredict, data: LabelledData, batch_size: int, progress: bool | None = None,
+def run_batches(predictor: Predictor, data: LabelledData, batch_size: int, progress: bool | None = None,
                 desc: str = "eval") -> tuple[np.ndarray, list[float], list[int], str]:
     """Logits for every image, the time each batch took and the data's fingerprint.
 
@@ -183,12 +180,12 @@ def run_batches(predictor: SupportsPredict, data: LabelledData, batch_size: int,
     return np.concatenate(outputs), times, sizes, fingerprint.finish(data.y)
 
 
-def evaluate(predictor: SupportsPredict, data: LabelledData, *, batch_size: int = 100,
+def evaluate(predictor: Predictor, data: LabelledData, *, batch_size: int = 100,
              model: dict[str, Any] | None = None, spec: str | None = None, split: str | None = None,
              progress: bool | None = None, desc: str = "eval") -> EvalResult:
     """Run ``predictor`` over ``data`` and measure it."""
     if batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
+        raise UserError("`batch_size` must be at least 1", "batch_size")
     logits, times, sizes, sha256 = run_batches(predictor, data, batch_size, progress, desc)
     if logits.shape[1] != len(data.classes):
         raise UserError(f"the model predicts {logits.shape[1]} classes but data set {data.name} has {len(data.classes)}")
@@ -211,7 +208,6 @@ def evaluate_file(path: str | os.PathLike, data: LabelledData, *, spec: str | No
                   trust_pickle: bool = False, progress: bool | None = None) -> EvalResult:
     """Open a model file, check that ``data`` fits it, and measure it."""
     from pscompress.board.data import check_compatible
-    from pscompress.board.predictor import describe, num_classes, open_predictor
 
     predictor = open_predictor(path, native=native, threads=threads, trust_pickle=trust_pickle)
     channels, *hw = predictor.input_shape

@@ -1,7 +1,7 @@
 """Running exported ONNX models: the board-side Python API (numpy + onnxruntime, no PyTorch).
 
-    from pscompress.board.onnx_predictor import Predictor
-    p = Predictor("model.onnx", threads=2)
+    from pscompress.board.onnx_predictor import OnnxPredictor
+    p = OnnxPredictor("model.onnx", threads=2)
     logits = p.predict(images)              # float32 [N, C, H, W] in [0, 1]
     top = p.topk(images, k=3)               # probabilities and class indices, best first
 
@@ -12,25 +12,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from pscompress import runtime
+from pscompress.board.predictor import Predictor as PredictorProtocol
 from pscompress.core.errors import UserError
 from pscompress.core.inputs import load_npy, opened_image
 from pscompress.core.limits import check_input_shape
 from pscompress.core.metadata import decode_onnx_metadata
 
 
-class TopK(NamedTuple):
-    """Per image, the k best classes: softmax probabilities and class indices, best first."""
-
-    values: np.ndarray   # float32 [N, k]
-    indices: np.ndarray  # int64 [N, k]
-
-
-class Predictor:
+class OnnxPredictor(PredictorProtocol):
     """An exported model loaded in onnxruntime, with the metadata pscompress wrote into it."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, native: bool | None = None) -> None:
@@ -69,17 +62,9 @@ class Predictor:
         except runtime.onnxruntime_errors() as exc:  # e.g. a node whose input shape its kernel rejects
             raise UserError(f"onnxruntime cannot run {self.path.name}: {runtime.first_line(exc)}") from exc
 
-    def topk(self, x: np.ndarray, k: int = 5) -> TopK:
-        """The ``k`` most probable classes of each image (softmax over the logits)."""
-        logits = self.predict(x).astype(np.float64)
-        k = max(1, min(int(k), logits.shape[1]))
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return TopK(np.take_along_axis(probs, order, axis=1).astype(np.float32), order.astype(np.int64))
 
-    def class_name(self, index: int) -> str:
-        return self.classes[index] if self.classes and 0 <= index < len(self.classes) else str(index)
+# The name README.md, docs/export.md and docs/raspberry-pi.md show users.
+Predictor = OnnxPredictor
 
 
 def load_input(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np.ndarray:

@@ -1,95 +1,107 @@
 """One way to run any model file pscompress knows: ``open_predictor(path)``.
 
-Every predictor has ``predict(x) -> logits`` for float32 NCHW images in [0, 1], plus
-``input_shape`` (C, H, W; H and W may be None), ``classes`` (None when the model does not
-name them), ``meta``, ``native`` and ``num_outputs`` (None when unknown).
-PyTorch and TFLite are imported only for their own formats, so evaluating an .onnx file
-works on a board without either.
+Every format has one implementation of the ``Predictor`` protocol: ``OnnxPredictor``
+(board/onnx_predictor.py), ``TFLitePredictor`` (board/tflite_predictor.py) and
+``TorchPredictor`` (workstation/torch_predictor.py). Each module is imported only when its
+format is opened, so evaluating an .onnx file works on a board without PyTorch or TFLite.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from pscompress.core.errors import UserError
 
-FORMATS = {".pt": "pytorch", ".pth": "pytorch", ".onnx": "onnx", ".tflite": "tflite"}
+
+class TopK(NamedTuple):
+    """Per image, the k best classes: softmax probabilities and class indices, best first."""
+
+    values: np.ndarray   # float32 [N, k]
+    indices: np.ndarray  # int64 [N, k]
 
 
 class Predictor(Protocol):
-    input_shape: tuple[Any, ...]
-    classes: list[str] | None
-    meta: dict[str, Any]
-    native: bool | None
-    num_outputs: int | None
+    """A loaded model: ``predict(x)`` maps float32 NCHW images in [0, 1] to logits [N, classes].
+
+    Implementations subclass this protocol to inherit ``topk`` and ``class_name``.
+    """
+
+    input_shape: tuple[Any, ...]  # (C, H, W); H and W are None when the model does not record them
+    classes: list[str] | None     # None when the model does not name them
+    meta: dict[str, Any]          # the metadata pscompress wrote into the model
+    native: bool | None           # whether the native PSConv kernels run (None: not an ONNX matter)
+    num_outputs: int | None       # logits per image; None when unknown
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
+    def topk(self, x: np.ndarray, k: int = 5) -> TopK:
+        """The ``k`` most probable classes of each image (softmax over the logits)."""
+        logits = np.asarray(self.predict(x)).astype(np.float64)
+        k = max(1, min(int(k), logits.shape[1]))
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return TopK(np.take_along_axis(probs, order, axis=1).astype(np.float32), order.astype(np.int64))
 
-class TorchPredictor:
-    """A PyTorch model loaded safely from a pscompress checkpoint or state dict."""
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, trust_pickle: bool = False) -> None:
-        import torch
-
-        from pscompress.workstation.checkpoint import load_model
-
-        self._torch = torch
-        if threads:
-            torch.set_num_threads(threads)
-        loaded = load_model(path, trust_pickle=trust_pickle)
-        self.module = loaded.module.eval()
-        self.meta = dict(loaded.meta)
-        self.classes = [str(c) for c in self.meta["classes"]] if self.meta.get("classes") else None
-        self.native = None
-        convs = [m for m in self.module.modules() if isinstance(m, torch.nn.Conv2d)]
-        in_channels = loaded.arch_kwargs.get("in_channels") or (convs[0].in_channels if convs else None)
-        hw = self.meta.get("input_shape")
-        self.input_shape = (in_channels, *(tuple(hw[-2:]) if hw else (None, None)))
-        linears = [m for m in self.module.modules() if isinstance(m, torch.nn.Linear)]
-        self.num_outputs = loaded.arch_kwargs.get("num_classes") or (linears[-1].out_features if linears else None)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
-            try:
-                return self.module(self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
-            except RuntimeError as exc:  # a model that records no input size meets images it cannot take
-                reason = str(exc).strip().splitlines()[0]
-                raise UserError(f"the model cannot run on images of shape {list(x.shape[1:])}: {reason}") from exc
+    def class_name(self, index: int) -> str:
+        return self.classes[index] if self.classes and 0 <= index < len(self.classes) else str(index)
 
 
-def model_format(path: str | os.PathLike) -> str:
+class Format(NamedTuple):
+    name: str                  # as the eval record names it
+    module: str                # imported by name when a file of this format is opened
+    cls: str
+    options: tuple[str, ...]   # the open_predictor options the class takes
+
+
+# The PyTorch entry is a module name, not an import: the workstation side needs torch, which
+# the board install does not have (tests/test_import_boundary.py keeps it that way).
+FORMATS = {
+    ".pt": Format("pytorch", "pscompress.workstation.torch_predictor", "TorchPredictor", ("threads", "trust_pickle")),
+    ".pth": Format("pytorch", "pscompress.workstation.torch_predictor", "TorchPredictor", ("threads", "trust_pickle")),
+    ".onnx": Format("onnx", "pscompress.board.onnx_predictor", "OnnxPredictor", ("threads", "native")),
+    ".tflite": Format("tflite", "pscompress.board.tflite_predictor", "TFLitePredictor", ("threads",)),
+}
+WORKSTATION_EXTRA = "pip install 'pscompress[workstation]'"
+
+
+def _format(path: str | os.PathLike) -> Format:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise UserError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected one of {', '.join(sorted(FORMATS))}")
     return FORMATS[suffix]
 
 
+def model_format(path: str | os.PathLike) -> str:
+    return _format(path).name
+
+
 def open_predictor(path: str | os.PathLike, native: bool | None = None, threads: int | None = None,
                    trust_pickle: bool = False) -> Predictor:
     """Open a .pt/.pth, .onnx or .tflite model. ``native`` (ONNX only): None = use the kernel library if found."""
-    fmt = model_format(path)
+    fmt = _format(path)
     if not Path(path).is_file():
         raise UserError(f"cannot read {path}: no such file")
-    if native is not None and fmt != "onnx":
-        raise UserError(f"--native/--no-native applies to .onnx models only, not {Path(path).name}")
-    if fmt == "pytorch":
-        return TorchPredictor(path, threads=threads, trust_pickle=trust_pickle)
-    if fmt == "onnx":
-        from pscompress.board.onnx_predictor import Predictor as OnnxPredictor
-
-        return OnnxPredictor(path, threads=threads, native=native)
-    from pscompress.board.tflite_predictor import TFLitePredictor
-
-    return TFLitePredictor(path, threads=threads)
+    if native is not None and "native" not in fmt.options:
+        raise UserError(f"`native` applies to .onnx models only, not {Path(path).name}", "native")
+    try:
+        module = importlib.import_module(fmt.module)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "torch":
+            raise
+        raise UserError(f"{Path(path).name}: running PyTorch models needs the workstation extra: {WORKSTATION_EXTRA} "
+                        "(this install has no PyTorch)") from exc
+    given = {"threads": threads, "native": native, "trust_pickle": trust_pickle}
+    return getattr(module, fmt.cls)(path, **{name: given[name] for name in fmt.options})
 
 
 def num_classes(predictor: Predictor) -> int | None:
-    """The number of logits: from the model's class names or layers, else from one probe run when the input size is known."""
-    if getattr(predictor, "num_outputs", None):
+    """The number of logits: from the model's layers or class names, else from one probe run when the input size is known."""
+    if predictor.num_outputs:
         return int(predictor.num_outputs)
     if predictor.classes:
         return len(predictor.classes)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pscompress.board.predictor import Predictor
 from pscompress.core.errors import UserError
 from pscompress.core.limits import check_input_shape
 from pscompress.core.metadata import TFLITE_ENTRY, decode_tflite_metadata
@@ -33,7 +34,7 @@ def interpreter_module() -> Any:
                     "(or tflite-runtime, which needs numpy<2)")
 
 
-class TFLitePredictor:
+class TFLitePredictor(Predictor):
     """A .tflite model: ``predict(x)`` maps float32 [N, C, H, W] images in [0, 1] to logits [N, classes].
 
     ``xnnpack=False`` turns the runtime's default XNNPACK delegate off; ``threads`` sets the
@@ -76,6 +77,8 @@ class TFLitePredictor:
         classes = self.meta.get("classes")
         self.classes: list[str] | None = [str(name) for name in classes] if classes else None
         self.native = None  # pscompress's native kernels are an ONNX runtime matter
+        # Logits per image as a probe run would count them: everything but the batch dimension.
+        self.num_outputs: int | None = int(np.prod(self._output["shape"][1:])) or None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

@@ -5,8 +5,8 @@ from typing import Any, Callable
 
 import click
 
+from pscompress.core.arch_names import ARCHITECTURE_NAMES
 from pscompress.core.errors import UserError
-from pscompress.workstation import ARCHITECTURE_NAMES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 

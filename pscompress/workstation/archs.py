@@ -9,8 +9,8 @@ from typing import Callable
 
 from torch import nn
 
+from pscompress.core.arch_names import ARCHITECTURE_NAMES
 from pscompress.core.errors import UserError
-from pscompress.workstation import ARCHITECTURE_NAMES
 
 
 class BasicBlock(nn.Module):
@@ -85,7 +85,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet20": lambda in_channels=3, num_classes=10: CifarResNet([16, 32, 64], [3, 3, 3], in_channels, num_classes),
     "vgg16": lambda in_channels=3, num_classes=10: VGG(in_channels, num_classes),
 }
-assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "name each architecture in pscompress/workstation/__init__.py"
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "name each architecture in pscompress/core/arch_names.py"
 
 
 def build(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Module:

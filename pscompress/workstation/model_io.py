@@ -11,14 +11,21 @@ from pscompress.core.limits import check_input_shape
 from pscompress.workstation.checkpoint import LoadedModel
 
 
-def weights_io(state: Mapping[str, Any]) -> tuple[int, int]:
-    """(input channels, classes) from weights in model order: the first conv's and the last linear layer's."""
+def known_io(state: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(input channels, classes) from weights in model order: the first conv's and the last linear
+    layer's; None for what the model lacks."""
     weights = [v for k, v in state.items() if k.endswith("weight") and isinstance(v, torch.Tensor)]
     convs = [w for w in weights if w.dim() == 4]
     linears = [w for w in weights if w.dim() == 2]
-    if not convs or not linears:
+    return (int(convs[0].shape[1]) if convs else None), (int(linears[-1].shape[0]) if linears else None)
+
+
+def weights_io(state: Mapping[str, Any]) -> tuple[int, int]:
+    """``known_io``, for a model that must be an image classifier."""
+    in_channels, num_classes = known_io(state)
+    if in_channels is None or num_classes is None:
         raise UserError("the model has no convolution or no linear classifier: it is not an image classifier")
-    return int(convs[0].shape[1]), int(linears[-1].shape[0])
+    return in_channels, num_classes
 
 
 def model_io(module: nn.Module) -> tuple[int, int]:

@@ -12,18 +12,8 @@ import torch
 
 from pscompress.board.predictor import Predictor
 from pscompress.core.errors import UserError
-from pscompress.workstation.checkpoint import LoadedModel, load_model
-
-
-def model_io(loaded: LoadedModel) -> tuple[int | None, int | None]:
-    """(input channels, number of classes): from the checkpoint's arch_kwargs, else the first conv
-    and last linear layer; None where the model has neither."""
-    modules = list(loaded.module.modules())
-    convs = [m for m in modules if isinstance(m, torch.nn.Conv2d)]
-    linears = [m for m in modules if isinstance(m, torch.nn.Linear)]
-    in_channels = loaded.arch_kwargs.get("in_channels") or (convs[0].in_channels if convs else None)
-    num_classes = loaded.arch_kwargs.get("num_classes") or (linears[-1].out_features if linears else None)
-    return in_channels, num_classes
+from pscompress.workstation.checkpoint import load_model
+from pscompress.workstation.model_io import known_io
 
 
 class TorchPredictor(Predictor):
@@ -37,7 +27,9 @@ class TorchPredictor(Predictor):
         self.meta = dict(loaded.meta)
         self.classes = [str(c) for c in self.meta["classes"]] if self.meta.get("classes") else None
         self.native = None
-        in_channels, self.num_outputs = model_io(loaded)
+        in_channels, num_classes = known_io(self.module.state_dict())
+        in_channels = loaded.arch_kwargs.get("in_channels") or in_channels
+        self.num_outputs = loaded.arch_kwargs.get("num_classes") or num_classes
         hw = self.meta.get("input_shape")
         self.input_shape = (in_channels, *(tuple(hw[-2:]) if hw else (None, None)))
 

@@ -20,11 +20,11 @@ import click
 def run(model: Path, input_path: Path, top_k: int, threads: int | None, native: bool | None) -> None:
     """Run MODEL (.onnx) on an input FILE and print the top classes of each image with their probabilities."""
     from pscompress.core.errors import UserError
-    from pscompress.board.onnx_predictor import Predictor, load_input
+    from pscompress.board.onnx_predictor import OnnxPredictor, load_input
 
     if model.suffix.lower() != ".onnx":
         raise UserError(f"{model.name}: run takes an exported .onnx model (see `pscompress export`)")
-    predictor = Predictor(model, threads=threads, native=native)
+    predictor = OnnxPredictor(model, threads=threads, native=native)
     images = load_input(input_path, predictor.input_shape)
     top = predictor.topk(images, top_k)
     kernel = "native PSConv kernels" if predictor.native else "portable ONNX functions"
