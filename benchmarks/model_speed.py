@@ -80,17 +80,17 @@ def bench_model(name: str, batches: list[int], threads: list[int], reps: int, wo
     stem = workdir / Path(name).stem
     packed = export_onnx(loaded, stem.with_suffix(".psconv.onnx"))
     dense = export_onnx(loaded, stem.with_suffix(".dense.onnx"), dense=True)
-    shape = packed["input_shape"]
+    shape = packed.input_shape
     rows = []
     for t in threads:
-        sessions = {"dense": session(Path(dense["path"]), t, native=False),
-                    "psconv": session(Path(packed["path"]), t, native=True)}
+        sessions = {"dense": session(Path(dense.path), t, native=False),
+                    "psconv": session(Path(packed.path), t, native=True)}
         for b in batches:
             x = np.random.default_rng(0).random((b, *shape), dtype=np.float32)
             med = interleaved(sessions, x, reps)
             rows.append({"model": label, "batch": b, "threads": t, "dense_ms": med["dense"] * 1e3,
                          "psconv_ms": med["psconv"] * 1e3, "speedup": med["dense"] / med["psconv"],
-                         "size_ratio": packed["bytes"] / dense["bytes"]})
+                         "size_ratio": packed.bytes / dense.bytes})
             print(_row(rows[-1]), flush=True)
     return rows
 

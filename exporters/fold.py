@@ -31,7 +31,7 @@ def trace(module: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, module.__class__.__name__)
 
 
-def fold_batchnorm(module: nn.Module) -> nn.Module:
+def fold_batchnorm(module: nn.Module) -> fx.GraphModule:
     """An eval copy of ``module`` in which every BatchNorm2d that follows a conv is folded into it.
 
     A batch norm whose input is not a conv's output (or a conv whose output is also used

@@ -2,8 +2,8 @@
 
 A PSConv2d, the residual ``+`` that follows it and the ReLU after that become one
 ``FusedPSConv`` module, which calls the torch custom op ``pscompress::psconv`` (or
-``pscompress::psconv_add``). The ONNX exporter translates those ops to the ``ai.pscompress``
-operators; run in PyTorch they compute exactly what the unfused layers did.
+``pscompress::psconv_add``, both in exporters.torch_ops). The ONNX exporter translates those
+ops to the ``ai.pscompress`` operators.
 """
 from __future__ import annotations
 
@@ -17,55 +17,10 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from pscompress.core.errors import UserError
-from pscompress.core.patterns import PatternSet
+from pscompress.exporters import torch_ops  # noqa: F401  registers the torch.ops.pscompress ops FusedPSConv calls
+from pscompress.exporters.padding import conv_pads
 from pscompress.workstation.layers import PSConv2d
-
-
-def _dense(w: torch.Tensor, kernel_shape: list[int], in_per_group: int, out_channels: int,
-           patterns: list[int], shift: int) -> torch.Tensor:
-    mask = PatternSet.from_bitmasks(kernel_shape, patterns).mask(out_channels, in_per_group, shift)
-    dense = w.new_zeros(mask.size)
-    dense[torch.from_numpy(mask.reshape(-1))] = w
-    return dense.reshape(mask.shape)
-
-
-def _out_shape(x: torch.Tensor, kernel_shape, strides, pads, dilations, out_channels) -> list:
-    spatial = [
-        (x.shape[2 + d] + pads[d] + pads[d + 2] - dilations[d] * (kernel_shape[d] - 1) - 1) // strides[d] + 1
-        for d in range(2)
-    ]
-    return [x.shape[0], out_channels, *spatial]
-
-
-@torch.library.custom_op("pscompress::psconv", mutates_args=())
-def psconv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, kernel_shape: list[int], strides: list[int],
-           pads: list[int], dilations: list[int], group: int, in_channels: int, out_channels: int,
-           patterns: list[int], shift: int, clip_min: float, clip_max: float) -> torch.Tensor:
-    """The operator's semantics (docs/operator.md) with F.conv2d on the rebuilt dense kernel."""
-    dense = _dense(w, kernel_shape, in_channels // group, out_channels, patterns, shift)
-    padded = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
-    return F.conv2d(padded, dense, b, strides, 0, dilations, group).clamp(clip_min, clip_max)
-
-
-@torch.library.custom_op("pscompress::psconv_add", mutates_args=())
-def psconv_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, z: torch.Tensor, kernel_shape: list[int],
-               strides: list[int], pads: list[int], dilations: list[int], group: int, in_channels: int,
-               out_channels: int, patterns: list[int], shift: int, clip_min: float, clip_max: float) -> torch.Tensor:
-    dense = _dense(w, kernel_shape, in_channels // group, out_channels, patterns, shift)
-    padded = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
-    return (F.conv2d(padded, dense, b, strides, 0, dilations, group) + z).clamp(clip_min, clip_max)
-
-
-@psconv.register_fake
-def _psconv_fake(x, w, b, kernel_shape, strides, pads, dilations, group, in_channels, out_channels,
-                 patterns, shift, clip_min, clip_max):
-    return x.new_empty(_out_shape(x, kernel_shape, strides, pads, dilations, out_channels))
-
-
-@psconv_add.register_fake
-def _psconv_add_fake(x, w, b, z, kernel_shape, strides, pads, dilations, group, in_channels, out_channels,
-                     patterns, shift, clip_min, clip_max):
-    return x.new_empty(_out_shape(x, kernel_shape, strides, pads, dilations, out_channels))
+from pscompress.workstation.surgery import replace_module
 
 
 class FusedPSConv(nn.Module):
@@ -92,21 +47,11 @@ class FusedPSConv(nn.Module):
 def operator_attributes(conv: PSConv2d, clip: tuple[float, float] = (-math.inf, math.inf)) -> dict:
     """The operator's attributes for a PSConv2d, every one explicit (docs/operator.md)."""
     return {
-        "kernel_shape": list(conv.kernel_size), "strides": list(conv.stride), "pads": _pads(conv),
+        "kernel_shape": list(conv.kernel_size), "strides": list(conv.stride), "pads": list(conv_pads(conv)),
         "dilations": list(conv.dilation), "group": conv.groups, "in_channels": conv.in_channels,
         "out_channels": conv.out_channels, "patterns": conv.pattern.bitmasks, "shift": conv.shift,
         "clip_min": float(clip[0]), "clip_max": float(clip[1]),
     }
-
-
-def _pads(conv: nn.Conv2d) -> list[int]:
-    if conv.padding == "valid":
-        return [0, 0, 0, 0]
-    if conv.padding == "same":
-        # Same as PyTorch: the extra pixel of an odd total goes to the bottom/right.
-        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
-        return [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
-    return [conv.padding[0], conv.padding[1], conv.padding[0], conv.padding[1]]
 
 
 _ADDS = {operator.add, torch.add}
@@ -130,7 +75,7 @@ def fuse_psconv(gm: fx.GraphModule, example: torch.Tensor) -> int:
         if not packable(conv):
             warnings.warn(f"layer {node.target}: dilation {tuple(conv.dilation)} is exported as a dense Conv "
                           "(the native PSConv kernel supports dilation 1 only)", stacklevel=2)
-            _replace(gm, node.target, plain_conv(conv))
+            replace_module(gm, node.target, plain_conv(conv))
             continue
         chain, residual = [node], None
         add = _single_user(node)
@@ -208,7 +153,7 @@ def densify(gm: fx.GraphModule) -> None:
     for name, conv in list(gm.named_modules()):
         if isinstance(conv, PSConv2d):
             check_supported(name, conv)
-            _replace(gm, name, plain_conv(conv))
+            replace_module(gm, name, plain_conv(conv))
 
 
 def plain_conv(conv: PSConv2d) -> nn.Conv2d:
@@ -220,8 +165,3 @@ def plain_conv(conv: PSConv2d) -> nn.Conv2d:
         if conv.bias is not None:
             plain.bias.copy_(conv.bias)
     return plain.eval()
-
-
-def _replace(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, child, module)

@@ -1,10 +1,10 @@
 """ONNX export: batch norm folded, PSConv2d layers as packed ``ai.pscompress`` operators.
 
-Pipeline: fold batch norm (exporters.fold) -> fuse each PSConv2d with its residual add and
-ReLU into one custom-op call (exporters.fuse) -> torch.onnx.export (dynamo) with an
-onnxscript translation of the custom ops -> add the portable fallback functions, pin the IR
-version and opsets onnxruntime loads, write metadata -> verify against PyTorch -> write
-atomically.
+Pipeline: prepare (exporters.pipeline: input shape, batch norm folded) -> fuse each PSConv2d
+with its residual add and ReLU into one custom-op call (exporters.fuse) -> torch.onnx.export
+(dynamo) with an onnxscript translation of the custom ops -> add the portable fallback
+functions, pin the IR version and opsets onnxruntime loads, write metadata -> verify against
+PyTorch -> write atomically.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -27,11 +27,13 @@ from pscompress.core.files import atomic_output
 from pscompress.core.metadata import encode_onnx_metadata, export_metadata
 from pscompress.core.patterns import pattern_name
 from pscompress.exporters import psconv_onnx
-from pscompress.exporters.fold import fold_batchnorm
 from pscompress.exporters.fuse import densify, fuse_psconv, packable
+# relative_difference stays importable from here: tests/test_parity.py and test_inference.py take their oracle from it.
+from pscompress.exporters.pipeline import Prepared, prepare, relative_difference, verify  # noqa: F401
+from pscompress.exporters.summary import ExportSummary
+from pscompress.runtime import create_session
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.layers import PSConv2d
-from pscompress.workstation.measure import model_input_shape
 from pscompress.workstation.surgery import psconv_layers
 
 # IR 8 is the oldest that carries opset 18 and model-local functions; onnx 1.23 would write 14,
@@ -41,54 +43,52 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # Export fails when onnxruntime's output differs from PyTorch's by more than this (relative).
 VERIFY_TOLERANCE = 1e-4
 
-log = logging.getLogger(__name__)
-
 
 def export_onnx(loaded: LoadedModel, path: str | os.PathLike, *, dense: bool = False,
-                input_shape: Sequence[int] | None = None) -> dict[str, Any]:
+                input_shape: Sequence[int] | None = None) -> ExportSummary:
     """Export ``loaded`` to ``path``; returns a summary (sizes, layer counts, verification).
 
     ``dense=True`` writes every convolution as a standard Conv (the baseline to compare with).
     """
-    shape = model_input_shape(loaded, input_shape)
+    job = prepare(loaded, input_shape)
     layers = psconv_layers(loaded.module)
     if not layers and not dense:
         warnings.warn("the model has no pSConv layer: exporting it dense (run `pscompress convert` first)", stacklevel=2)
-    example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    # Opened first so that an unwritable destination fails before the slow part.
     with atomic_output(path) as tmp:
-        data, fused = _build(loaded, example, dense, layers)
-        diff = _verify(data, loaded.module, example)
+        data, fused = _build(job, dense, layers)
+        diff = verify(data, job, _run_portable, VERIFY_TOLERANCE)
         tmp.write_bytes(data)
     kept, total = _weight_counts(loaded.module, packed=not dense)
-    return {
-        "path": str(path), "bytes": len(data), "psconv_layers": fused,
-        "conv_layers": sum(isinstance(m, nn.Conv2d) for m in loaded.module.modules()),
-        "kept_conv_weights": kept, "conv_weights": total,
-        # Every dropped weight would be 4 more bytes in the dense file (within 1% of a real dense export).
-        "dense_bytes": len(data) + 4 * (total - kept), "max_rel_diff": diff,
-        "input_shape": list(shape),
-    }
+    # Every dropped weight would be 4 more bytes in the dense file (within 1% of a real dense export).
+    return ExportSummary(path=str(path), bytes=len(data), input_shape=job.input_shape, psconv_layers=fused,
+                         max_rel_diff=diff, dense_bytes=len(data) + 4 * (total - kept),
+                         kept_conv_weights=kept, conv_weights=total)
 
 
-def _build(loaded: LoadedModel, example: torch.Tensor, dense: bool, layers: dict) -> tuple[bytes, int]:
+def _build(job: Prepared, dense: bool, layers: dict) -> tuple[bytes, int]:
     """The serialized model and how many PSConv nodes it has."""
-    graph = fold_batchnorm(loaded.module)
+    graph = job.graph
     if dense:
         densify(graph)
-    fused = 0 if dense else fuse_psconv(graph, example)
-    model = _torch_export(graph, example)
+    fused = 0 if dense else fuse_psconv(graph, job.example)
+    model = _torch_export(graph, job.example)
     if fused:
         model.functions.extend(psconv_onnx.fallback_functions())
     _name_nodes_after_layers(model)
     _set_opsets(model)
-    _set_metadata(model, loaded, tuple(example.shape[1:]), layers)
+    _set_metadata(model, job.loaded, job.input_shape, layers)
     onnx.checker.check_model(model)
     return model.SerializeToString(), fused
 
 
+def _run_portable(data: bytes, x: np.ndarray) -> np.ndarray:
+    # native=False: the model's portable functions, which every onnxruntime runs.
+    return create_session(data, native=False).run(None, {INPUT_NAME: x})[0]
+
+
 def _torch_export(graph: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     psconv_onnx.register_schemas()
+    # The ops exporters.torch_ops registers, which fuse_psconv's FusedPSConv modules call.
     table = {torch.ops.pscompress.psconv.default: _translate_psconv,
              torch.ops.pscompress.psconv_add.default: _translate_psconv_add}
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -200,24 +200,3 @@ def _weight_counts(module: nn.Module, packed: bool) -> tuple[int, int]:
             total += m.weight.numel()
             kept += int(m.mask.sum()) if packed and isinstance(m, PSConv2d) and packable(m) else m.weight.numel()
     return kept, total
-
-
-def _verify(data: bytes, module: nn.Module, example: torch.Tensor) -> float:
-    """Max relative difference between onnxruntime (portable fallback) and PyTorch on ``example``."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT_NAME: example.numpy()})[0]
-    with torch.no_grad():
-        expected = module.eval()(example).numpy()
-    diff = relative_difference(got, expected)
-    if not diff <= VERIFY_TOLERANCE:
-        raise UserError(f"the exported model disagrees with PyTorch (relative difference {diff:.2e}): please report this")
-    return diff
-
-
-def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max |b|: one number that does not blow up on near-zero outputs."""
-    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-12))

@@ -20,18 +20,17 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from pscompress.workstation.checkpoint import LoadedModel
-
 from pscompress.board.tflite_predictor import TFLitePredictor, interpreter_module
 from pscompress.core.errors import UserError
 from pscompress.core.files import atomic_output
 from pscompress.core.metadata import TFLITE_ENTRY, encode_tflite_metadata, export_metadata
-from pscompress.exporters.fold import fold_batchnorm
-from pscompress.exporters.onnx_export import relative_difference
+from pscompress.exporters.padding import conv_pads, pair, tflite_padding
+from pscompress.exporters.pipeline import Prepared, prepare, verify
+from pscompress.exporters.summary import ExportSummary
 from pscompress.exporters.tflite_sparse import smallest_encoding
 from pscompress.exporters.tflite_writer import TFLiteGraph, enum
+from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.layers import PSConv2d
-from pscompress.workstation.measure import model_input_shape
 from pscompress.workstation.surgery import psconv_layers
 
 # Export fails when the TFLite interpreter's logits differ from PyTorch's by more than this
@@ -42,7 +41,7 @@ _RELUS: dict[Any, str] = {nn.ReLU: "RELU", nn.ReLU6: "RELU6", F.relu: "RELU", to
 
 
 def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = False,
-                  input_shape: Sequence[int] | None = None) -> dict[str, Any]:
+                  input_shape: Sequence[int] | None = None) -> ExportSummary:
     """Write ``loaded`` as a .tflite file at ``path`` (atomically) and return a size report.
 
     ``input_shape`` is (C, H, W); by default it comes from the checkpoint's meta. The report
@@ -50,41 +49,42 @@ def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = 
     interpreter is installed, how far its output is from PyTorch's (export fails beyond
     ``VERIFY_TOLERANCE``).
     """
-    shape = model_input_shape(loaded, input_shape)
-    data = build_tflite(loaded, shape, fp16=fp16, sparse=True)
-    dense = build_tflite(loaded, shape, fp16=fp16, sparse=False)
-    diff = _verify(data, loaded.module, shape, VERIFY_TOLERANCE[fp16])
+    job = prepare(loaded, input_shape)
     with atomic_output(path) as tmp:
+        data = _serialize(job, fp16=fp16, sparse=True)
+        dense = _serialize(job, fp16=fp16, sparse=False)
+        # Exporting needs no interpreter; checking does.
+        diff = verify(data, job, _run_tflite, VERIFY_TOLERANCE[fp16], "TFLite model") if _interpreter_installed() else None
         tmp.write_bytes(data)
-    return {"path": str(path), "bytes": len(data), "dense_bytes": len(dense), "fp16": fp16,
-            "input_shape": list(shape), "sparse_layers": len(psconv_layers(loaded.module)), "max_rel_diff": diff}
+    return ExportSummary(path=str(path), bytes=len(data), input_shape=job.input_shape,
+                         psconv_layers=len(psconv_layers(loaded.module)), max_rel_diff=diff,
+                         dense_bytes=len(dense), fp16=fp16)
 
 
-def build_tflite(loaded: LoadedModel, input_shape: tuple[int, int, int], *, fp16: bool = False, sparse: bool = True) -> bytes:
+def build_tflite(loaded: LoadedModel, input_shape: Sequence[int], *, fp16: bool = False, sparse: bool = True) -> bytes:
     """The bytes of the .tflite model; ``sparse=False`` stores pSConv filters dense (for size comparisons)."""
-    module = loaded.module.eval()
-    with torch.no_grad():
-        gm = fold_batchnorm(module)
-        ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    return _serialize(prepare(loaded, input_shape), fp16=fp16, sparse=sparse)
+
+
+def _serialize(job: Prepared, fp16: bool, sparse: bool) -> bytes:
+    with torch.no_grad():  # batch 1: the shapes the file declares (its batch dimension is dynamic)
+        ShapeProp(job.graph).propagate(torch.zeros(1, *job.input_shape))
     graph = TFLiteGraph()
-    _Lowering(gm, graph, fp16=fp16, sparse=sparse).run()
-    return graph.serialize(description="pscompress TFLite export", metadata={TFLITE_ENTRY: _metadata(loaded, input_shape, fp16)})
+    _Lowering(job.graph, graph, fp16=fp16, sparse=sparse).run()
+    metadata = _metadata(job.loaded, job.input_shape, fp16)
+    return graph.serialize(description="pscompress TFLite export", metadata={TFLITE_ENTRY: metadata})
 
 
-def _verify(data: bytes, module: nn.Module, input_shape: tuple[int, int, int], tolerance: float) -> float | None:
-    """Max relative difference between the TFLite interpreter and PyTorch on random images (None: no interpreter)."""
+def _interpreter_installed() -> bool:
     try:
         interpreter_module()
     except UserError:
-        return None  # exporting needs no interpreter; checking does
-    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = module.eval()(example).numpy()
-    got = TFLitePredictor.from_bytes(data).predict(example.numpy())
-    diff = relative_difference(got, expected)
-    if not diff <= tolerance:
-        raise UserError(f"the exported TFLite model disagrees with PyTorch (relative difference {diff:.2e}): please report this")
-    return diff
+        return False
+    return True
+
+
+def _run_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
+    return TFLitePredictor.from_bytes(data).predict(x)
 
 
 def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool) -> bytes:
@@ -192,10 +192,9 @@ class _Lowering:
         _, out_c, oh, ow = self._shape(node)
         weight = (conv.masked_weight() if isinstance(conv, PSConv2d) else conv.weight).detach().numpy()
         bias = conv.bias.detach().numpy() if conv.bias is not None else np.zeros(out_c, np.float32)
-        kh, kw = conv.kernel_size
-        pads = (0, 0) if conv.padding == "valid" else _same_pads(conv) if conv.padding == "same" else conv.padding
-        padding = _tf_padding((h, w), (oh, ow), conv.kernel_size, conv.stride, conv.dilation, pads)
-        if padding is None:  # PyTorch's symmetric padding is not what SAME would pad: pad explicitly
+        pads = conv_pads(conv)
+        padding = tflite_padding((h, w), (oh, ow), conv.kernel_size, conv.stride, conv.dilation, pads[:2])
+        if padding is None:  # PyTorch's padding is not what SAME would pad: pad explicitly
             x = self._pad(x, node, pads)
             padding = "VALID"
         if conv.groups == 1:
@@ -242,9 +241,9 @@ class _Lowering:
         x = self._nhwc(node.args[0], node)
         _, _, h, w = self._shape(node.args[0])
         _, c, oh, ow = self._shape(node)
-        kernel, stride, pads = (_pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding))
-        dilation = _pair(getattr(pool, "dilation", 1))
-        padding = _tf_padding((h, w), (oh, ow), kernel, stride, dilation, pads)
+        kernel, stride, pads = (pair(pool.kernel_size), pair(pool.stride or pool.kernel_size), pair(pool.padding))
+        dilation = pair(getattr(pool, "dilation", 1))
+        padding = tflite_padding((h, w), (oh, ow), kernel, stride, dilation, pads)
         is_max = isinstance(pool, nn.MaxPool2d)
         # TFLite's SAME average pool leaves padding out of the count where PyTorch may not: VALID only.
         if padding is None or dilation != (1, 1) or (not is_max and padding != "VALID"):
@@ -330,10 +329,12 @@ class _Lowering:
             raise UserError(f"operation {user.name}: expects a 4-D image tensor")
         return value.tensor
 
-    def _pad(self, x: int, node: fx.Node, pads: tuple[int, int]) -> int:
+    def _pad(self, x: int, node: fx.Node, pads: tuple[int, int, int, int]) -> int:
+        """``x`` padded with zeros by (top, left, bottom, right)."""
         n, h, w, c = self.graph.shape_of(x)
-        widths = self.graph.constant(f"{node.name}/pads", np.array([[0, 0], [pads[0], pads[0]], [pads[1], pads[1]], [0, 0]], np.int32))
-        out = self.graph.activation(f"{node.name}/padded", (n, h + 2 * pads[0], w + 2 * pads[1], c))
+        top, left, bottom, right = pads
+        widths = self.graph.constant(f"{node.name}/pads", np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32))
+        out = self.graph.activation(f"{node.name}/padded", (n, h + top + bottom, w + left + right, c))
         self.graph.op("PAD", [x, widths], [out])
         return out
 
@@ -352,24 +353,3 @@ class _Lowering:
     def _tflite_shape(self, node: fx.Node, nhwc: bool) -> tuple[int, ...]:
         shape = self._shape(node)
         return (shape[0], shape[2], shape[3], shape[1]) if nhwc else shape
-
-
-def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _same_pads(conv: nn.Conv2d) -> tuple[int, int]:
-    return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))  # type: ignore[return-value]
-
-
-def _tf_padding(size: tuple[int, int], out: tuple[int, int], kernel, stride, dilation, pads) -> str | None:
-    """"VALID" or "SAME" when TFLite's padding gives PyTorch's windows exactly, else None."""
-    modes = {"VALID", "SAME"}
-    for n, o, k, s, d, p in zip(size, out, _pair(kernel), _pair(stride), _pair(dilation), _pair(pads)):
-        extent = (k - 1) * d + 1
-        if not (p == 0 and o == (n - extent) // s + 1):
-            modes.discard("VALID")
-        same_out = -(-n // s)
-        if not (o == same_out and max((same_out - 1) * s + extent - n, 0) // 2 == p):
-            modes.discard("SAME")
-    return "VALID" if "VALID" in modes else "SAME" if modes else None

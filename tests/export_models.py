@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pscompress.exporters.summary import ExportSummary
 from pscompress.workstation import archs
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.sparsify import sparsify
@@ -45,7 +46,7 @@ def psconv_model(arch: str = "resnet20", in_channels: int = 1, hw: int = 28, pat
 
 
 @functools.lru_cache(maxsize=None)
-def exported(arch: str = "resnet20", pattern: str | None = "4of9", dense: bool = False) -> tuple[Path, dict, LoadedModel]:
+def exported(arch: str = "resnet20", pattern: str | None = "4of9", dense: bool = False) -> tuple[Path, ExportSummary, LoadedModel]:
     """(path, export summary, source model) of an exported ``psconv_model``; cached per session."""
     from pscompress.exporters.onnx_export import export_onnx
 

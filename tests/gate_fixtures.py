@@ -5,7 +5,6 @@ numpy, ~80% accuracy), so their predictions vary from image to image like a real
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,18 +69,3 @@ def torch_predictions(module: nn.Module, x: np.ndarray) -> np.ndarray:
     """The oracle: the module's own top-1 predictions."""
     with torch.inference_mode():
         return module(torch.from_numpy(x)).argmax(1).numpy()
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    """Run ``pscompress ARGS`` in this process exactly as the console script does: (exit status, stdout, stderr)."""
-    from pscompress.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["pscompress", *map(str, args)])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err

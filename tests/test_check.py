@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from gate_fixtures import fit_linear, linear_module, run_cli, save_module, torch_predictions
+from gate_fixtures import fit_linear, linear_module, save_module, torch_predictions
 from pscompress.board.data import load_dataset
 from pscompress.board.evaluate import EvalResult, Latency, evaluate_file
 from pscompress.board.gate import Budgets, check, junit_xml, markdown
@@ -43,14 +43,14 @@ def baseline(models, tmp_path_factory):
     return path
 
 
-def _check(args, capsys, monkeypatch):
-    return run_cli(["check", *args, "--trust-pickle", "--threads", 1], capsys, monkeypatch)
+def _check(run_cli, args):
+    return run_cli("check", *args, "--trust-pickle", "--threads", 1)
 
 
-def test_model_against_its_own_baseline_passes(models, baseline, expected, tmp_path, capsys, monkeypatch):
+def test_model_against_its_own_baseline_passes(models, baseline, expected, tmp_path, run_cli):
     junit, summary = tmp_path / "gate.xml", tmp_path / "gate.md"
-    code, stdout, _ = _check([models["a"][1], "--baseline", baseline, "--min-accuracy", 70, "--max-drop", 0,
-                              "--max-disagreement", 0, "--junit", junit, "--summary", summary], capsys, monkeypatch)
+    code, stdout, _ = _check(run_cli, [models["a"][1], "--baseline", baseline, "--min-accuracy", 70, "--max-drop", 0,
+                              "--max-disagreement", 0, "--junit", junit, "--summary", summary])
     assert code == 0, stdout
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite.get("tests") == "3" and suite.get("failures") == "0" and not suite.findall("testcase/failure")
@@ -58,19 +58,19 @@ def test_model_against_its_own_baseline_passes(models, baseline, expected, tmp_p
 
 
 @pytest.mark.parametrize("compare", ["baseline", "reference"])
-def test_disagreement_budget_uses_the_exact_disagreement(models, baseline, expected, compare, tmp_path, capsys, monkeypatch):
+def test_disagreement_budget_uses_the_exact_disagreement(models, baseline, expected, compare, tmp_path, run_cli):
     disagreement = expected["disagreement"] * 100
     assert 1 < disagreement < 50  # the perturbed model disagrees on some images, not all
     against = ["--baseline", baseline] if compare == "baseline" else \
         ["--reference", models["a"][1], "--data", "fashion-mnist", "--limit", LIMIT]
     step = 100 / LIMIT / 2  # half an image
-    code, stdout, _ = _check([models["b"][1], *against, "--max-disagreement", disagreement + step], capsys, monkeypatch)
+    code, stdout, _ = _check(run_cli, [models["b"][1], *against, "--max-disagreement", disagreement + step])
     assert code == 0, stdout
     assert f"{disagreement:.2f}%" in stdout
 
     junit, summary = tmp_path / "gate.xml", tmp_path / "gate.md"
-    code, stdout, _ = _check([models["b"][1], *against, "--max-disagreement", disagreement - step, "--min-accuracy", 1,
-                              "--junit", junit, "--summary", summary], capsys, monkeypatch)
+    code, stdout, _ = _check(run_cli, [models["b"][1], *against, "--max-disagreement", disagreement - step, "--min-accuracy", 1,
+                              "--junit", junit, "--summary", summary])
     assert code == 1
     suite = ET.parse(junit).getroot().find("testsuite")
     failures = suite.findall("testcase/failure")
@@ -79,28 +79,28 @@ def test_disagreement_budget_uses_the_exact_disagreement(models, baseline, expec
     assert "FAILED" in summary.read_text() and "❌" in summary.read_text()
 
 
-def test_accuracy_drop_budget(models, baseline, expected, capsys, monkeypatch):
+def test_accuracy_drop_budget(models, baseline, expected, run_cli):
     drop = (expected["top1_a"] - expected["top1_b"]) * 100
     assert drop > 0.5
-    code, _, _ = _check([models["b"][1], "--baseline", baseline, "--max-drop", drop + 0.1], capsys, monkeypatch)
+    code, _, _ = _check(run_cli, [models["b"][1], "--baseline", baseline, "--max-drop", drop + 0.1])
     assert code == 0
-    code, stdout, _ = _check([models["b"][1], "--baseline", baseline, "--max-drop", drop - 0.1], capsys, monkeypatch)
+    code, stdout, _ = _check(run_cli, [models["b"][1], "--baseline", baseline, "--max-drop", drop - 0.1])
     assert code == 1 and "FAIL" in stdout
 
 
-def test_size_and_latency_budgets(models, capsys, monkeypatch):
+def test_size_and_latency_budgets(models, run_cli):
     model = models["a"][1]
     size = model.stat().st_size
-    code, _, _ = _check([model, "--data", "fashion-mnist", "--limit", 100, "--max-size", size], capsys, monkeypatch)
+    code, _, _ = _check(run_cli, [model, "--data", "fashion-mnist", "--limit", 100, "--max-size", size])
     assert code == 0
-    code, _, _ = _check([model, "--data", "fashion-mnist", "--limit", 100, "--max-size", "1K"], capsys, monkeypatch)
+    code, _, _ = _check(run_cli, [model, "--data", "fashion-mnist", "--limit", 100, "--max-size", "1K"])
     assert code == 1
-    code, stdout, _ = _check([model, "--reference", model, "--data", "fashion-mnist", "--limit", 100,
-                              "--max-size-ratio", 1, "--max-latency-ratio", 1000], capsys, monkeypatch)
+    code, stdout, _ = _check(run_cli, [model, "--reference", model, "--data", "fashion-mnist", "--limit", 100,
+                              "--max-size-ratio", 1, "--max-latency-ratio", 1000])
     assert code == 0 and "1.000x" in stdout
 
 
-def test_usage_errors_exit_2(models, baseline, tmp_path, capsys, monkeypatch):
+def test_usage_errors_exit_2(models, baseline, tmp_path, run_cli):
     model = models["a"][1]
     np.savez(tmp_path / "rgb.npz", x=np.zeros((4, 3, 28, 28), np.uint8), y=np.arange(4))
     (tmp_path / "not-a-record.json").write_text("{}")
@@ -115,7 +115,7 @@ def test_usage_errors_exit_2(models, baseline, tmp_path, capsys, monkeypatch):
         ([model, "--baseline", tmp_path / "missing.json", "--max-drop", 1], "cannot read"),
     ]
     for args, message in cases:
-        code, stdout, stderr = _check(args, capsys, monkeypatch)
+        code, stdout, stderr = _check(run_cli, args)
         assert code == 2, (args, stdout, stderr)
         assert message in stderr and "Traceback" not in stderr, (args, stderr)
 

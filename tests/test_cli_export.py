@@ -7,20 +7,7 @@ import onnx
 import pytest
 
 from export_models import exported, psconv_model
-from pscompress.cli import main
 from pscompress.workstation.checkpoint import save_checkpoint
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``pscompress ARGS`` in this process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["pscompress", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +17,21 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def test_export_info_run(monkeypatch, capsys, checkpoint, tmp_path):
+def test_export_info_run(run_cli, checkpoint, tmp_path):
     out_path = tmp_path / "model.onnx"
-    code, out, err = cli(monkeypatch, capsys, "export", checkpoint, "-o", out_path)
+    code, out, err = run_cli("export", checkpoint, "-o", out_path)
     assert code == 0, err
     assert "x the dense export" in out and "18 pSConv layer(s)" in out and "verified against PyTorch" in out
     assert {n.op_type for n in onnx.load(out_path).graph.node} >= {"PSConv", "PSConvAdd"}
 
-    code, out, err = cli(monkeypatch, capsys, "info", out_path)
+    code, out, err = run_cli("info", out_path)
     assert code == 0, err
     assert "ai.pscompress v1" in out and "pattern:     4of9" in out and "IR version:  8" in out
     assert "layers.0.conv2" in out and "PSConvAdd+add+relu" in out and "0.444" in out
 
     x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
-    code, out, err = cli(monkeypatch, capsys, "run", out_path, "--input", tmp_path / "x.npy", "-k", "2", "--no-native")
+    code, out, err = run_cli("run", out_path, "--input", tmp_path / "x.npy", "-k", "2", "--no-native")
     assert code == 0, err
     assert "portable ONNX functions" in out and out.count("1. ") == 2 and out.count("2. ") == 2
 
@@ -55,23 +42,23 @@ def test_export_info_run(monkeypatch, capsys, checkpoint, tmp_path):
     (["-o", "{tmp}/m.onnx", "--fp16"], "--fp16 applies to TFLite"),
     (["-o", "{tmp}/m.onnx", "--input-shape", "1,2"], "bad input shape"),
 ])
-def test_export_user_errors_exit_2(monkeypatch, capsys, checkpoint, tmp_path, args, message):
-    code, _, err = cli(monkeypatch, capsys, "export", checkpoint, *[a.format(tmp=tmp_path) for a in args])
+def test_export_user_errors_exit_2(run_cli, checkpoint, tmp_path, args, message):
+    code, _, err = run_cli("export", checkpoint, *[a.format(tmp=tmp_path) for a in args])
     assert code == 2 and err.startswith("Error: ") and message in err and "Traceback" not in err
     assert not any(p.suffix == ".onnx" for p in tmp_path.rglob("*"))
 
 
-def test_export_missing_model_exits_2(monkeypatch, capsys, tmp_path):
-    code, _, err = cli(monkeypatch, capsys, "export", tmp_path / "nope.pt", "-o", tmp_path / "m.onnx")
+def test_export_missing_model_exits_2(run_cli, tmp_path):
+    code, _, err = run_cli("export", tmp_path / "nope.pt", "-o", tmp_path / "m.onnx")
     assert code == 2 and "no such file" in err
 
 
-def test_run_and_info_user_errors_exit_2(monkeypatch, capsys, tmp_path):
+def test_run_and_info_user_errors_exit_2(run_cli, tmp_path):
     path, _, _ = exported("resnet20")
     np.save(tmp_path / "rgb.npy", np.zeros((1, 3, 32, 32), np.float32))
-    code, _, err = cli(monkeypatch, capsys, "run", path, "--input", tmp_path / "rgb.npy")
+    code, _, err = run_cli("run", path, "--input", tmp_path / "rgb.npy")
     assert code == 2 and "the model takes [N, 1, 28, 28]" in err
-    code, _, err = cli(monkeypatch, capsys, "info", tmp_path / "rgb.npy")
+    code, _, err = run_cli("info", tmp_path / "rgb.npy")
     assert code == 2 and "describes .onnx models" in err
 
 

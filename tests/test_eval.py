@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gate_fixtures import fit_linear, linear_module, psconv_module, run_cli, save_module, torch_predictions
+from gate_fixtures import fit_linear, linear_module, psconv_module, save_module, torch_predictions
 from pscompress.board.data import load_dataset
 from pscompress.board.evaluate import EvalResult, load_result, per_class_accuracy, summarise_latency, topk_accuracy
 from pscompress.core.errors import UserError
@@ -56,10 +56,10 @@ def test_latency_summary_keeps_short_last_batch_out_of_batch_percentiles():
     assert latency.batches == 4
 
 
-def test_eval_pt_matches_torch_on_fashion_mnist(model_pt, linear, test_set, tmp_path, capsys, monkeypatch):
+def test_eval_pt_matches_torch_on_fashion_mnist(model_pt, linear, test_set, tmp_path, run_cli):
     out = tmp_path / "result.json"
-    code, stdout, _ = run_cli(["eval", model_pt, "--trust-pickle", "--data", "fashion-mnist", "--limit", LIMIT,
-                               "--batch-size", 64, "--threads", 1, "--json", out], capsys, monkeypatch)
+    code, stdout, _ = run_cli("eval", model_pt, "--trust-pickle", "--data", "fashion-mnist", "--limit", LIMIT,
+                               "--batch-size", 64, "--threads", 1, "--json", out)
     assert code == 0
     result = load_result(out)
     expected = torch_predictions(linear, test_set.x)
@@ -76,24 +76,23 @@ def test_eval_pt_matches_torch_on_fashion_mnist(model_pt, linear, test_set, tmp_
     assert f"{result.top1:.2%}" in stdout and "Ankle boot" in stdout and "p90" in stdout
 
 
-def test_eval_json_to_stdout_keeps_the_report_on_stderr(model_pt, capsys, monkeypatch):
-    code, stdout, stderr = run_cli(["eval", model_pt, "--trust-pickle", "--data", "fashion-mnist", "--limit", 50,
-                                    "--json", "-"], capsys, monkeypatch)
+def test_eval_json_to_stdout_keeps_the_report_on_stderr(model_pt, run_cli):
+    code, stdout, stderr = run_cli("eval", model_pt, "--trust-pickle", "--data", "fashion-mnist", "--limit", 50,
+                                    "--json", "-")
     assert code == 0
     record = EvalResult.from_json(json.loads(stdout))
     assert len(record.predictions) == 50
     assert "top-1" in stderr
 
 
-def test_eval_image_folder_matches_torch(linear, test_set, tmp_path, capsys, monkeypatch):
+def test_eval_image_folder_matches_torch(linear, test_set, tmp_path, run_cli):
     # Folder names sort in label order, so folder labels equal the model's class indices.
     for i, (image, label) in enumerate(zip(test_set.x[:40], test_set.y[:40])):
         folder = tmp_path / "images" / f"{label}_{test_set.classes[label].split('/')[0]}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.round(image[0] * 255).astype(np.uint8)).save(folder / f"{i}.png")
     model = save_module(linear, tmp_path / "linear.pt")
-    code, stdout, _ = run_cli(["eval", model, "--trust-pickle", "--data", tmp_path / "images", "--json", "-"],
-                              capsys, monkeypatch)
+    code, stdout, _ = run_cli("eval", model, "--trust-pickle", "--data", tmp_path / "images", "--json", "-")
     assert code == 0
     record = json.loads(stdout[stdout.index("{"):])
     folder = load_dataset(str(tmp_path / "images"), "test")
@@ -101,13 +100,13 @@ def test_eval_image_folder_matches_torch(linear, test_set, tmp_path, capsys, mon
     assert record["data"]["images"] == 40
 
 
-def test_eval_tflite_agrees_with_torch(linear, test_set, tmp_path, capsys, monkeypatch):
+def test_eval_tflite_agrees_with_torch(linear, test_set, tmp_path, run_cli):
     from pscompress.workstation.checkpoint import LoadedModel
     from pscompress.exporters.tflite import export_tflite
 
     export_tflite(LoadedModel(linear), tmp_path / "linear.tflite", input_shape=(1, 28, 28))
-    code, stdout, _ = run_cli(["eval", tmp_path / "linear.tflite", "--data", "fashion-mnist", "--limit", LIMIT,
-                               "--json", "-"], capsys, monkeypatch)
+    code, stdout, _ = run_cli("eval", tmp_path / "linear.tflite", "--data", "fashion-mnist", "--limit", LIMIT,
+                               "--json", "-")
     assert code == 0
     record = EvalResult.from_json(json.loads(stdout))
     assert record.model["format"] == "tflite"
@@ -120,10 +119,9 @@ def test_eval_tflite_agrees_with_torch(linear, test_set, tmp_path, capsys, monke
     (dict(x=np.zeros((8, 28, 28), np.uint8), y=np.arange(8) % 5, classes=np.array(list("abcde"))), "5 classes"),
     (dict(x=np.zeros((8, 32, 32), np.uint8), y=np.arange(8), classes=np.arange(10).astype(str)), "cannot run on images of shape [1, 32, 32]"),
 ])
-def test_data_that_does_not_fit_the_model_is_a_usage_error(model_pt, tmp_path, arrays, message, capsys, monkeypatch):
+def test_data_that_does_not_fit_the_model_is_a_usage_error(model_pt, tmp_path, arrays, message, run_cli):
     np.savez(tmp_path / "bad.npz", **arrays)
-    code, stdout, stderr = run_cli(["eval", model_pt, "--trust-pickle", "--data", tmp_path / "bad.npz"],
-                                   capsys, monkeypatch)
+    code, stdout, stderr = run_cli("eval", model_pt, "--trust-pickle", "--data", tmp_path / "bad.npz")
     assert code == 2
     assert message in stderr and stderr.startswith("Error: ")
     assert "Traceback" not in stderr + stdout
@@ -133,19 +131,19 @@ def test_data_that_does_not_fit_the_model_is_a_usage_error(model_pt, tmp_path, a
     (["--native"], "applies to .onnx models only"),
     (["--data", "no-such-set"], "unknown data set"),
 ])
-def test_usage_errors(model_pt, args, message, capsys, monkeypatch):
+def test_usage_errors(model_pt, args, message, run_cli):
     argv = ["eval", model_pt, "--trust-pickle", *args]
     if "--data" not in args:
         argv += ["--data", "fashion-mnist"]
-    code, _, stderr = run_cli(argv, capsys, monkeypatch)
+    code, _, stderr = run_cli(*argv)
     assert code == 2 and message in stderr
 
 
-def test_unknown_model_format_and_pickle_refusal(model_pt, tmp_path, capsys, monkeypatch):
+def test_unknown_model_format_and_pickle_refusal(model_pt, tmp_path, run_cli):
     (tmp_path / "model.bin").write_bytes(b"\0" * 16)
-    code, _, stderr = run_cli(["eval", tmp_path / "model.bin", "--data", "fashion-mnist"], capsys, monkeypatch)
+    code, _, stderr = run_cli("eval", tmp_path / "model.bin", "--data", "fashion-mnist")
     assert code == 2 and "unknown model format" in stderr
-    code, _, stderr = run_cli(["eval", model_pt, "--data", "fashion-mnist"], capsys, monkeypatch)
+    code, _, stderr = run_cli("eval", model_pt, "--data", "fashion-mnist")
     assert code == 2 and "--trust-pickle" in stderr
 
 
@@ -155,7 +153,7 @@ def test_damaged_record_is_a_usage_error(tmp_path):
         load_result(tmp_path / "bad.json")
 
 
-def test_eval_onnx_with_and_without_the_native_kernel_agrees_with_torch(test_set, tmp_path, capsys, monkeypatch):
+def test_eval_onnx_with_and_without_the_native_kernel_agrees_with_torch(test_set, tmp_path, run_cli):
     from pscompress.workstation.checkpoint import LoadedModel
     from pscompress.exporters.onnx_export import export_onnx
 
@@ -164,8 +162,8 @@ def test_eval_onnx_with_and_without_the_native_kernel_agrees_with_torch(test_set
     expected = torch_predictions(module, test_set.x)
     assert np.mean(expected == test_set.y) > 0.7
     for flag, native in (("--native", True), ("--no-native", False)):
-        code, stdout, _ = run_cli(["eval", tmp_path / "psconv.onnx", flag, "--data", "fashion-mnist",
-                                   "--limit", LIMIT, "--json", "-"], capsys, monkeypatch)
+        code, stdout, _ = run_cli("eval", tmp_path / "psconv.onnx", flag, "--data", "fashion-mnist",
+                                   "--limit", LIMIT, "--json", "-")
         assert code == 0
         record = EvalResult.from_json(json.loads(stdout))
         assert record.model["format"] == "onnx" and record.model["native"] is native

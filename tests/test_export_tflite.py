@@ -14,6 +14,7 @@ from pscompress.board.data import FASHION_MNIST_CLASSES, load_dataset
 from pscompress.board.tflite_predictor import TFLitePredictor
 from pscompress.core.errors import UserError
 from pscompress.core.patterns import parse_pattern
+from pscompress.exporters.summary import ExportSummary
 from pscompress.exporters.tflite import build_tflite, export_tflite
 from pscompress.exporters.tflite_writer import schema
 from pscompress.workstation import archs
@@ -68,7 +69,7 @@ def model() -> LoadedModel:
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory) -> dict[bool, tuple[Path, dict]]:
+def exported(model, tmp_path_factory) -> dict[bool, tuple[Path, ExportSummary]]:
     """fp16 flag -> (path, size report)."""
     out = {}
     for fp16 in (False, True):
@@ -95,18 +96,18 @@ def test_psconv_filters_are_stored_sparse_and_densified(model, exported):
     path, report = exported[False]
     ops = operator_names(path)
     psconv = [m for m in model.module.modules() if isinstance(m, PSConv2d)]
-    assert ops.count("DENSIFY") == len(psconv) == report["sparse_layers"] == 18
+    assert ops.count("DENSIFY") == len(psconv) == report.psconv_layers == 18
     assert "BATCH_NORM" not in " ".join(ops) and ops.count("CONV_2D") == 21  # 19 3x3 + 2 projection shortcuts
     tflite_model = schema("Model").Model.GetRootAs(path.read_bytes(), 0)
     graph = tflite_model.Subgraphs(0)
     sparse = [graph.Tensors(i) for i in range(graph.TensorsLength()) if graph.Tensors(i).Sparsity() is not None]
     assert len(sparse) == len(psconv)
-    assert path.stat().st_size == report["bytes"] < 0.65 * report["dense_bytes"]
+    assert path.stat().st_size == report.bytes < 0.65 * report.dense_bytes
     # The dense baseline really is the same model with dense filters.
     dense_path = path.with_name("dense.tflite")
     dense_path.write_bytes(build_tflite(model, (1, 28, 28), sparse=False))
     assert "DENSIFY" not in operator_names(dense_path)
-    assert dense_path.stat().st_size == report["dense_bytes"]
+    assert dense_path.stat().st_size == report.dense_bytes
 
 
 def test_relu_is_fused_into_conv_and_add(exported):
@@ -121,7 +122,7 @@ def test_fp16_export_dequantizes_and_is_smaller(model, exported, images, xnnpack
     ops = operator_names(path16)
     assert ops.count("DEQUANTIZE") == 22  # 21 conv filters and the classifier
     assert ops.count("DENSIFY") == 18
-    assert report16["bytes"] < 0.7 * report32["bytes"] and report16["bytes"] < report16["dense_bytes"]
+    assert report16.bytes < 0.7 * report32.bytes and report16.bytes < report16.dense_bytes
     logits = TFLitePredictor(path16, xnnpack=xnnpack).predict(images)
     expected = torch_logits(model.module, images)
     assert relative_error(logits, expected) < 1e-2

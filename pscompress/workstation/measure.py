@@ -193,5 +193,3 @@ def _percent(value: float | None) -> str:
 def _blank(value: Any) -> str:
     return "" if value is None else str(value)
 
-
-from pscompress.workstation.model_io import model_input_shape, parse_input_shape  # noqa: E402,F401  TEMP

@@ -9,7 +9,8 @@ import click
 from pscompress.board.evaluate import evaluate_file, load_result
 from pscompress.board.gate import (Budgets, check as check_budgets, format_outcomes, junit_xml, markdown, passed,
                                    require_checkable)
-from pscompress.cli.commands.eval import SPEC_HELP, measurement_options, write_json
+from pscompress.cli.options import DATA_HELP, measurement_options
+from pscompress.cli.output import write_json
 from pscompress.core.errors import UserError
 from pscompress.core.files import write_text_atomic
 from pscompress.core.limits import parse_size
@@ -41,7 +42,7 @@ _RATIO = click.FloatRange(min=0, min_open=True)
 @click.option("--reference", type=click.Path(dir_okay=False), metavar="MODEL",
               help="Compare with another model (.pt, .onnx, .tflite) measured in this run on the same data, "
                    "e.g. the PyTorch model an export came from.")
-@click.option("--data", "spec", metavar="SPEC", help=f"Labelled data set: {SPEC_HELP}  [default: the baseline's]")
+@click.option("--data", "spec", metavar="SPEC", help=f"Labelled data set: {DATA_HELP}  [default: the baseline's]")
 @measurement_options
 @click.option("--min-accuracy", type=_PERCENT, metavar="PCT", help="Fail if top-1 accuracy is below PCT percent.")
 @click.option("--min-top5", type=_PERCENT, metavar="PCT", help="Fail if top-5 accuracy is below PCT percent.")

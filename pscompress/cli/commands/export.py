@@ -6,23 +6,26 @@ from pathlib import Path
 
 import click
 
-_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
+from pscompress.cli.options import arch_option, input_shape_option, trust_pickle_option
+
+from pscompress.exporters.formats import FORMATS, format_of, format_taking
+from pscompress.exporters.summary import ExportSummary
+
+_SUFFIXES = " or ".join(f.suffix for f in FORMATS.values())
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="File to write (.onnx or .tflite). Written atomically: never half a file.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]),
+              help=f"File to write ({_SUFFIXES}). Written atomically: never half a file.")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)),
               help="Output format.  [default: from the output's suffix]")
 @click.option("--fp16", is_flag=True, help="TFLite only: store weights as float16 (half the size).")
 @click.option("--dense", is_flag=True,
               help="ONNX only: write every convolution as a standard dense Conv (a baseline to compare with).")
-@click.option("--input-shape", metavar="C,H,W",
-              help="Input size of the model.  [default: the one its checkpoint records]")
-@click.option("--arch", metavar="NAME", help="Architecture of a bare state dict: resnet18, resnet20 or vgg16.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow a .pt file that holds pickled Python objects (can run code: trusted files only).")
+@input_shape_option("Input size of the model.  [default: the one its checkpoint records]")
+@arch_option()
+@trust_pickle_option()
 def export(model: Path, output: Path, fmt: str | None, fp16: bool, dense: bool, input_shape: str | None,
            arch: str | None, trust_pickle: bool) -> None:
     """Export MODEL (a pscompress checkpoint) for deployment and print a size summary.
@@ -32,55 +35,39 @@ def export(model: Path, output: Path, fmt: str | None, fp16: bool, dense: bool, 
     the kept weights. The file runs in plain onnxruntime (portable functions) and fast with
     the pscompress kernel library. See docs/export.md.
     """
-    from pscompress.workstation.checkpoint import load_model
     from pscompress.core.errors import UserError
-    from pscompress.workstation.measure import parse_input_shape
+    from pscompress.workstation.checkpoint import load_model
+    from pscompress.workstation.model_io import parse_input_shape
 
-    fmt = fmt or _SUFFIXES.get(output.suffix.lower())
-    if fmt is None:
-        raise UserError(f"cannot tell the format from {output.name!r}: use a .onnx or .tflite suffix, or --format")
-    if fp16 and fmt != "tflite":
-        raise UserError("--fp16 applies to TFLite export only")
-    if dense and fmt != "onnx":
-        raise UserError("--dense applies to ONNX export only")
+    chosen = FORMATS[fmt] if fmt else format_of(output)
+    if chosen is None:
+        raise UserError(f"cannot tell the format from {output.name!r}: use a {_SUFFIXES} suffix, or --format")
+    flags = {"fp16": fp16, "dense": dense}  # each format's own options (the table's), in the order they are checked
+    for name, given in flags.items():
+        if given and name not in chosen.options:
+            raise UserError(f"--{name} applies to {format_taking(name).label} export only")
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     shape = parse_input_shape(input_shape) if input_shape else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        if fmt == "onnx":
-            from pscompress.exporters.onnx_export import export_onnx
-
-            summary = export_onnx(loaded, output, dense=dense, input_shape=shape)
-        else:
-            summary = _export_tflite()(loaded, output, fp16=fp16, input_shape=shape)
+        exporter = chosen.load()
+        summary = exporter(loaded, output, input_shape=shape, **{name: flags[name] for name in chosen.options})
     for w in caught:
         if issubclass(w.category, UserWarning):
             click.echo(f"Warning: {w.message}", err=True)
-    click.echo(_size_line(summary, fmt))
+    click.echo(_size_line(summary, chosen.name))
 
 
-def _export_tflite():
-    from pscompress.core.errors import UserError
-
-    try:
-        from pscompress.exporters.tflite import export_tflite
-    except ImportError as exc:
-        raise UserError(f"TFLite export is not available in this install ({exc})") from exc
-    return export_tflite
-
-
-def _size_line(summary: dict, fmt: str) -> str:
-    size, dense = summary["bytes"], summary.get("dense_bytes")
-    line = f"wrote {summary['path']} ({fmt}): {_human(size)}"
+def _size_line(summary: ExportSummary, fmt: str) -> str:
+    size, dense = summary.bytes, summary.dense_bytes
+    line = f"wrote {summary.path} ({fmt}): {_human(size)}"
     if dense:
         line += f", {size / dense:.2f}x the dense export ({_human(dense)})"
-    layers = summary.get("psconv_layers", summary.get("sparse_layers"))
-    if layers is not None:
-        line += f"; {layers} pSConv layer(s)"
-    if summary.get("kept_conv_weights") is not None:
-        line += f", {summary['kept_conv_weights']:,} of {summary['conv_weights']:,} conv weights kept"
-    if summary.get("max_rel_diff") is not None:
-        line += f"; verified against PyTorch (max relative difference {summary['max_rel_diff']:.1e})"
+    line += f"; {summary.psconv_layers} pSConv layer(s)"
+    if summary.kept_conv_weights is not None:
+        line += f", {summary.kept_conv_weights:,} of {summary.conv_weights:,} conv weights kept"
+    if summary.max_rel_diff is not None:
+        line += f"; verified against PyTorch (max relative difference {summary.max_rel_diff:.1e})"
     return line
 
 

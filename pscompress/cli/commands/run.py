@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from pscompress.cli.options import native_option, threads_option
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
@@ -13,14 +15,12 @@ import click
                    "or a .npy array [N,C,H,W] / [C,H,W] / [H,W] (uint8 0..255 or float 0..1).")
 @click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(min=1),
               help="How many classes to print per image.")
-@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.  [default: all cores]")
-@click.option("--native/--no-native", default=None,
-              help="Require (--native) or never use (--no-native) the PSConv kernel library.  "
-                   "[default: use it when installed]")
+@threads_option()
+@native_option()
 def run(model: Path, input_path: Path, top_k: int, threads: int | None, native: bool | None) -> None:
     """Run MODEL (.onnx) on an input FILE and print the top classes of each image with their probabilities."""
-    from pscompress.core.errors import UserError
     from pscompress.board.onnx_predictor import OnnxPredictor, load_input
+    from pscompress.core.errors import UserError
 
     if model.suffix.lower() != ".onnx":
         raise UserError(f"{model.name}: run takes an exported .onnx model (see `pscompress export`)")
