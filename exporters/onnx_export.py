@@ -28,8 +28,7 @@ from pscompress.core.metadata import encode_onnx_metadata, export_metadata
 from pscompress.core.patterns import pattern_name
 from pscompress.exporters import psconv_onnx
 from pscompress.exporters.fuse import densify, fuse_psconv, packable
-# relative_difference stays importable from here: tests/test_parity.py and test_inference.py take their oracle from it.
-from pscompress.exporters.pipeline import Prepared, prepare, relative_difference, verify  # noqa: F401
+from pscompress.exporters.pipeline import Prepared, prepare, verify
 from pscompress.exporters.summary import ExportSummary
 from pscompress.runtime import create_session
 from pscompress.workstation.checkpoint import LoadedModel

@@ -48,3 +48,19 @@ def run_cli(capsys, monkeypatch) -> Callable[..., CliResult]:
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory) -> Callable[..., tuple]:
+    """``exported(arch, pattern, dense)``: (path, summary, model) of a test model's ONNX export, made once per session."""
+    from export_models import export_model
+
+    made: dict[tuple, tuple] = {}
+
+    def get(arch: str = "resnet20", pattern: str | None = "4of9", dense: bool = False) -> tuple:
+        key = (arch, pattern, dense)
+        if key not in made:
+            made[key] = export_model(tmp_path_factory.mktemp("export"), arch, pattern, dense)
+        return made[key]
+
+    return get

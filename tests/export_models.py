@@ -1,13 +1,9 @@
 """Models and exports shared by the ONNX export, parity, inference and CLI tests.
 
-Exports take seconds, so each (arch, pattern) is exported once per test session.
+Exports take seconds: conftest's ``exported`` fixture makes each one once per test session.
 """
 from __future__ import annotations
 
-import atexit
-import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -45,15 +41,13 @@ def psconv_model(arch: str = "resnet20", in_channels: int = 1, hw: int = 28, pat
     return LoadedModel(module.eval(), arch, {"in_channels": in_channels, "num_classes": 10}, meta)
 
 
-@functools.lru_cache(maxsize=None)
-def exported(arch: str = "resnet20", pattern: str | None = "4of9", dense: bool = False) -> tuple[Path, ExportSummary, LoadedModel]:
-    """(path, export summary, source model) of an exported ``psconv_model``; cached per session."""
+def export_model(directory: Path, arch: str = "resnet20", pattern: str | None = "4of9",
+                 dense: bool = False) -> tuple[Path, ExportSummary, LoadedModel]:
+    """(path, export summary, source model) of ``psconv_model`` exported into ``directory``."""
     from pscompress.exporters.onnx_export import export_onnx
 
     loaded = psconv_model(arch, in_channels=1 if arch == "resnet20" else 3, hw=28 if arch == "resnet20" else 32,
                           pattern=pattern, align=arch == "resnet20")  # aligning 11M random weights buys nothing
-    directory = Path(tempfile.mkdtemp(prefix="pscompress-export-"))
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)  # ResNet-18 exports are tens of MB
     path = directory / f"{arch}-{pattern}-{'dense' if dense else 'packed'}.onnx"
     summary = export_onnx(loaded, path, dense=dense)
     return path, summary, loaded

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export_models import exported, psconv_model
+from export_models import psconv_model
 from pscompress.workstation.checkpoint import save_checkpoint
 
 
@@ -53,7 +53,7 @@ def test_export_missing_model_exits_2(run_cli, tmp_path):
     assert code == 2 and "no such file" in err
 
 
-def test_run_and_info_user_errors_exit_2(run_cli, tmp_path):
+def test_run_and_info_user_errors_exit_2(exported, run_cli, tmp_path):
     path, _, _ = exported("resnet20")
     np.save(tmp_path / "rgb.npy", np.zeros((1, 3, 32, 32), np.float32))
     code, _, err = run_cli("run", path, "--input", tmp_path / "rgb.npy")
@@ -62,7 +62,7 @@ def test_run_and_info_user_errors_exit_2(run_cli, tmp_path):
     assert code == 2 and "describes .onnx models" in err
 
 
-def test_console_script_runs_info_without_torch():
+def test_console_script_runs_info_without_torch(exported):
     path, _, _ = exported("resnet20")
     code = ("import sys; from pscompress.cli import main; sys.argv = ['pscompress', 'info', sys.argv[1]]; "
             "main()")

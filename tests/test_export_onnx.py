@@ -14,7 +14,7 @@ import torch
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 
-from export_models import exported, psconv_model
+from export_models import psconv_model
 from pscompress.board.onnx_predictor import Predictor
 from pscompress.core.errors import UserError
 from pscompress.core.patterns import PatternSet, parse_pattern
@@ -40,7 +40,7 @@ def kept_positions(node: onnx.NodeProto) -> int:
     return int(pattern.mask(a["out_channels"], a["in_channels"] // a["group"], a["shift"]).sum())
 
 
-def test_resnet_graph_folds_and_fuses():
+def test_resnet_graph_folds_and_fuses(exported):
     path, summary, _ = exported("resnet20")
     model = onnx.load(path)
     ops = [n.op_type for n in model.graph.node]
@@ -57,7 +57,7 @@ def test_resnet_graph_folds_and_fuses():
             assert attrs["clip_min"] == 0.0 and math.isinf(attrs["clip_max"])
 
 
-def test_initializers_hold_only_the_kept_weights():
+def test_initializers_hold_only_the_kept_weights(exported):
     path, summary, loaded = exported("resnet20")
     model = onnx.load(path)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -71,7 +71,7 @@ def test_initializers_hold_only_the_kept_weights():
                    for i in model.graph.initializer for m in layers)
 
 
-def test_ir_version_opsets_functions_and_metadata():
+def test_ir_version_opsets_functions_and_metadata(exported):
     path, _, _ = exported("resnet20")
     model = onnx.load(path)
     onnx.checker.check_model(model)
@@ -88,7 +88,7 @@ def test_ir_version_opsets_functions_and_metadata():
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_portable_onnxruntime_and_reference_match_pytorch(batch):
+def test_portable_onnxruntime_and_reference_match_pytorch(exported, batch):
     path, _, loaded = exported("resnet20")
     x = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
     expected = torch_forward(loaded.module, x)
@@ -99,7 +99,7 @@ def test_portable_onnxruntime_and_reference_match_pytorch(batch):
         assert relative_difference(ref, expected) <= 1e-4
 
 
-def test_portable_path_on_fashion_mnist_images():
+def test_portable_path_on_fashion_mnist_images(exported):
     from pscompress.board.data import load_dataset
 
     path, _, loaded = exported("resnet20")
@@ -172,7 +172,7 @@ def test_single_layer_variants(tmp_path, name):
     assert summary.psconv_layers == 1
 
 
-def test_packed_file_is_at_most_half_the_dense_one_for_resnet18():
+def test_packed_file_is_at_most_half_the_dense_one_for_resnet18(exported):
     packed, s_packed, _ = exported("resnet18")
     dense, s_dense, _ = exported("resnet18", dense=True)
     ratio = packed.stat().st_size / dense.stat().st_size

@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from export_models import FASHION_CLASSES, exported
+from export_models import FASHION_CLASSES
 from pscompress.board.onnx_predictor import OnnxPredictor, load_input
 from pscompress.board.onnx_reader import read_onnx
 from pscompress.core.errors import UserError
-from pscompress.exporters.onnx_export import relative_difference
+from pscompress.exporters.pipeline import relative_difference
 
 
-def test_predictor_matches_pytorch_on_both_paths():
+def test_predictor_matches_pytorch_on_both_paths(exported):
     path, _, loaded = exported("resnet20")
     x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
     with torch.no_grad():
@@ -28,7 +28,7 @@ def test_predictor_matches_pytorch_on_both_paths():
     assert p.meta["pattern"] == "4of9" and p.meta["accuracy"] == 0.5
 
 
-def test_predictor_reports_the_path_the_loader_chose(monkeypatch):
+def test_predictor_reports_the_path_the_loader_chose(exported, monkeypatch):
     # The loader skips the library on onnxruntime < 1.21; the predictor must not claim it ran.
     import onnxruntime
 
@@ -38,7 +38,7 @@ def test_predictor_reports_the_path_the_loader_chose(monkeypatch):
     assert OnnxPredictor(path, threads=1).native is False
 
 
-def test_topk_is_softmax_ordered():
+def test_topk_is_softmax_ordered(exported):
     path, _, _ = exported("resnet20")
     p = OnnxPredictor(path, native=False)
     x = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
@@ -51,7 +51,7 @@ def test_topk_is_softmax_ordered():
     assert np.all(np.diff(top.values, axis=1) <= 0)
 
 
-def test_wrong_input_shape_is_a_user_error():
+def test_wrong_input_shape_is_a_user_error(exported):
     path, _, _ = exported("resnet20")
     with pytest.raises(UserError, match=r"\[N, 1, 28, 28\]"):
         OnnxPredictor(path, native=False).predict(np.zeros((1, 3, 28, 28), np.float32))
@@ -82,7 +82,7 @@ def test_npy_input_forms_and_errors(tmp_path):
         load_input(tmp_path / "junk.png", (1, 28, 28))
 
 
-def test_reader_agrees_with_the_onnx_package():
+def test_reader_agrees_with_the_onnx_package(exported):
     path, _, _ = exported("resnet20")
     ours, theirs = read_onnx(path), onnx.load(path)
     assert ours.ir_version == theirs.ir_version

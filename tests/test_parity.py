@@ -13,10 +13,10 @@ import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from export_models import exported
 from pscompress import runtime
 from pscompress.board.onnx_predictor import Predictor
-from pscompress.exporters.onnx_export import export_onnx, relative_difference
+from pscompress.exporters.onnx_export import export_onnx
+from pscompress.exporters.pipeline import relative_difference
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -37,7 +37,7 @@ def profiled_ops(path, native: bool, x: np.ndarray) -> Counter:
     return Counter(e["args"]["op_name"] for e in events if e.get("cat") == "Node")
 
 
-def test_native_kernel_runs_the_psconv_nodes():
+def test_native_kernel_runs_the_psconv_nodes(exported):
     path, _, _ = exported("resnet20")
     x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     native = profiled_ops(path, True, x)
@@ -48,7 +48,7 @@ def test_native_kernel_runs_the_psconv_nodes():
     assert not {"Range", "CumSum", "Gather", "Where", "BitShift"} & set(portable), portable
 
 
-def test_four_way_parity_on_random_input():
+def test_four_way_parity_on_random_input(exported):
     path, _, loaded = exported("resnet20")
     x = np.random.default_rng(1).random((2, 1, 28, 28), dtype=np.float32)
     expected = torch_logits(loaded.module, x)
@@ -63,7 +63,7 @@ def test_four_way_parity_on_random_input():
         assert relative_difference(got, expected) <= 1e-4, name
 
 
-def test_native_and_portable_match_pytorch_on_fashion_mnist():
+def test_native_and_portable_match_pytorch_on_fashion_mnist(exported):
     from pscompress.board.data import load_dataset
 
     path, _, loaded = exported("resnet20")

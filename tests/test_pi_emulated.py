@@ -98,9 +98,9 @@ def pi_site(pi_wheel, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def workloads(tmp_path_factory):
+def workloads(exported, tmp_path_factory):
     """The emulated boards' job cases and the x86-64 outputs each is compared with."""
-    from export_models import exported
+    
 
     folder = tmp_path_factory.mktemp("pi-workloads")
     cases, expected = [], {}
