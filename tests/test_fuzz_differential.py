@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+
+from native_cases import machine_paths
+from pscompress import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runtime" / "tests"))
 
 import fuzz_cases as fc  # noqa: E402
 import fuzz_differential as fd  # noqa: E402
-from pscompress import runtime  # noqa: E402
+import psconv_models  # noqa: E402
 
 FUZZER = ROOT / "runtime" / "tests" / "fuzz_differential.py"
 
@@ -101,25 +103,8 @@ def test_cases_cover_the_contract(cases):
 
 def dense_conv_model(case: fc.Case) -> bytes:
     """The case as onnxruntime's standard Conv (+ Add) + Clip on the oracle's dense weights."""
-    a = case.attrs
     wd = fc.dense_weights(case, case.inputs["W"]).astype(np.float32)
-    inits = [numpy_helper.from_array(wd, "Wd"), numpy_helper.from_array(np.float32(a["clip_min"]), "lo"),
-             numpy_helper.from_array(np.float32(a["clip_max"]), "hi")]
-    conv_inputs = ["X", "Wd"]
-    if case.bias:
-        inits.append(numpy_helper.from_array(case.inputs["B"], "B"))
-        conv_inputs.append("B")
-    nodes = [helper.make_node("Conv", conv_inputs, ["T"], kernel_shape=a["kernel_shape"], strides=a["strides"],
-                              pads=a["pads"], group=a["group"])]
-    last, graph_inputs = "T", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)]
-    if case.residual:
-        nodes.append(helper.make_node("Add", ["T", "Z"], ["S"]))
-        graph_inputs.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, None))
-        last = "S"
-    nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["Y"]))
-    graph = helper.make_graph(nodes, "dense", graph_inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10).SerializeToString()
+    return psconv_models.dense_conv_model(case.attrs, wd, case.inputs.get("B"), case.residual).SerializeToString()
 
 
 def test_oracle_agrees_with_onnxruntime_conv_on_the_dense_weights(cases):
@@ -184,6 +169,7 @@ def run_fuzzer(*args: str, timeout: int = 300) -> tuple[dict, str]:
     return json.loads(done.stdout.strip().splitlines()[-1]), output
 
 
+@pytest.mark.slow  # a fuzz campaign in a subprocess
 def test_portable_functions_and_reference_match_the_oracle():
     """The portable functions in onnxruntime and onnx.reference: valid cases agree with the
     oracle (defaults of left-out attributes included), violations of the input shapes are
@@ -198,9 +184,10 @@ def test_reproducer_reruns_one_case():
     assert summary["cases"] == 1 and fc.generate(1, 7).describe() in output
 
 
+@pytest.mark.slow  # a fuzz campaign in a subprocess
 @pytest.mark.skipif(not runtime.native_available(), reason="native library not built")
 def test_native_paths_match_the_oracle_without_sanitizers():
     """A short run on the installed library, every CPU path (the long one is under ASan)."""
     summary, output = run_fuzzer(str(runtime.library_path()), "--cases", "480", "--invalid", "100", "--seed", "2")
-    assert "scalar" in summary["paths"] and len(summary["paths"]) >= 2 or runtime.cpu_path() == "scalar"
+    assert set(summary["paths"]) == set(machine_paths()), summary["paths"]
     assert summary["mismatches"] == 0, f"{summary['by_kind']}\n{output[-6000:]}"

@@ -21,13 +21,12 @@ from PIL import Image
 
 import pi_emulator
 import pi_models
-from test_runtime_asan import asan_build  # noqa: F401 (a fixture: the build holds psconv_tester)
 
 sys.path.insert(0, str(pi_emulator.ROOT / "runtime" / "tests"))
 import fuzz_cases  # noqa: E402
-import fuzz_differential  # noqa: E402
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["asan_build"]  # the asan_build fixture: the build holds psconv_tester
 
 RTOL = 1e-4
 # The differential fuzzer's generator (runtime/tests/fuzz_cases.py) on the boards: small valid
@@ -132,13 +131,12 @@ def workloads(exported, tmp_path_factory):
 
     # Differential fuzz cases, NEON against the portable functions and the oracle.
     expected["neon_fuzz"] = []
-    functions, opsets = fuzz_differential.portable_functions()
     fuzz = neon_fuzz_cases()
     for start in range(0, len(fuzz), NEON_FUZZ_BATCH):
         batch, name = fuzz[start:start + NEON_FUZZ_BATCH], f"neon_fuzz{start // NEON_FUZZ_BATCH}"
         parts = [fuzz_cases.case_parts(c) for c in batch]
         path = str(folder / f"{name}.onnx")
-        onnx.save(fuzz_cases.build_model(parts, functions, opsets), path)  # unknown shapes, as the fuzzer's
+        onnx.save(fuzz_cases.build_model(parts, portable=True), path)  # unknown shapes, as the fuzzer's
         batch_folder = folder / name
         batch_folder.mkdir()
         paths = _save_feeds(batch_folder, {k: v for part in parts for k, v in part[3].items()})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -14,94 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper
+from onnx import helper
 
+from native_cases import SQUARES, TWO_OF_NINE, Case, case_model, dense_model, dense_weight, expected_cpu_path, packed
 from pscompress import runtime
 
 pytestmark = pytest.mark.skipif(not runtime.native_available(), reason="native library not built")
-
-SQUARES = [0b000011011, 0b000110110, 0b011011000, 0b110110000]  # the 4of9 squares
-TWO_OF_NINE = [0b000010010, 0b000011000, 0b000110000, 0b010010000, 0b000010100]
-
-
-@dataclass
-class Case:
-    n: int
-    c: int
-    m: int
-    h: int
-    w: int
-    group: int = 1
-    kernel: tuple[int, int] = (3, 3)
-    strides: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (1, 1, 1, 1)
-    patterns: tuple[int, ...] = tuple(SQUARES)
-    shift: int = 0
-    clip: tuple[float, float] = (-np.inf, np.inf)
-    bias: bool = True
-    residual: bool = False
-    constant_w: bool = True
-
-
-def dense_weight(case: Case, rng: np.random.Generator) -> np.ndarray:
-    """Wd per the contract: kernel (o, i) keeps patterns[(o + i + shift) % P]."""
-    cg, k2 = case.c // case.group, case.kernel[0] * case.kernel[1]
-    o, i = np.meshgrid(np.arange(case.m), np.arange(cg), indexing="ij")
-    masks = np.array(case.patterns, dtype=np.int64)[(o + i + case.shift) % len(case.patterns)]
-    keep = (masks[..., None] >> np.arange(k2)) & 1
-    # Magnitudes bounded away from 0, so the kept weights are exactly the non-zeros.
-    w = rng.uniform(0.1, 1.0, (case.m, cg, k2)) * rng.choice([-1.0, 1.0], (case.m, cg, k2)) * keep
-    return w.astype(np.float32).reshape(case.m, cg, *case.kernel)
-
-
-def psconv_model(case: Case, w_packed: np.ndarray, b: np.ndarray) -> bytes:
-    op = "PSConvAdd" if case.residual else "PSConv"
-    inputs = ["X", "W", "B" if case.bias else ""] + (["Z"] if case.residual else [])
-    node = helper.make_node(
-        op, [x for x in inputs if x or case.residual], ["Y"], domain="ai.pscompress",
-        kernel_shape=list(case.kernel), strides=list(case.strides), pads=list(case.pads),
-        dilations=[1, 1], group=case.group, in_channels=case.c, out_channels=case.m,
-        patterns=list(case.patterns), shift=case.shift,
-        clip_min=float(case.clip[0]), clip_max=float(case.clip[1]),
-    )
-    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)]
-    initializers = []
-    if case.constant_w:
-        initializers.append(onnx.numpy_helper.from_array(w_packed, "W"))
-    else:
-        graph_inputs.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, None))
-    if case.bias:
-        initializers.append(onnx.numpy_helper.from_array(b, "B"))
-    if case.residual:
-        graph_inputs.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, None))
-    graph = helper.make_graph([node], "psconv", graph_inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("ai.pscompress", 1)])
-    model.ir_version = 10
-    return model.SerializeToString()
-
-
-def ort_conv_model(case: Case, w_dense: np.ndarray, b: np.ndarray) -> bytes:
-    """The same layer with onnxruntime's standard Conv (+ Add) + Clip."""
-    nodes = [helper.make_node("Conv", ["X", "Wd", "B"], ["T"], kernel_shape=list(case.kernel),
-                              strides=list(case.strides), pads=list(case.pads), group=case.group)]
-    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)]
-    last = "T"
-    if case.residual:
-        nodes.append(helper.make_node("Add", ["T", "Z"], ["S"]))
-        inputs.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, None))
-        last = "S"
-    lo, hi = (np.array(v, dtype=np.float32) for v in case.clip)
-    nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["Y"]))
-    inits = [onnx.numpy_helper.from_array(w_dense, "Wd"),
-             onnx.numpy_helper.from_array(b if case.bias else np.zeros(case.m, np.float32), "B"),
-             onnx.numpy_helper.from_array(lo, "lo"), onnx.numpy_helper.from_array(hi, "hi")]
-    graph = helper.make_graph(nodes, "dense", inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    return model.SerializeToString()
 
 
 def random_cases(count: int, seed: int) -> list[Case]:
@@ -150,8 +68,7 @@ FIXED = [
 def run_case(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     w_dense = dense_weight(case, rng)
-    cg, k2 = case.c // case.group, case.kernel[0] * case.kernel[1]
-    w_packed = np.ascontiguousarray(w_dense.reshape(case.m, cg, k2)[w_dense.reshape(case.m, cg, k2) != 0])
+    w_packed = packed(w_dense)
     b = rng.standard_normal(case.m).astype(np.float32)
     x = rng.random((case.n, case.c, case.h, case.w), dtype=np.float32)
     feeds = {"X": x}
@@ -165,10 +82,11 @@ def run_case(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
         feeds["Z"] = z
         t = t + torch.from_numpy(z)
     expected_torch = t.clamp(float(case.clip[0]), float(case.clip[1])).numpy()
-    expected_ort = ort.InferenceSession(ort_conv_model(case, w_dense, b),
+    bias = b if case.bias else None
+    expected_ort = ort.InferenceSession(dense_model(case, w_dense, bias),
                                         providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     native_feeds = dict(feeds) if case.constant_w else {**feeds, "W": w_packed}
-    session = runtime.create_session(psconv_model(case, w_packed, b), threads=2, native=True)
+    session = runtime.create_session(case_model(case, w_packed, bias, portable=False), threads=2, native=True)
     got = session.run(None, native_feeds)[0]
     return got, expected_torch, expected_ort
 
@@ -191,18 +109,17 @@ def test_matches_torch_and_ort_conv(case: Case) -> None:
 def test_native_kernel_is_the_one_that_runs(tmp_path) -> None:
     case = FIXED[0]
     rng = np.random.default_rng(0)
-    w_dense = dense_weight(case, rng)
-    w_packed = w_dense[w_dense != 0]
+    w_packed = packed(dense_weight(case, rng))
     options = runtime.session_options(threads=1, native=True)
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / "profile")
-    session = ort.InferenceSession(psconv_model(case, w_packed, np.zeros(case.m, np.float32)), options,
+    session = ort.InferenceSession(case_model(case, w_packed, np.zeros(case.m, np.float32), portable=False), options,
                                    providers=["CPUExecutionProvider"])
     session.run(None, {"X": rng.random((1, case.c, case.h, case.w), dtype=np.float32)})
     events = json.loads(open(session.end_profiling()).read())
     ops = {e["args"].get("op_name") for e in events if e.get("cat") == "Node"}
     assert "PSConv" in ops
-    assert runtime.cpu_path() in {"avx2-fma", "neon", "scalar"}
+    assert runtime.cpu_path() == expected_cpu_path()
 
 
 def test_portable_scalar_path_matches_oracles() -> None:
@@ -221,24 +138,27 @@ def test_portable_scalar_path_matches_oracles() -> None:
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("attrs, message", [
-    ({"patterns": [0]}, "patterns"),
-    ({"patterns": [512]}, "patterns"),
-    ({"shift": 4}, "shift"),
-    ({"strides": [0, 1]}, "strides"),
-    ({"pads": [1, 1, 1]}, "pads"),
-    ({"dilations": [2, 2]}, "dilations"),
-    ({"group": 3}, "group"),
-    ({"kernel_shape": [8, 8]}, "kernel_shape"),
-    ({"clip_min": 1.0, "clip_max": 0.0}, "clip_min"),
-    ({"in_channels": 5}, "X"),
-    ({"out_channels": 9}, "W"),
+# The kernel's own message for each (runtime/src/psconv.cc), after the operator's name.
+@pytest.mark.parametrize("attrs, constant_w, message", [
+    ({"patterns": [0]}, True, "patterns: bitmask 0 outside [1, 2^(KH*KW))"),
+    ({"patterns": [512]}, True, "patterns: bitmask 512 outside [1, 2^(KH*KW))"),
+    ({"shift": 4}, True, "shift: must be in [0, P)"),
+    ({"strides": [0, 1]}, True, "strides: value 0 outside [1, 64]"),
+    ({"pads": [1, 1, 1]}, True, "pads: expected 4 values, got 3"),
+    ({"dilations": [2, 2]}, True, "dilations (the native kernel supports 1 only): value 2 outside [1, 1]"),
+    ({"group": 3}, True, "group: must be >= 1 and divide in_channels and out_channels"),
+    ({"kernel_shape": [8, 8]}, True, "kernel_shape: KH * KW = 64 exceeds 63"),
+    ({"clip_min": 1.0, "clip_max": 0.0}, True, "clip_min/clip_max: need clip_min <= clip_max"),
+    # A constant W is checked against the channels when the model loads; an input W at run
+    # time, after X, which then fails first.
+    ({"in_channels": 5}, True, "W: length 128 does not match the patterns and channels (expected 160)"),
+    ({"in_channels": 5}, False, "X: channel dimension does not equal in_channels"),
+    ({"out_channels": 9}, True, "W: length 128 does not match the patterns and channels (expected 144)"),
 ])
-def test_malformed_models_get_clear_errors(attrs: dict, message: str) -> None:
-    case = Case(n=1, c=4, m=8, h=5, w=5)
-    w_dense = dense_weight(case, np.random.default_rng(0))
-    w_packed = w_dense[w_dense != 0]
-    model = onnx.load_from_string(psconv_model(case, w_packed, np.zeros(8, np.float32)))
+def test_malformed_models_get_clear_errors(attrs: dict, constant_w: bool, message: str) -> None:
+    case = Case(n=1, c=4, m=8, h=5, w=5, constant_w=constant_w)
+    w_packed = packed(dense_weight(case, np.random.default_rng(0)))
+    model = onnx.load_from_string(case_model(case, w_packed, np.zeros(8, np.float32), portable=False))
     node = model.graph.node[0]
     for name, value in attrs.items():
         for attr in node.attribute:
@@ -246,7 +166,8 @@ def test_malformed_models_get_clear_errors(attrs: dict, message: str) -> None:
                 node.attribute.remove(attr)
                 break
         node.attribute.append(helper.make_attribute(name, value))
-    with pytest.raises(Exception, match=message):
+    feeds = {"X": np.zeros((1, 4, 5, 5), np.float32)} | ({} if constant_w else {"W": w_packed})
+    with pytest.raises(runtime.onnxruntime_errors(), match=re.escape(f"PSConv: {message}")):
         session = ort.InferenceSession(model.SerializeToString(), runtime.session_options(native=True),
                                        providers=["CPUExecutionProvider"])
-        session.run(None, {"X": np.zeros((1, 4, 5, 5), np.float32)})
+        session.run(None, feeds)

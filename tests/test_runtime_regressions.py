@@ -2,12 +2,12 @@
 the tile layouts, NaN and Inf inputs, memory amplification by pads, strides and patterns, an
 empty B, and the forced microkernel path.
 
-Each builds one-node models with onnx.helper and compares the native session against the same
-model without the library (its portable ONNX function), onnxruntime's Conv and torch's conv2d
-on the dense masked weights. Runs that may crash or take much memory when the kernel is wrong
-go to a child process (runtime.create_session with native=True, nothing else imported), so
-that a segfault, a sanitizer report or an allocation of gigabytes fails the test instead of
-the test run or the machine.
+Each builds one-node models (runtime/tests/psconv_models.py) and compares the native session
+against the same model without the library (its portable ONNX function), onnxruntime's Conv
+and torch's conv2d on the dense masked weights. Runs that may crash or take much memory when
+the kernel is wrong go to a child process (runtime.create_session with native=True, nothing
+else imported), so that a segfault, a sanitizer report or an allocation of gigabytes fails the
+test instead of the test run or the machine.
 """
 from __future__ import annotations
 
@@ -19,23 +19,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper, numpy_helper
 
-from pscompress import runtime
-from pscompress.exporters.psconv_onnx import fallback_functions, opset_imports
-from test_runtime_asan import asan_build, assert_clean, sanitizer_env  # noqa: F401 (a fixture)
-from test_runtime_correctness import SQUARES, TWO_OF_NINE, Case, dense_weight, ort_conv_model
+from native_cases import (SQUARES, TWO_OF_NINE, Case, assert_clean, case_model, dense_model, dense_weight, packed,
+                          sanitizer_env)
+from pscompress import UserError, runtime
 
+pytest_plugins = ["asan_build"]  # the asan_build fixture, one build per session
 pytestmark = pytest.mark.skipif(not runtime.native_available(), reason="native library not built")
 
 ROOT = Path(__file__).resolve().parents[1]
-ATTRIBUTES = ("kernel_shape", "strides", "pads", "dilations", "group", "in_channels", "out_channels",
-              "patterns", "shift", "clip_min", "clip_max")
 
 # Runs one model natively (feeds from an .npz) and prints the outcome and the growth of peak RSS
 # (VmHWM: ru_maxrss would start at the forking parent's peak).
@@ -60,28 +56,8 @@ print(json.dumps({"error": error, "rss_growth_mb": growth / 1024, "cpu_path": ru
 
 
 def psconv_model(case: Case, w_packed: np.ndarray, b: np.ndarray | None, omit: tuple[str, ...] = ()) -> bytes:
-    """One PSConv (PSConvAdd) node with the model-local portable functions; W and B (None: absent)
-    are initializers; `omit` leaves attributes out, to take their documented defaults."""
-    attrs = dict(kernel_shape=list(case.kernel), strides=list(case.strides), pads=list(case.pads),
-                 dilations=[1, 1], group=case.group, in_channels=case.c, out_channels=case.m,
-                 patterns=list(case.patterns), shift=case.shift,
-                 clip_min=float(case.clip[0]), clip_max=float(case.clip[1]))
-    inputs = ["X", "W", "" if b is None else "B"] + (["Z"] if case.residual else [])
-    node = helper.make_node("PSConvAdd" if case.residual else "PSConv", inputs if case.residual else
-                            [name for name in inputs if name], ["Y"], domain="ai.pscompress",
-                            **{k: v for k, v in attrs.items() if k not in omit})
-    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)]
-    if case.residual:
-        graph_inputs.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, None))
-    initializers = [numpy_helper.from_array(w_packed, "W")]
-    if b is not None:
-        initializers.append(numpy_helper.from_array(b, "B"))
-    graph = helper.make_graph([node], "psconv", graph_inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializers)
-    model = helper.make_model(graph, functions=fallback_functions(),
-                              opset_imports=[helper.make_opsetid(d, v) for d, v in opset_imports().items()])
-    model.ir_version = 10
-    return model.SerializeToString()
+    """The case's model with the portable functions, so that the same bytes run on both paths."""
+    return case_model(case, w_packed, b, portable=True, omit=omit)
 
 
 def layer(case: Case, seed: int = 0, non_finite: bool = False):
@@ -89,9 +65,7 @@ def layer(case: Case, seed: int = 0, non_finite: bool = False):
     with NaN, +Inf and -Inf, many of them at masked taps."""
     rng = np.random.default_rng(seed)
     w_dense = dense_weight(case, rng)
-    cg, k2 = case.c // case.group, case.kernel[0] * case.kernel[1]
-    flat = w_dense.reshape(case.m, cg, k2)
-    w_packed = np.ascontiguousarray(flat[flat != 0])
+    w_packed = packed(w_dense)
     b = rng.standard_normal(case.m).astype(np.float32) if case.bias else None
     x = rng.random((case.n, case.c, case.h, case.w), dtype=np.float32)
     if non_finite:
@@ -144,8 +118,7 @@ def unpadded_conv(case: Case, w_dense: np.ndarray, b: np.ndarray | None, feeds: 
 def oracles(case: Case, w_dense: np.ndarray, w_packed: np.ndarray, b: np.ndarray | None, feeds: dict) -> dict:
     """The portable function, onnxruntime's Conv, torch's conv2d and unpadded_conv on the same layer."""
     portable = runtime.create_session(psconv_model(case, w_packed, b), native=False).run(None, feeds)[0]
-    conv = ort.InferenceSession(ort_conv_model(case, w_dense, np.zeros(case.m, np.float32) if b is None else b),
-                                providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    conv = ort.InferenceSession(dense_model(case, w_dense, b), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     return {"portable": portable, "ort Conv": conv, "torch": torch_conv(case, w_dense, b, feeds),
             "unpadded": unpadded_conv(case, w_dense, b, feeds)}
 
@@ -208,6 +181,7 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.slow  # builds the sanitizer tree
 def test_operator_tester_under_asan(asan_build: Path) -> None:
     """PSConv::run without onnxruntime on every path, all layouts and tails, vs a dense reference."""
     done = subprocess.run([str(asan_build / "psconv_tester")], capture_output=True, text=True,
@@ -216,6 +190,7 @@ def test_operator_tester_under_asan(asan_build: Path) -> None:
     assert "outputs: ok" in done.stdout and "memory bounds: ok" in done.stdout, done.stdout
 
 
+@pytest.mark.slow  # builds the sanitizer tree
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_layouts_read_inside_planes_under_asan(name: str, asan_build: Path, tmp_path: Path) -> None:
     case = LAYOUTS[name]
@@ -317,13 +292,13 @@ def test_scratch_over_the_bound_is_rejected_naming_pads_and_strides(tmp_path: Pa
 # 4. One contract on both paths.
 
 def run_both(model: bytes, feeds: dict) -> dict[str, object]:
-    """Each path's output, or the exception it raised."""
+    """Each path's output, or the error it raised (create_session's UserError at load, else onnxruntime's)."""
     outcomes: dict[str, object] = {}
-    for native in (True, False):
+    for path, native in (("native", True), ("portable", False)):
         try:
-            outcomes["native" if native else "portable"] = runtime.create_session(model, native=native).run(None, feeds)[0]
-        except Exception as exc:  # noqa: BLE001 - the outcome under test
-            outcomes["native" if native else "portable"] = exc
+            outcomes[path] = runtime.create_session(model, native=native).run(None, feeds)[0]
+        except (UserError, *runtime.onnxruntime_errors()) as exc:  # the outcome under test
+            outcomes[path] = exc
     return outcomes
 
 
@@ -331,8 +306,8 @@ def test_empty_bias_is_rejected_on_both_paths() -> None:
     case = Case(n=1, c=4, m=8, h=5, w=5)
     _, w_packed, _, feeds = layer(case)
     outcomes = run_both(psconv_model(case, w_packed, np.zeros(0, np.float32)), feeds)
-    assert isinstance(outcomes["portable"], Exception)
-    assert isinstance(outcomes["native"], Exception) and "B: expected shape [out_channels]" in str(outcomes["native"])
+    assert "Conv : bias must be a 1D tensor of size output_channels (8)" in str(outcomes["portable"]), outcomes
+    assert "PSConv: B: expected shape [out_channels]" in str(outcomes["native"]), outcomes
 
 
 def test_absent_bias_means_no_bias_on_both_paths() -> None:
@@ -345,8 +320,8 @@ def test_wrongly_shaped_residual_is_rejected() -> None:
     _, w_packed, b, feeds = layer(case)
     feeds["Z"] = np.zeros((1, 8, 5, 4), np.float32)  # Y is [1, 8, 5, 5]
     outcomes = run_both(psconv_model(case, w_packed, b), feeds)
-    assert isinstance(outcomes["portable"], Exception)
-    assert isinstance(outcomes["native"], Exception) and "Z: expected" in str(outcomes["native"])
+    assert "ExactShape" in str(outcomes["portable"]), outcomes  # the portable functions' shape check
+    assert "PSConvAdd: Z: expected the output's shape [N, out_channels, OH, OW]" in str(outcomes["native"]), outcomes
 
 
 OPTIONAL = ("strides", "pads", "dilations", "group", "shift", "clip_min", "clip_max")

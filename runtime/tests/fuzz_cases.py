@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# onnx is imported where models are built: the native workers of fuzz_differential.py only run
-# models, and importing onnx costs each of them a second under ASan.
+import psconv_models  # next to this file: the one builder of PSConv nodes and their models
 
-DOMAIN = "ai.pscompress"
 OPTIONAL_DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "shift": 0,
                      "clip_min": -math.inf, "clip_max": math.inf}
 # Bounds that keep one case cheap for every runtime (the numpy oracle works in float64, the
@@ -229,48 +227,24 @@ def node_attributes(case: Case) -> dict:
 
 def case_parts(case: Case, inputs: dict | None = None, attrs: dict | None = None, static_shapes: bool | None = None):
     """(node, graph inputs, initializers, feeds, output name) of one case, names prefixed by
-    the case's name so that any number of cases share a graph. `inputs`, `attrs` and
-    `static_shapes` override the case's own (the contract-violating cases use them)."""
-    from onnx import TensorProto, helper, numpy_helper
-
+    the case's name so that any number of cases share a graph (build_model). `inputs`, `attrs`
+    and `static_shapes` override the case's own (the contract-violating cases use them)."""
     inputs = case.inputs if inputs is None else inputs
     attrs = node_attributes(case) if attrs is None else attrs
     static_shapes = case.static_shapes if static_shapes is None else static_shapes
     p = case.name + "_"
-    names = [p + "X", p + "W", p + "B" if "B" in inputs else ""] + ([p + "Z"] if "Z" in inputs else [])
-    if not names[-1]:
-        names = names[:2]
-    constant = {"W": case.w_constant, "B": case.b_constant}
-    graph_inputs, inits, feeds = [], [], {}
-    for key, value in inputs.items():
-        if constant.get(key):
-            inits.append(numpy_helper.from_array(value, p + key))
-        else:
-            shape = ([f"{p}N", *value.shape[1:]] if value.ndim == 4 else list(value.shape)) if static_shapes else None
-            graph_inputs.append(helper.make_tensor_value_info(p + key, TensorProto.FLOAT, shape))
-            feeds[p + key] = value
-    node = helper.make_node(case.op, names, [p + "Y"], name=case.name, domain=DOMAIN, **attrs)
-    return node, graph_inputs, inits, feeds, p + "Y"
+    constants = {k: v for k, v in inputs.items() if {"W": case.w_constant, "B": case.b_constant}.get(k)}
+    shapes = {k: [f"{p}N", *v.shape[1:]] if v.ndim == 4 else list(v.shape)  # the batch symbolic
+              for k, v in inputs.items()} if static_shapes else None
+    node, graph_inputs, inits, output = psconv_models.psconv_parts(
+        attrs, residual=case.residual, bias="B" in inputs, constants=constants, shapes=shapes, prefix=p, name=case.name)
+    return node, graph_inputs, inits, {p + k: v for k, v in inputs.items() if k not in constants}, output
 
 
-def build_model(parts: list, functions: list | None = None, opsets: dict[str, int] | None = None):
-    """One graph (an onnx.ModelProto) holding every case's node; with the portable functions
-    (onnx.FunctionProto) when given."""
-    from onnx import TensorProto, helper
-
-    nodes, graph_inputs, inits, outputs = [], [], [], []
-    for node, gi, init, _, out in parts:
-        nodes.append(node)
-        graph_inputs += gi
-        inits += init
-        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "fuzz", graph_inputs, outputs, inits)
-    opsets = opsets or {"": 18, DOMAIN: 1}
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
-                              ir_version=10)
-    if functions:
-        model.functions.extend(functions)
-    return model
+def build_model(parts: list, portable: bool = False):
+    """One graph (an onnx.ModelProto) holding the nodes of these case_parts; with the portable
+    functions when `portable`, else only the native library can run it."""
+    return psconv_models.graph_model([(node, gi, init, out) for node, gi, init, _, out in parts], portable)
 
 
 # ----------------------------------------------------------------------------------- oracle

@@ -46,7 +46,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))  # the checkout: exporters.psconv_onnx
 
 import fuzz_cases as fc  # noqa: E402
 
@@ -211,12 +210,6 @@ def start_workers(library: str, kernels: str, threads: int, preload: str | None)
 
 # ----------------------------------------------------------------------------- in-process runners
 
-def portable_functions():
-    from exporters import psconv_onnx
-
-    return psconv_onnx.fallback_functions(), psconv_onnx.opset_imports()
-
-
 def bind_function_defaults(model):
     """A copy whose nodes spell out the defaults their model-local functions declare.
     onnx.reference (1.23) ignores FunctionProto.attribute_proto (onnxruntime does not): the
@@ -252,7 +245,6 @@ class Fuzzer:
     def __init__(self, library: str, seed: int, workers: list[Worker], quiet: bool = False, report_limit: int = 200,
                  preload: str | None = None):
         self.library, self.seed, self.workers, self.quiet = library, seed, workers, quiet
-        self.functions, self.opsets = portable_functions()
         self.mismatches: list[dict] = []
         self.by_kind: collections.Counter = collections.Counter()
         self.counts: collections.Counter = collections.Counter()
@@ -285,7 +277,7 @@ class Fuzzer:
     def models(self, parts: list) -> tuple[bytes, object]:
         """(native model bytes: no functions, so only the library can run it; portable model)."""
         native = fc.build_model(parts)
-        portable = fc.build_model(parts, self.functions, self.opsets)
+        portable = fc.build_model(parts, portable=True)
         return native.SerializeToString(), portable
 
     # ------------------------------------------------------------------ valid cases

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_cases as fc  # noqa: E402
+import psconv_models  # noqa: E402
 
 BAD_INTS = [0, -1, -(2**63), 2**62, 2**31, 65, 1025, 7]
 
@@ -65,24 +65,6 @@ def packed_length(attrs: dict) -> int:
         return 7
 
 
-def build_model(attrs: dict, residual: bool, w: np.ndarray | None, with_bias: bool) -> bytes:
-    inputs = ["X", "W", "B" if with_bias else ""] + (["Z"] if residual else [])
-    if not residual and not with_bias:
-        inputs = inputs[:2]
-    node = helper.make_node("PSConvAdd" if residual else "PSConv", inputs, ["Y"], domain=fc.DOMAIN)
-    # An emptied list (a mutation) has no type to infer: it stays a list of ints.
-    node.attribute.extend(helper.make_attribute(name, value, attr_type=AttributeProto.INTS if value == [] else None)
-                          for name, value in attrs.items())
-    graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                    for n in inputs if n and not (n == "W" and w is not None)]
-    inits = [numpy_helper.from_array(w, "W")] if w is not None else []
-    graph = helper.make_graph([node], "fuzz", graph_inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(fc.DOMAIN, 1)])
-    model.ir_version = 10
-    return model.SerializeToString()
-
-
 def random_shape(good: list[int], rng: np.random.Generator) -> list[int]:
     shape = list(good)
     roll = rng.random()
@@ -122,7 +104,8 @@ def mutated_job(seed: int, index: int) -> tuple[dict, int, fc.Case]:
         if residual:
             feeds["Z"] = rng.standard_normal(random_shape([n, m, oh, ow], rng)).astype(np.float32)
         feeds_list.append(feeds)
-    model = build_model(attrs, residual, w if constant else None, with_bias)
+    model = psconv_models.psconv_model(attrs, residual=residual, bias=with_bias,
+                                       constants={"W": w} if constant else {}).SerializeToString()
     return {"model": model, "feeds": feeds_list, "outputs": None}, m, case
 
 
