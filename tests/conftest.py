@@ -9,6 +9,8 @@ from typing import Callable, NamedTuple
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The PSConv model builder and the fuzzers live in runtime/tests/ (they also run as scripts there).
+sys.path.insert(0, str(ROOT / "runtime" / "tests"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

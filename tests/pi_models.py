@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-DOMAIN = "ai.pscompress"
+import psconv_models  # runtime/tests/, on sys.path (tests/test_pi_emulated.py puts it there)
+
 SQUARES_4OF9 = [0b000011011, 0b000110110, 0b011011000, 0b110110000]  # the four 2x2 squares with the centre
 PAIRS_2OF9 = [(1 << 4) | (1 << p) for p in (0, 1, 2, 3, 5, 6, 7, 8)]  # centre plus one neighbour
 SQUARES_WITH_DENSE = SQUARES_4OF9 * 2
@@ -128,11 +129,11 @@ def _parts(case: Case, rng: np.random.Generator):
     b = rng.standard_normal(case.out_channels).astype(np.float32)
     oh, ow = case.output_hw
     y_shape = [case.batch, case.out_channels, oh, ow]
-    feeds = {f"{case.name}_x": x}
+    feeds = {f"{case.name}_X": x}
     if case.residual:
-        feeds[f"{case.name}_z"] = rng.standard_normal(y_shape).astype(np.float32)
+        feeds[f"{case.name}_Z"] = rng.standard_normal(y_shape).astype(np.float32)
     if case.weights_as_input:
-        feeds[f"{case.name}_w"] = w
+        feeds[f"{case.name}_W"] = w
     return feeds, w, b, y_shape
 
 
@@ -140,51 +141,43 @@ def _info(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
 
 
-def _model(nodes, inputs, outputs, initializers, opsets) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "pi_coverage", inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets], ir_version=10)
-    onnx.checker.check_model(model)
-    return model
-
-
 def build(rng: np.random.Generator) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, np.ndarray]]:
     """(PSConv model, dense oracle model, feeds): one independent node per case."""
-    ps_nodes, ref_nodes, inputs, outputs, ps_init, ref_init, all_feeds = [], [], [], [], [], [], {}
-    weight_inputs = {f"{case.name}_w" for case in CASES if case.weights_as_input}
+    parts, ref_nodes, ref_inputs, outputs, ref_init, all_feeds = [], [], [], [], [], {}
     for case in CASES:
         n = case.name
         feeds, w, b, y_shape = _parts(case, rng)
         all_feeds.update(feeds)
-        inputs += [_info(name, value.shape) for name, value in feeds.items()]
-        outputs.append(_info(f"{n}_y", y_shape))
-        w_name = f"{n}_w"
-        if not case.weights_as_input:
-            ps_init.append(numpy_helper.from_array(w, w_name))
-        if case.bias:
-            ps_init.append(numpy_helper.from_array(b, f"{n}_b"))
-            ref_init.append(numpy_helper.from_array(b, f"{n}_b"))
-        b_name = f"{n}_b" if case.bias else ""
         geometry = dict(kernel_shape=list(case.kernel), strides=list(case.strides), pads=list(case.pads),
                         dilations=[1, 1], group=case.group)
-        ps_inputs = [f"{n}_x", w_name, b_name] + ([f"{n}_z"] if case.residual else [])
-        ps_nodes.append(helper.make_node(
-            "PSConvAdd" if case.residual else "PSConv", ps_inputs, [f"{n}_y"], domain=DOMAIN, **geometry,
-            in_channels=case.in_channels, out_channels=case.out_channels, patterns=list(case.patterns),
-            shift=case.shift, clip_min=case.clip[0], clip_max=case.clip[1]))
+        constants = ({} if case.weights_as_input else {"W": w}) | ({"B": b} if case.bias else {})
+        parts.append(psconv_models.psconv_parts(
+            dict(geometry, in_channels=case.in_channels, out_channels=case.out_channels, patterns=list(case.patterns),
+                 shift=case.shift, clip_min=case.clip[0], clip_max=case.clip[1]),
+            residual=case.residual, bias=case.bias, constants=constants, prefix=f"{n}_",
+            shapes={k[len(n) + 1:]: v.shape for k, v in feeds.items()}))
 
         # Oracle: Conv on the dense weights, then Add and Clip, all standard operators.
+        ref_inputs += [_info(name, value.shape) for name, value in feeds.items() if not name.endswith("_W")]
+        outputs.append(_info(f"{n}_Y", y_shape))
         ref_init.append(numpy_helper.from_array(dense_weights(case, w), f"{n}_wd"))
         ref_init += [numpy_helper.from_array(np.array(v, np.float32), f"{n}_{k}")
                      for k, v in (("lo", case.clip[0]), ("hi", case.clip[1]))]
-        conv_inputs = [f"{n}_x", f"{n}_wd"] + ([b_name] if case.bias else [])
+        conv_inputs = [f"{n}_X", f"{n}_wd"]
+        if case.bias:
+            ref_init.append(numpy_helper.from_array(b, f"{n}_b"))
+            conv_inputs.append(f"{n}_b")
         ref_nodes.append(helper.make_node("Conv", conv_inputs, [f"{n}_t"], **geometry))
         pre_clip = f"{n}_t"
         if case.residual:
-            ref_nodes.append(helper.make_node("Add", [f"{n}_t", f"{n}_z"], [f"{n}_s"]))
+            ref_nodes.append(helper.make_node("Add", [f"{n}_t", f"{n}_Z"], [f"{n}_s"]))
             pre_clip = f"{n}_s"
-        ref_nodes.append(helper.make_node("Clip", [pre_clip, f"{n}_lo", f"{n}_hi"], [f"{n}_y"]))
+        ref_nodes.append(helper.make_node("Clip", [pre_clip, f"{n}_lo", f"{n}_hi"], [f"{n}_Y"]))
 
-    ref_inputs = [i for i in inputs if i.name not in weight_inputs]
-    psconv = _model(ps_nodes, inputs, outputs, ps_init, [("", 17), (DOMAIN, 1)])
-    oracle = _model(ref_nodes, ref_inputs, outputs, ref_init, [("", 17)])
+    oracle = helper.make_model(helper.make_graph(ref_nodes, "pi_coverage", ref_inputs, outputs, ref_init),
+                               opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.checker.check_model(oracle)
+    psconv = psconv_models.graph_model(parts)
+    del psconv.graph.output[:]
+    psconv.graph.output.extend(outputs)  # declared shapes, as the checker wants and the oracle has
     return psconv, oracle, all_feeds

@@ -17,14 +17,12 @@ import onnxruntime as ort
 import pytest
 
 from native_cases import machine_paths
+import fuzz_cases as fc
+import fuzz_differential as fd
+import psconv_models
 from pscompress import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "runtime" / "tests"))
-
-import fuzz_cases as fc  # noqa: E402
-import fuzz_differential as fd  # noqa: E402
-import psconv_models  # noqa: E402
 
 FUZZER = ROOT / "runtime" / "tests" / "fuzz_differential.py"
 

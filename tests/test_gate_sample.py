@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the sample on the full test set, exported and gated as in CI
+
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SAMPLE = SAMPLES / "fashion_resnet20_4of9.pt"  # the fine-tuned 4-of-9 pSConv sample
 BASELINE = SAMPLES / "baseline-fashion_resnet20_4of9.json"

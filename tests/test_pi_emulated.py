@@ -19,11 +19,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+import fuzz_cases
 import pi_emulator
 import pi_models
-
-sys.path.insert(0, str(pi_emulator.ROOT / "runtime" / "tests"))
-import fuzz_cases  # noqa: E402
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["asan_build"]  # the asan_build fixture: the build holds psconv_tester

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,13 @@ import pytest
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "runtime" / "tests"))
+import fuzz_cases
+import psconv_models
+from fuzz_differential import bind_function_defaults
+from pscompress import runtime
+from pscompress.exporters import psconv_onnx
 
-import fuzz_cases  # noqa: E402
-import psconv_models  # noqa: E402
-from fuzz_differential import bind_function_defaults  # noqa: E402
-from pscompress import runtime  # noqa: E402
-from pscompress.exporters import psconv_onnx  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ort.set_default_logger_severity(4)
 REQUIRED = {"kernel_shape": [3, 3], "in_channels": 4, "out_channels": 6,

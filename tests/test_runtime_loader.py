@@ -9,11 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import psconv_models
 from native_cases import expected_cpu_path
 from pscompress import UserError, runtime
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime" / "tests"))
-import psconv_models  # noqa: E402
 
 
 def psconv_bytes() -> bytes:
