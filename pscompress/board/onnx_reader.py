@@ -52,6 +52,15 @@ def read_onnx(path: str | os.PathLike) -> OnnxSummary:
 
 
 PSCONV_DOMAIN = "ai.pscompress"
+# The same operators, which a runtime runs densely: `pscompress tune` moves a node here when the
+# dense Conv is faster for it (docs/operator.md, "The dense domain").
+DENSE_DOMAIN = "ai.pscompress.dense"
+PSCONV_OPERATORS = ("PSConv", "PSConvAdd")
+
+
+def is_psconv(node: Node) -> bool:
+    """Whether ``node`` is a PSConv/PSConvAdd node, in either domain."""
+    return node.domain in (PSCONV_DOMAIN, DENSE_DOMAIN) and node.op_type in PSCONV_OPERATORS
 
 
 def psconv_attributes(node: Node) -> dict[str, Any]:
@@ -141,8 +150,16 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
     """(field number, wire type, value): ints for varints/fixed, bytes for length-delimited."""
+    for number, wire, value, _, _ in field_spans(buf):
+        yield number, wire, value
+
+
+def field_spans(buf: bytes) -> Iterator[tuple[int, int, object, int, int]]:
+    """(field number, wire type, value, start, end) of each field of a message: ``buf[start:end]``
+    is the field's whole encoding, which an editor (pscompress.board.onnx_writer) copies unchanged."""
     pos = 0
     while pos < len(buf):
+        start = pos
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
@@ -158,7 +175,7 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
             value, pos = struct.unpack_from("<I", buf, pos)[0], pos + 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
-        yield number, wire, value
+        yield number, wire, value, start, pos
 
 
 def _signed(v: int) -> int:

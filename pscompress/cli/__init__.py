@@ -19,6 +19,7 @@ _COMMANDS = {
     "finetune": ("pscompress.cli.commands.finetune", "finetune", "Fine-tune a pSConv model with its masks fixed."),
     "export": ("pscompress.cli.commands.export", "export", "Export a model to ONNX or TFLite."),
     "info": ("pscompress.cli.commands.info", "info", "Describe an exported model: layers, density, size."),
+    "tune": ("pscompress.cli.commands.tune", "tune", "Run each PSConv node natively or densely, whichever is faster here."),
     "run": ("pscompress.cli.commands.run", "run", "Run an exported model on an image or .npy file."),
     "eval": ("pscompress.cli.commands.eval", "eval_", "Measure a model's accuracy and latency on a data set."),
     "check": ("pscompress.cli.commands.check", "check", "Fail when accuracy, size or speed regress."),

@@ -11,6 +11,13 @@ the code can trust them):
   set); ``fp16``, ``psconv_layers`` (TFLite: per layer, its kernel size, patterns and shift);
   ``meta`` (TFLite: the checkpoint's own metadata); ``finetune``, ``conversion``, ``sparsify``
   (checkpoints: how the model was made; ``sparsify`` is the whole SparsifyConfig).
+- ``tune`` (ONNX, written by ``pscompress tune``): the plan the file runs and how it was measured:
+  ``plan`` ("per-node", "native" or "dense": every PSConv node native or dense), ``fallback``
+  (the per-node choices were slower as a whole model), ``batch``, ``threads`` (null: onnxruntime's
+  default), ``cpu`` (model name), ``isa`` (pscompress.runtime.cpu_path()), ``onnxruntime``,
+  ``pscompress`` (versions), ``clock``, ``date`` (ISO 8601, UTC), ``model_ms`` (whole-model
+  median per variant timed), ``nodes`` (per PSConv node: ``name``, ``op``, ``native_ms``,
+  ``dense_ms``, ``choice``: "native" or "dense", how the file runs it).
 
 ONNX stores each field as a ``pscompress.<field>`` metadata property holding JSON; TFLite as one
 JSON object in the ``pscompress`` Model.metadata entry. torch-free and numpy-free.
@@ -28,7 +35,7 @@ SCHEMA = 1
 ONNX_PREFIX = "pscompress."
 TFLITE_ENTRY = "pscompress"  # the Model.metadata entry name
 _FRACTIONS = ("accuracy", "dense_accuracy")
-_MAPPINGS = ("finetune", "conversion", "sparsify")  # written by finetune and convert, read back by them
+_MAPPINGS = ("finetune", "conversion", "sparsify", "tune")  # the records finetune, convert and tune write
 
 
 def export_metadata(source_meta: Mapping[str, Any], arch: str | None, input_shape: list[int] | tuple[int, ...],

@@ -11,9 +11,10 @@ import click
 @click.argument("model", type=click.Path(path_type=Path))
 def info(model: Path) -> None:
     """Describe MODEL (.onnx): its layers with their pattern and density, file size,
-    IR version and operator sets, and the metadata pscompress wrote (classes, accuracy...)."""
-    from pscompress.core.errors import UserError
+    IR version and operator sets, and the metadata pscompress wrote (classes, accuracy,
+    the plan `pscompress tune` chose...)."""
     from pscompress.board.onnx_reader import read_onnx
+    from pscompress.core.errors import UserError
 
     if model.suffix.lower() != ".onnx":
         raise UserError(f"{model.name}: info describes .onnx models")
@@ -24,9 +25,9 @@ def info(model: Path) -> None:
 
 def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
     """The lines `info` prints for a parsed model; UserError when its metadata or a PSConv node is malformed."""
+    from pscompress.board.onnx_reader import DENSE_DOMAIN, PSCONV_DOMAIN, psconv_attributes
     from pscompress.core.errors import UserError
     from pscompress.core.metadata import decode_onnx_metadata
-    from pscompress.board.onnx_reader import PSCONV_DOMAIN, psconv_attributes
     from pscompress.core.patterns import pattern_name
 
     meta = decode_onnx_metadata(summary.metadata, source)
@@ -38,10 +39,13 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
     for key in ("version", "arch", "pattern", "input_shape", "accuracy", "classes"):
         if key in meta:
             lines.append(f"{key + ':':<13}{_show(meta[key])}")
+    if "tune" in meta:
+        lines += _plan(meta["tune"])
 
     rows, kept_total, dense_total = [], 0, 0
     for node in summary.nodes:
-        a = psconv_attributes(node) if node.domain == PSCONV_DOMAIN else None  # every PSConv node, weights or not
+        # every PSConv node, weights or not, in either domain
+        a = psconv_attributes(node) if node.domain in (PSCONV_DOMAIN, DENSE_DOMAIN) else None
         if node.op_type not in ("Conv", "PSConv", "PSConvAdd", "Gemm", "MatMul"):
             continue
         weights = summary.initializers.get(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -72,6 +76,24 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
         lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
         lines.append(f"total: {kept_total:,} of {dense_total:,} weights kept (density {_density(kept_total, dense_total)})")
     return lines
+
+
+def _plan(plan: dict) -> list[str]:
+    """The tune record in three lines; a field that is missing or odd shows as "?" (info never fails on it)."""
+    nodes = [n for n in plan["nodes"] if isinstance(n, dict)] if isinstance(plan.get("nodes"), list) else []
+    dense = sum(n.get("choice") == "dense" for n in nodes)
+    threads = plan.get("threads") or "onnxruntime's default"
+    fallback = " (fallback: the per-node plan was slower)" if plan.get("fallback") is True else ""
+    times = plan.get("model_ms") if isinstance(plan.get("model_ms"), dict) else {}
+    field = {key: _show(plan.get(key, "?")) for key in ("plan", "batch", "cpu", "isa", "onnxruntime", "date")}
+    return [f"tuned:       {field['plan']} plan{fallback}, {dense} of {len(nodes)} PSConv nodes dense",
+            f"             for batch {field['batch']}, threads {_show(threads)}, on {field['cpu']} ({field['isa']}), "
+            f"onnxruntime {field['onnxruntime']}, {field['date']}",
+            "             whole model: " + (", ".join(f"{k} {_ms(v)} ms" for k, v in times.items()) or "?")]
+
+
+def _ms(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else _show(value)
 
 
 def _density(kept: int, full: int) -> str:
