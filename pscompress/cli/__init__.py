@@ -63,7 +63,7 @@ def _torch_installed() -> bool:
 def cli() -> None:
     """Compress CNNs with periodic sparse convolutions (pSConv) and export them for edge boards.
 
-    Typical flow: convert -> finetune -> export -> run / eval -> check.
+    Typical flow: convert -> finetune -> export -> tune -> run / eval -> check.
     """
 
 
