@@ -31,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_speed import time_per_run  # noqa: E402
 from model_set import MODELS, conv_kinds  # noqa: E402
 
 from pscompress import runtime  # noqa: E402
@@ -50,17 +51,6 @@ def session(model: str | bytes, threads: int, native: bool) -> ort.InferenceSess
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def sample(sess: ort.InferenceSession, feed: dict, budget_s: float) -> tuple[float, float]:
-    """(wall, calling-thread CPU) seconds per run, over runs lasting at least budget_s."""
-    start, cpu_start, runs = time.perf_counter(), time.thread_time(), 0
-    while True:
-        sess.run(None, feed)
-        runs += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget_s:
-            return elapsed / runs, (time.thread_time() - cpu_start) / runs
-
-
 def interleaved(sessions: dict[str, ort.InferenceSession], x: np.ndarray, repeats: int,
                 budget_s: float) -> dict[str, tuple[float, float]]:
     """Median (wall, CPU) seconds per run of each session; rounds alternate the order."""
@@ -76,7 +66,7 @@ def interleaved(sessions: dict[str, ort.InferenceSession], x: np.ndarray, repeat
     names = list(sessions)
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
-            samples[name].append(sample(sessions[name], feeds[name], budget_s))
+            samples[name].append(time_per_run(sessions[name], feeds[name], budget_s))
     return {name: (statistics.median(t[0] for t in s), statistics.median(t[1] for t in s)) for name, s in samples.items()}
 
 
