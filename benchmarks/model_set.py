@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pscompress.workstation.archs import BasicBlock
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "fashion_resnet20.pt"
 
@@ -50,24 +52,7 @@ def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: 
 
 
 # --- ImageNet-style ResNet-18 -------------------------------------------------------------------
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu2 = nn.ReLU()
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
-        return self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
-
+# The CIFAR ResNets' BasicBlock (archs.py), under an ImageNet stem.
 
 class ImageNetResNet18(nn.Module):
     """7x7 stride-2 stem, 3x3 stride-2 max pool, BasicBlocks 64-128-256-512 (2 each)."""
