@@ -14,7 +14,6 @@ import torch
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 
-from export_models import psconv_model
 from pscompress.board.onnx_predictor import Predictor
 from pscompress.core.errors import UserError
 from pscompress.core.patterns import PatternSet, parse_pattern
