@@ -1,13 +1,15 @@
 """Native PSConv kernel vs onnxruntime's dense Conv on the 3x3 layer shapes of a CNN.
 
 For every layer, batch size and thread count, both sessions hold the same masked weights
-(the dense one as a standard Conv node, ORT_ENABLE_ALL); their runs are interleaved and the
-medians compared, so machine noise hits both alike. Prints a table and a JSON document with
-dense_time / psconv_time per case and the geometric mean per pattern. Not a unit test.
+(the dense one as a standard Conv node with the same group count, ORT_ENABLE_ALL); their runs
+are interleaved and the medians compared, so machine noise hits both alike. Prints a table and
+a JSON document with dense_time / psconv_time per case and the geometric mean per pattern.
+Not a unit test.
 
     .venv/bin/python benchmarks/kernel_speed.py            # full run (a few minutes)
     .venv/bin/python benchmarks/kernel_speed.py --quick    # smoke run
     .venv/bin/python benchmarks/kernel_speed.py --layers resnet20   # the sample's narrow layers
+    .venv/bin/python benchmarks/kernel_speed.py --layers mobilenetv2 --threads 1   # depthwise
 """
 from __future__ import annotations
 
@@ -25,20 +27,25 @@ from onnx import TensorProto, helper, numpy_helper
 from pscompress import runtime
 from pscompress.core.patterns import parse_pattern
 
-# (in_channels, out_channels, input size, stride): the 3x3 convolutions of ResNet-18 for CIFAR,
-# and the narrow ones of ResNet-20 on 28x28 images (the Fashion-MNIST sample).
+# (in_channels, out_channels, input size, stride, group): the 3x3 convolutions of ResNet-18 for
+# CIFAR, the narrow ones of ResNet-20 on 28x28 images (the Fashion-MNIST sample), and the
+# depthwise ones (group = channels) of MobileNetV2 at 224x224.
 LAYERS = {
-    "resnet18": [(64, 64, 32, 1), (128, 128, 16, 1), (256, 256, 8, 1), (512, 512, 4, 1),
-                 (64, 128, 32, 2), (128, 256, 16, 2), (256, 512, 8, 2)],
-    "resnet20": [(16, 16, 28, 1), (32, 32, 14, 1), (64, 64, 7, 1), (16, 32, 28, 2), (32, 64, 14, 2)],
+    "resnet18": [(64, 64, 32, 1, 1), (128, 128, 16, 1, 1), (256, 256, 8, 1, 1), (512, 512, 4, 1, 1),
+                 (64, 128, 32, 2, 1), (128, 256, 16, 2, 1), (256, 512, 8, 2, 1)],
+    "resnet20": [(16, 16, 28, 1, 1), (32, 32, 14, 1, 1), (64, 64, 7, 1, 1), (16, 32, 28, 2, 1), (32, 64, 14, 2, 1)],
+    "mobilenetv2": [(c, c, h, s, c) for c, h, s in [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2),
+                                                     (192, 28, 1), (192, 28, 2), (384, 14, 1), (576, 14, 1),
+                                                     (576, 14, 2), (960, 7, 1)]],
 }
 PATTERNS = ["4of9", "2of9"]
 
 
-def masked_weight(c: int, m: int, masks: list[int], rng: np.random.Generator) -> np.ndarray:
-    o, i = np.meshgrid(np.arange(m), np.arange(c), indexing="ij")
+def masked_weight(cg: int, m: int, masks: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Conv's [M, Cg, 3, 3] weights: kernel (o, i) keeps masks[(o + i) % P] (shift 0)."""
+    o, i = np.meshgrid(np.arange(m), np.arange(cg), indexing="ij")
     keep = (np.array(masks)[(o + i) % len(masks)][..., None] >> np.arange(9)) & 1
-    return (rng.standard_normal((m, c, 9)) * keep).astype(np.float32).reshape(m, c, 3, 3)
+    return (rng.standard_normal((m, cg, 9)) * keep).astype(np.float32).reshape(m, cg, 3, 3)
 
 
 def model(node: onnx.NodeProto, inits: list[onnx.TensorProto], domains: list) -> bytes:
@@ -49,14 +56,14 @@ def model(node: onnx.NodeProto, inits: list[onnx.TensorProto], domains: list) ->
     return m.SerializeToString()
 
 
-def sessions(c: int, m: int, stride: int, masks: list[int], threads: int, rng: np.random.Generator):
-    wd = masked_weight(c, m, masks, rng)
+def sessions(c: int, m: int, stride: int, group: int, masks: list[int], threads: int, rng: np.random.Generator):
+    wd = masked_weight(c // group, m, masks, rng)
     bias = rng.standard_normal(m).astype(np.float32)
-    common = dict(kernel_shape=[3, 3], strides=[stride, stride], pads=[1, 1, 1, 1])
+    common = dict(kernel_shape=[3, 3], strides=[stride, stride], pads=[1, 1, 1, 1], group=group)
     dense = model(helper.make_node("Conv", ["X", "W", "B"], ["Y"], **common),
                   [numpy_helper.from_array(wd, "W"), numpy_helper.from_array(bias, "B")], [])
     sparse = model(
-        helper.make_node("PSConv", ["X", "W", "B"], ["Y"], domain="ai.pscompress", dilations=[1, 1], group=1,
+        helper.make_node("PSConv", ["X", "W", "B"], ["Y"], domain="ai.pscompress", dilations=[1, 1],
                          in_channels=c, out_channels=m, patterns=masks, shift=0, **common),
         [numpy_helper.from_array(wd[wd != 0], "W"), numpy_helper.from_array(bias, "B")],
         [helper.make_opsetid("ai.pscompress", 1)])
@@ -111,6 +118,7 @@ def main() -> int:
     parser.add_argument("--layers", choices=sorted(LAYERS), default="resnet18",
                         help="which network's layer shapes (default resnet18)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved repetitions per case (default 7)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts (default 1 2)")
     args = parser.parse_args()
     if not runtime.native_available():
         print("the native library is not built (see docs/runtime.md)", file=sys.stderr)
@@ -118,25 +126,25 @@ def main() -> int:
     rounds = args.rounds or (3 if args.quick else 7)
     budget = 0.02 if args.quick else 0.05
     layers = LAYERS[args.layers][::3] if args.quick else LAYERS[args.layers]
-    batches, thread_counts = ([1], [1, 2]) if args.quick else ([1, 8], [1, 2])
+    batches, thread_counts = ([1], args.threads) if args.quick else ([1, 8], args.threads)
     rng = np.random.default_rng(0)
     results = []
-    header = f"{'pattern':7} {'C':>4} {'M':>4} {'H':>3} {'s':>2} {'N':>2} {'thr':>3} {'dense ms':>9} {'psconv ms':>9} {'speedup':>8} {'cpu-time':>8}"
+    header = f"{'pattern':7} {'C':>4} {'M':>4} {'g':>4} {'H':>3} {'s':>2} {'N':>2} {'thr':>3} {'dense ms':>9} {'psconv ms':>9} {'speedup':>8} {'cpu-time':>8}"
     print(f"cpu path: {runtime.cpu_path()}   onnxruntime {ort.__version__}")
     print(header)
     for name in PATTERNS:
         masks = list(parse_pattern(name).bitmasks)
-        for c, m, h, stride in layers:
+        for c, m, h, stride, group in layers:
             for threads in thread_counts:
-                dense, sparse = sessions(c, m, stride, masks, threads, rng)
+                dense, sparse = sessions(c, m, stride, group, masks, threads, rng)
                 for n in batches:
                     x = rng.random((n, c, h, h), dtype=np.float32)
                     d, s, ratio, cpu = measure(dense, sparse, x, rounds, budget)
-                    results.append(dict(pattern=name, c=c, m=m, h=h, stride=stride, batch=n, threads=threads,
+                    results.append(dict(pattern=name, c=c, m=m, group=group, h=h, stride=stride, batch=n, threads=threads,
                                         dense_ms=d * 1e3, psconv_ms=s * 1e3, speedup=ratio,
                                         cpu_speedup=cpu if threads == 1 else None))
                     cpu_text = f"{cpu:7.2f}x" if threads == 1 else f"{'-':>8}"
-                    print(f"{name:7} {c:4} {m:4} {h:3} {stride:2} {n:2} {threads:3} {d*1e3:9.3f} {s*1e3:9.3f} "
+                    print(f"{name:7} {c:4} {m:4} {group:4} {h:3} {stride:2} {n:2} {threads:3} {d*1e3:9.3f} {s*1e3:9.3f} "
                           f"{ratio:7.2f}x {cpu_text}", flush=True)
     summary = {}
     for name in PATTERNS:
@@ -144,11 +152,11 @@ def main() -> int:
         worst = min((r for r in results if r["pattern"] == name), key=lambda r: r["speedup"])
         cpu_ratios = [r["cpu_speedup"] for r in results if r["pattern"] == name and r["cpu_speedup"]]
         summary[name] = dict(geomean_speedup=geomean(ratios), worst_speedup=worst["speedup"],
-                             worst_case={k: worst[k] for k in ("c", "m", "h", "stride", "batch", "threads")},
+                             worst_case={k: worst[k] for k in ("c", "m", "group", "h", "stride", "batch", "threads")},
                              geomean_cpu_speedup_1_thread=geomean(cpu_ratios),
                              worst_cpu_speedup_1_thread=min(cpu_ratios, default=float("nan")))
         print(f"{name}: geometric-mean speedup {summary[name]['geomean_speedup']:.2f}x, "
-              f"worst {worst['speedup']:.2f}x (C={worst['c']} M={worst['m']} H={worst['h']} "
+              f"worst {worst['speedup']:.2f}x (C={worst['c']} M={worst['m']} g={worst['group']} H={worst['h']} "
               f"s={worst['stride']} N={worst['batch']} threads={worst['threads']}); "
               f"1-thread CPU time: geomean {summary[name]['geomean_cpu_speedup_1_thread']:.2f}x, "
               f"worst {summary[name]['worst_cpu_speedup_1_thread']:.2f}x")

@@ -72,7 +72,15 @@ def test_cases_cover_the_contract(cases):
         pops = [bin(p).count("1") for p in a["patterns"]]
         seen["popcount"].update({"one" if p == 1 else "full" if p == kh * kw else "some" for p in pops})
         g, c = a["group"], a["in_channels"]
-        seen["groups"].add("depthwise" if g == c == m and g > 1 else "grouped" if g > 1 else "dense")
+        seen["groups"].add("depthwise" if g == c == m and g > 1 else "depthwise x2" if g == c and m == 2 * c and g > 1
+                           else "grouped" if g > 1 else "dense")
+        if g == c:  # the native depthwise path (Cg == 1): its shapes, one by one
+            seen["depthwise strides"].update(a["strides"])
+            seen["depthwise kernels"].add(kh * kw if kh == kw else 0)
+            seen["depthwise odd pads"].add(any(p % 2 for p in a["pads"]))
+            seen["depthwise ow"].add("tiny" if ow <= 2 else "wide" if ow > 32 else "mid")
+            seen["depthwise op"].add((case.op, a["clip_min"] > -math.inf or a["clip_max"] < math.inf))
+            seen["depthwise nonfinite"].update(case.nonfinite)
         seen["N"].add(n)
         seen["op"].add((case.op, case.bias))
         lo, hi = a["clip_min"], a["clip_max"]
@@ -89,7 +97,11 @@ def test_cases_cover_the_contract(cases):
     assert True in seen["large pads"] and True in seen["large strides"]
     assert {1, 2, 3, 4} <= seen["P"] and max(seen["P"]) > 200
     assert seen["popcount"] == {"one", "full", "some"}
-    assert seen["groups"] == {"depthwise", "grouped", "dense"}
+    assert seen["groups"] == {"depthwise", "depthwise x2", "grouped", "dense"}
+    assert {1, 2, 3} <= seen["depthwise strides"] and {1, 4, 9, 16, 25} <= seen["depthwise kernels"]
+    assert seen["depthwise odd pads"] == {True, False} and seen["depthwise ow"] == {"tiny", "mid", "wide"}
+    assert {("PSConvAdd", True), ("PSConv", True), ("PSConv", False)} <= seen["depthwise op"]
+    assert "X" in seen["depthwise nonfinite"]
     assert seen["N"] == {0, 1, 2, 3}
     assert seen["op"] == {("PSConv", True), ("PSConv", False), ("PSConvAdd", True), ("PSConvAdd", False)}
     assert seen["activation"] == {"none", "relu", "constant", "upper", "lower", "clip"}

@@ -1,5 +1,5 @@
-"""The runtime cross-compiles for aarch64 (Raspberry Pi) and its NEON microkernel matches the
-portable reference, run under qemu-user as a Cortex-A72 (the Pi 4's ARMv8.0 core)."""
+"""The runtime cross-compiles for aarch64 (Raspberry Pi) and its NEON microkernels (GEMM and
+depthwise) match the portable reference, run under qemu-user as a Cortex-A72 (the Pi 4's ARMv8.0 core)."""
 from __future__ import annotations
 
 import os
@@ -16,8 +16,9 @@ def test_neon_microkernel_cross_compiles_and_matches_reference() -> None:
     library = build / "libpscompress_ort.so"
     header = library.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
-    done = subprocess.run(["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", str(build / "ukernel_tester")],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "QEMU_CPU": "cortex-a72"})
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "neon: ok" in done.stdout and "dispatch picks: neon" in done.stdout
+    for tester in ("ukernel_tester", "dwconv_tester"):  # the GEMM and the depthwise kernels
+        done = subprocess.run(["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", str(build / tester)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "QEMU_CPU": "cortex-a72"})
+        assert done.returncode == 0, tester + ": " + done.stdout + done.stderr
+        assert "neon: ok" in done.stdout and "dispatch picks: neon" in done.stdout, tester + ": " + done.stdout

@@ -1,5 +1,5 @@
 """The native library under AddressSanitizer + UndefinedBehaviorSanitizer: the microkernel
-tester (every SIMD path vs the portable reference), >= 1,000 randomised malformed models and
+testers, GEMM and depthwise (every SIMD path vs the portable reference), >= 1,000 randomised malformed models and
 inputs (runtime/tests/fuzz_psconv.py), and the differential fuzzer (runtime/tests/
 fuzz_differential.py, docs/fuzzing.md): >= 3,000 valid cases on every CPU path of this machine
 against the portable functions, onnx.reference and a numpy oracle, plus contract violations
@@ -24,11 +24,14 @@ pytestmark = pytest.mark.slow  # every test here needs the sanitizer tree, the f
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_simd_microkernels_match_reference(asan_build: Path) -> None:
-    done = subprocess.run([str(asan_build / "ukernel_tester")], capture_output=True, text=True,
+@pytest.mark.parametrize("tester", ["ukernel_tester", "dwconv_tester"])  # GEMM and depthwise kernels
+def test_simd_microkernels_match_reference(asan_build: Path, tester: str) -> None:
+    done = subprocess.run([str(asan_build / tester)], capture_output=True, text=True,
                           env=sanitizer_env(), timeout=120)
     assert_clean(done)
     assert "scalar: ok" in done.stdout
+    for path in machine_paths():
+        assert f"{path}: ok" in done.stdout, done.stdout
 
 
 def test_fuzz_malformed_models_never_crash(asan_build: Path) -> None:

@@ -62,6 +62,16 @@ FIXED = [
     Case(n=2, c=32, m=32, h=14, w=14, strides=(2, 2), residual=True),
     Case(n=1, c=8, m=16, h=6, w=6, residual=True, clip=(0.0, np.inf)),
     Case(n=1, c=9, m=7, h=21, w=19, strides=(2, 1), patterns=tuple(TWO_OF_NINE), shift=4),
+    # Depthwise (Cg == 1, the direct kernel): MobileNetV2-like rows, stride 2, multiplier 2,
+    # odd pads, a 5x5 kernel, a single channel with many outputs, tiny images.
+    Case(n=1, c=32, m=32, h=56, w=56, group=32, clip=(0.0, 6.0)),
+    Case(n=2, c=24, m=24, h=29, w=29, group=24, strides=(2, 2), residual=True),
+    Case(n=1, c=8, m=16, h=14, w=13, group=8, patterns=tuple(TWO_OF_NINE), shift=2, residual=True),
+    Case(n=1, c=6, m=12, h=9, w=40, group=6, strides=(2, 1), pads=(0, 1, 2, 1), constant_w=False),
+    Case(n=2, c=5, m=5, h=11, w=7, group=5, kernel=(5, 5), pads=(2, 2, 2, 2),
+         patterns=(0x1FFFFFF, 0b1000110001000110001)),
+    Case(n=1, c=1, m=16, h=10, w=10, clip=(-0.5, 0.75)),
+    Case(n=3, c=4, m=4, h=1, w=2, group=4, strides=(3, 3), pads=(1, 0, 1, 2)),
 ]
 
 

@@ -1,6 +1,8 @@
 // Times each microkernel this CPU can run, alone, on a few tile shapes, and prints GFLOP/s
 // (2 * m * n * k per call) and the ratio to the scalar path measured in the same run. B rows
-// are scattered over a buffer as a layer's taps are over its phase planes. Not a test.
+// are scattered over a buffer as a layer's taps are over its phase planes. Then the same for
+// the depthwise kernels (dwconv.h), one output channel of MobileNetV2's depthwise shapes per
+// call (2 * rows * n * k). Not a test.
 //   ukernel_bench [seconds per measurement, default 0.2]
 #include <algorithm>
 #include <chrono>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "dispatch.h"
+#include "dwconv.h"
 #include "ukernel.h"
 
 using namespace pscompress;
@@ -45,7 +48,25 @@ const Shape kShapes[] = {
     {"4x15 k=64 two rows", 4, 15, 64, 9, 7},
 };
 
-double seconds_per_call(Ukernel ukernel, const UkernelArgs& args, double budget) {
+// One output channel of a depthwise layer: rows x n pixels, k kept taps, its phase plane rows
+// ws floats apart (a stride-2 layer's planes hold twice the rows).
+struct DwShape {
+  const char* what;
+  size_t rows, n, k, ws, row_stride;
+};
+
+const DwShape kDwShapes[] = {
+    {"112x112 k=4", 112, 112, 4, 114, 114},
+    {"56x56 k=4", 56, 56, 4, 58, 58},
+    {"28x28 k=4 stride 2", 28, 28, 4, 29, 58},
+    {"14x14 k=4", 14, 14, 4, 16, 16},
+    {"7x7 k=4", 7, 7, 4, 9, 9},
+    {"56x56 k=2", 56, 56, 2, 58, 58},
+    {"56x56 k=9", 56, 56, 9, 58, 58},
+};
+
+template <class Kernel, class Args>
+double seconds_per_call(Kernel kernel, const Args& args, double budget) {
   using Clock = std::chrono::steady_clock;
   double best = 1e30;
   for (int rep = 0; rep < 3; ++rep) {  // the best of three: other processes only slow it down
@@ -53,7 +74,7 @@ double seconds_per_call(Ukernel ukernel, const UkernelArgs& args, double budget)
     const Clock::time_point start = Clock::now();
     double elapsed;
     do {
-      for (int i = 0; i < 64; ++i) ukernel(args);
+      for (int i = 0; i < 64; ++i) kernel(args);
       calls += 64;
       elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     } while (elapsed < budget / 3);
@@ -93,6 +114,31 @@ int main(int argc, char** argv) {
     for (const CpuPath& path : paths) times.push_back(seconds_per_call(path.ukernel, args, budget));
     for (size_t p = 0; p < paths.size(); ++p)
       std::printf("%-20s %-9s %8.2f %9.2fx\n", s.what, paths[p].name, 2e-9 * s.m * s.n * s.k / times[p],
+                  times.back() / times[p]);
+  }
+  std::printf("\n%-20s %-9s %8s %10s\n", "depthwise channel", "path", "GFLOP/s", "vs scalar");
+  for (const DwShape& s : kDwShapes) {
+    const size_t plane = (s.rows + 2) * s.row_stride;  // the taps' rows and a spare one
+    std::vector<float> w(s.k, 0.5f), b(plane + kNR, 0.25f), y(s.rows * s.n);
+    std::vector<int64_t> offsets(s.k);
+    for (size_t t = 0; t < s.k; ++t) offsets[t] = static_cast<int64_t>(t / 3 * s.ws + t % 3);  // 3x3 taps
+    DwconvArgs args{};
+    args.k = s.k;
+    args.w = w.data();
+    args.b = b.data();
+    args.b_offsets = offsets.data();
+    args.b_row_stride = s.row_stride;
+    args.rows = s.rows;
+    args.n = s.n;
+    args.y = y.data();
+    args.y_row_stride = s.n;
+    args.bias = 0.1f;
+    args.lo = 0.0f;
+    args.hi = 6.0f;
+    std::vector<double> times;
+    for (const CpuPath& path : paths) times.push_back(seconds_per_call(path.dwconv, args, budget));
+    for (size_t p = 0; p < paths.size(); ++p)
+      std::printf("%-20s %-9s %8.2f %9.2fx\n", s.what, paths[p].name, 2e-9 * s.rows * s.n * s.k / times[p],
                   times.back() / times[p]);
   }
   return 0;

@@ -82,7 +82,7 @@ OrtStatusPtr to_status(const OrtApi& api, const char* op, const std::exception& 
 class Kernel {
  public:
   Kernel(const OrtKernelInfo* raw, bool residual)
-      : residual_(residual), ukernel_(require_ukernel()), conv_(read_attributes(Ort::ConstKernelInfo(raw))) {
+      : residual_(residual), path_(require_path()), conv_(read_attributes(Ort::ConstKernelInfo(raw))) {
     Ort::ConstKernelInfo info(raw);
     int is_constant = 0;
     Ort::ConstValue w = info.GetTensorConstantInput(1, &is_constant);
@@ -124,11 +124,11 @@ class Kernel {
                         static_cast<Ort::KernelContext*>(self)->ParallelFor(fn, total, 0, data);
                       },
                       &ctx};
-    conv_.run(in, y, ukernel_, parallel);
+    conv_.run(in, y, path_.ukernel, path_.dwconv, parallel);
   }
 
   bool residual_;
-  Ukernel ukernel_;
+  const CpuPath& path_;
   PSConv conv_;
   bool w_constant_ = false;
 };

@@ -14,7 +14,7 @@ CpuPath detect() {
   for (const CpuPath& path : paths)
     if (path.name == std::string(forced)) return path;
   static const std::string unsupported = std::string("unsupported:") + forced;  // detect() runs once
-  return {unsupported.c_str(), nullptr};
+  return {unsupported.c_str(), nullptr, nullptr};
 }
 
 }  // namespace
@@ -23,12 +23,12 @@ std::vector<CpuPath> supported_paths() {
   std::vector<CpuPath> paths;
 #if defined(PSCOMPRESS_HAVE_AVX2)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) paths.push_back({"avx2-fma", ukernel_6x16_avx2_fma});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) paths.push_back({"avx2-fma", ukernel_6x16_avx2_fma, dwconv_6x8_avx2_fma});
 #endif
 #if defined(PSCOMPRESS_HAVE_NEON)
-  paths.push_back({"neon", ukernel_6x16_neon});  // Advanced SIMD is mandatory on aarch64
+  paths.push_back({"neon", ukernel_6x16_neon, dwconv_6x8_neon});  // Advanced SIMD is mandatory on aarch64
 #endif
-  paths.push_back({"scalar", ukernel_6x16_scalar});
+  paths.push_back({"scalar", ukernel_6x16_scalar, dwconv_6x8_scalar});
   return paths;
 }
 
@@ -37,9 +37,9 @@ const CpuPath& cpu_path() {
   return path;
 }
 
-Ukernel require_ukernel() {
+const CpuPath& require_path() {
   const CpuPath& path = cpu_path();
-  if (path.ukernel) return path.ukernel;
+  if (path.ukernel) return path;
   std::string names;
   for (const CpuPath& p : supported_paths()) names += std::string(names.empty() ? "" : ", ") + p.name;
   throw std::runtime_error("PSCOMPRESS_KERNEL=" + std::string(path.name + sizeof("unsupported:") - 1) +

@@ -1,8 +1,10 @@
-// Picks the fastest microkernel this CPU supports, once per process.
+// Picks the fastest microkernels this CPU supports, once per process: a path is one ISA's
+// GEMM kernel (ukernel.h) and depthwise kernel (dwconv.h), always chosen together.
 #pragma once
 
 #include <vector>
 
+#include "dwconv.h"
 #include "ukernel.h"
 
 namespace pscompress {
@@ -10,6 +12,7 @@ namespace pscompress {
 struct CpuPath {
   const char* name;  // "avx2-fma", "neon", "scalar", or "unsupported:<forced name>"
   Ukernel ukernel;   // null for an unsupported forced name
+  Dwconv dwconv;     // the same ISA's depthwise kernel; null likewise
 };
 
 // The paths this build can run on this CPU, fastest first; "scalar" is always there.
@@ -19,8 +22,8 @@ std::vector<CpuPath> supported_paths();
 // name this build or CPU cannot run gives "unsupported:<name>": never silently another path.
 const CpuPath& cpu_path();
 
-// cpu_path()'s microkernel; throws std::runtime_error naming PSCOMPRESS_KERNEL when it is
+// cpu_path(), with its kernels; throws std::runtime_error naming PSCOMPRESS_KERNEL when it is
 // unsupported, so that a kernel cannot be created on a path nobody asked for.
-Ukernel require_ukernel();
+const CpuPath& require_path();
 
 }  // namespace pscompress

@@ -127,7 +127,14 @@ PSConv::PSConv(const Attributes& a) {
   }
   if (packed_len_ > kMaxElements) fail("W: the layer is too large for the native kernel");
   pairs_per_group_ = std::min(mg_, p_);
+  // Depthwise, output o keeps class_k_[(o + shift) mod P] weights: W repeats a period of P outputs.
+  if (depthwise()) {
+    period_starts_.assign(p_ + 1, 0);
+    for (size_t o = 0; o < p_; ++o) period_starts_[o + 1] = period_starts_[o] + class_k_[(o + shift_) % p_];
+  }
 }
+
+size_t PSConv::depthwise_weights(size_t o) const { return o / p_ * period_starts_[p_] + period_starts_[o % p_]; }
 
 // Per (group, residue class) pair with outputs, numbered q = g * pairs_per_group_ + j (its first
 // output is g * Mg + j): where its panels start in the packed weights; the last entry is their
@@ -160,7 +167,11 @@ void PSConv::prepack(const float* w, size_t w_len) {
   if (w_len != packed_len_)
     fail("W: length " + std::to_string(w_len) + " does not match the patterns and channels (expected " +
          std::to_string(packed_len_) + ")");
-  pack_weights(w, pair_offsets(), prepacked_);
+  if (depthwise()) {
+    prepacked_.assign(w, w + w_len);  // already in the order the depthwise kernel reads
+  } else {
+    pack_weights(w, pair_offsets(), prepacked_);
+  }
 }
 
 // The phase planes (the scratch) of one image: per input channel, the min(SW, KW) column phases
@@ -286,6 +297,7 @@ struct PSConv::Run {
   const float *bias, *z;
   float* y;
   Ukernel ukernel;
+  Dwconv dwconv;
 };
 
 // Task (image, channel) of the chunk: writes the channel's phase planes, zeroing only the
@@ -411,6 +423,33 @@ void PSConv::compute_tiles(void* p, size_t task) {
   }
 }
 
+// Task (image, output channel) of a depthwise layer: every row of the channel in one call. The
+// output reads its group's one input channel; tap offsets are those of its residue class.
+// B reads: a row's last half reads at most 7 floats past the row's last pixel, which end
+// within the next plane row, the next plane, or the kNR spare floats after the last plane.
+void PSConv::compute_depthwise(void* p, size_t task) {
+  const Run& run = *static_cast<const Run*>(p);
+  const PSConv& cv = *run.conv;
+  const Geometry& geo = run.geo;
+  const size_t n = task / cv.m_, o = task % cv.m_, r = (o + cv.shift_) % cv.p_;
+  const size_t y_index = (n * cv.m_ + o) * geo.ohw;
+  DwconvArgs args{};
+  args.k = cv.class_k_[r];
+  args.w = run.a + cv.depthwise_weights(o);
+  args.b = run.xph + n * geo.image + o / cv.mg_ * geo.plane;
+  args.b_offsets = run.rel[r].data();
+  args.b_row_stride = geo.rs * geo.ws;
+  args.rows = geo.oh;
+  args.n = geo.ow;
+  args.y = run.y + y_index;
+  args.y_row_stride = geo.ow;
+  args.z = run.z ? run.z + y_index : nullptr;
+  args.bias = run.bias ? run.bias[o] : 0.0f;
+  args.lo = cv.lo_;
+  args.hi = cv.hi_;
+  run.dwconv(args);
+}
+
 // Dense Conv multiplies every tap of a window, masked ones by zero, and 0 * Inf and 0 * NaN are
 // NaN; the sparse kernel skips masked taps. So an output whose window holds a non-finite value
 // of channel c at a masked tap of its kernel must be NaN (at kept taps the kernel computed what
@@ -435,21 +474,26 @@ void PSConv::nan_masked_non_finite(const Geometry& geo, size_t c, const float* i
   }
 }
 
-void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& parallel) const {
+void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, const Parallel& parallel) const {
   Run run{};
   run.conv = this;
   run.geo = geometry(in.x_shape);
   const Geometry& geo = run.geo;
   if (geo.n == 0) return;
 
-  const std::vector<size_t> offsets = pair_offsets();
+  std::vector<size_t> offsets;  // GEMM only: depthwise layers read W as it is
   std::vector<float> a_local;
-  if (prepacked_.empty()) pack_weights(in.w, offsets, a_local);
-  run.a = prepacked_.empty() ? a_local.data() : prepacked_.data();
-  run.pair_a = offsets.data();
+  if (depthwise()) {
+    run.a = prepacked_.empty() ? in.w : prepacked_.data();
+  } else {
+    offsets = pair_offsets();
+    if (prepacked_.empty()) pack_weights(in.w, offsets, a_local);
+    run.a = prepacked_.empty() ? a_local.data() : prepacked_.data();
+    run.pair_a = offsets.data();
+  }
 
   // B-row offsets of the classes that have outputs (at most len(W) of them in all).
-  const size_t pairs = offsets.size() - 1;
+  const size_t pairs = groups_ * pairs_per_group_;
   run.rel.resize(p_);
   size_t max_k = 1;
   for (size_t q = 0; q < pairs; ++q) {
@@ -477,9 +521,11 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& pa
                                                    : ceil_div(geo.ohw, kNR);
   // Blocks of tiles whose input rows (about k * kNR floats each) fit in L2 together.
   run.tile_block = std::max<size_t>(1, std::min(kMaxTileBlock, 8192 / max_k));
-  const size_t tasks_per_image = pairs * ceil_div(run.tiles, run.tile_block);
+  const size_t tasks_per_image = depthwise() ? m_ : pairs * ceil_div(run.tiles, run.tile_block);
+  void (*const compute)(void*, size_t) = depthwise() ? compute_depthwise : compute_tiles;
   run.bias = in.has_b ? in.b : nullptr;
   run.ukernel = ukernel;
+  run.dwconv = dwconv;
 
   // kNR spare floats after the planes complete the last rows' whole-vector reads ("B reads").
   // Uninitialised on purpose: fill_phases writes every float of every plane.
@@ -496,7 +542,7 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& pa
     run.y = y + n0 * y_image;
     run.z = in.z ? in.z + n0 * y_image : nullptr;
     parallel.run(parallel.self, fill_phases, images * c_, &run);
-    parallel.run(parallel.self, compute_tiles, images * tasks_per_image, &run);
+    parallel.run(parallel.self, compute, images * tasks_per_image, &run);
     for (size_t t = 0; t < images * c_; ++t)
       if (non_finite[t]) nan_masked_non_finite(geo, t % c_, run.x + t * geo.h * geo.w, run.y + t / c_ * y_image);
   }

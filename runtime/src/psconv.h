@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "dwconv.h"
 #include "ukernel.h"
 
 namespace pscompress {
@@ -53,8 +54,9 @@ class PSConv {
   void prepack(const float* w, size_t w_len);
   // Checks inputs (and the memory bound of docs/operator.md) and returns Y's shape.
   std::vector<int64_t> output_shape(const Inputs& in, bool residual) const;
-  // Computes Y (shape from output_shape) with the given microkernel.
-  void run(const Inputs& in, float* y, Ukernel ukernel, const Parallel& parallel) const;
+  // Computes Y (shape from output_shape) with the given microkernels of one path: dwconv for
+  // layers with one input channel per group (Cg == 1), ukernel for the others.
+  void run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, const Parallel& parallel) const;
 
   // Memory held, in floats (docs/operator.md, "Memory"): the prepacked weights, and the phase
   // planes a run allocates for X of the given (valid) shape.
@@ -71,8 +73,12 @@ class PSConv {
   std::vector<size_t> pair_offsets() const;
   void pack_weights(const float* w, const std::vector<size_t>& offsets, std::vector<float>& a) const;
   void nan_masked_non_finite(const Geometry& geo, size_t c, const float* image, float* y) const;
+  // Depthwise (Cg == 1): W is already one contiguous run of weights per output, used unpacked.
+  bool depthwise() const { return cg_ == 1; }
+  size_t depthwise_weights(size_t o) const;
   static void fill_phases(void* run, size_t task);
   static void compute_tiles(void* run, size_t task);
+  static void compute_depthwise(void* run, size_t task);
 
   size_t kh_, kw_, sh_, sw_, pt_, pl_, pb_, pr_, groups_, c_, m_, cg_, mg_, p_, shift_;
   size_t pairs_per_group_;  // (group, residue class) pairs with outputs, per group: min(Mg, P)
@@ -80,6 +86,7 @@ class PSConv {
   std::vector<uint64_t> patterns_;
   std::vector<size_t> class_k_;  // per residue class r = (o + shift) mod P: kept taps per output
   std::vector<std::vector<Tap>> pattern_taps_;  // per pattern, its kept taps in W's order
+  std::vector<size_t> period_starts_;  // depthwise: where output o's weights start in W, for o < P, then P
   size_t packed_len_ = 0;
   std::vector<float> prepacked_;
 };

@@ -34,12 +34,23 @@ inline typename Isa::Half load_first(const float* p, size_t count) {
   return Isa::load(part);
 }
 
-// The epilogue, for rows m < `rows` of the accumulated tile (pixels 0..7 of row m in
-// acc[m][0], 8..15 in acc[m][1]): y = clamp(acc + bias[m] + z, lo, hi) at the places
-// ukernel.h gives. Rows go in order, and in each the lower half before the upper: when the
-// halves overlap in Y, the upper half's pixels are the ones left. Isa::Half holds half a row,
-// 8 floats, with splat(x), add(a, b), load(p) of 8 floats, store_first(p, v, count) of the
-// first count (0 to 8), and clamp(v, lo, hi) = min(hi, max(lo, v)) with NaN kept.
+// The epilogue of half a row, every path's and every kernel's (GEMM and depthwise):
+// y = clamp(acc + bias + z, lo, hi) at the first `count` (0 to 8) pixels, z nullable. Isa::Half
+// holds half a row, 8 floats, with splat(x), add(a, b), load(p) of 8 floats,
+// store_first(p, v, count) of the first count, and clamp(v, lo, hi) = min(hi, max(lo, v)) with
+// NaN kept. Y and Z are touched only at the first `count` floats.
+template <class Isa>
+inline void store_half(typename Isa::Half acc, typename Isa::Half bias, float* y, const float* z, size_t count,
+                       typename Isa::Half lo, typename Isa::Half hi) {
+  typename Isa::Half v = Isa::add(acc, bias);
+  if (z) v = Isa::add(v, load_first<Isa>(z, count));
+  Isa::store_first(y, Isa::clamp(v, lo, hi), count);
+}
+
+// The GEMM epilogue, for rows m < `rows` of the accumulated tile (pixels 0..7 of row m in
+// acc[m][0], 8..15 in acc[m][1]), at the places ukernel.h gives. Rows go in order, and in each
+// the lower half before the upper: when the halves overlap in Y, the upper half's pixels are
+// the ones left.
 template <class Isa>
 inline void store_tile(const typename Isa::Half (&acc)[kMR][2], size_t rows, const UkernelArgs& args) {
   static_assert(kNR == 16, "two halves of 8 pixels");
@@ -48,15 +59,10 @@ inline void store_tile(const typename Isa::Half (&acc)[kMR][2], size_t rows, con
   const Half lo = Isa::splat(args.lo), hi = Isa::splat(args.hi);
   for (size_t m = 0; m < rows; ++m) {
     const Half bias = Isa::splat(args.bias ? args.bias[m * args.bias_stride] : 0.0f);
-    Half v0 = Isa::add(acc[m][0], bias), v1 = Isa::add(acc[m][1], bias);
     float* y = args.y + m * args.y_row_stride;
-    if (args.z) {
-      const float* z = args.z + m * args.y_row_stride;
-      v0 = Isa::add(v0, load_first<Isa>(z, n0));
-      v1 = Isa::add(v1, load_first<Isa>(z + args.y_split, n1));
-    }
-    Isa::store_first(y, Isa::clamp(v0, lo, hi), n0);  // lower half first: the halves may overlap
-    Isa::store_first(y + args.y_split, Isa::clamp(v1, lo, hi), n1);
+    const float* z = args.z ? args.z + m * args.y_row_stride : nullptr;
+    store_half<Isa>(acc[m][0], bias, y, z, n0, lo, hi);  // lower half first: the halves may overlap
+    store_half<Isa>(acc[m][1], bias, y + args.y_split, z ? z + args.y_split : nullptr, n1, lo, hi);
   }
 }
 

@@ -107,8 +107,8 @@ def _channels(rng: np.random.Generator) -> tuple[int, int, int]:
     roll = rng.random()
     if roll < 0.55:
         return 1, size(), size()
-    if roll < 0.75:  # depthwise: group == C == M
-        return int(rng.integers(1, 25)), 1, 1
+    if roll < 0.75:  # depthwise: group == C, channel multiplier 1 (M == C) or 2
+        return int(rng.integers(1, 25)), 1, int(rng.choice([1, 1, 2]))
     return int(rng.integers(2, 7)), size(), size()
 
 
@@ -141,9 +141,10 @@ def _geometry(rng: np.random.Generator, kernel: list[int]) -> tuple[list[int], l
         for d in range(4):
             if rng.random() < 0.5:
                 pads[d] = int(rng.choice([17, 100, 513, 1024]))
+    wide = rng.random() < 0.1  # rows as wide as MobileNet's (many 8-pixel tiles per row)
     size = []
     for d in range(2):
-        out = int(rng.integers(1, 21))
+        out = int(rng.integers(1, 21)) if d == 0 or not wide else int(rng.integers(21, 120))
         k, s, p = kernel[d], strides[d], pads[d] + pads[d + 2]
         size.append(max(1, (out - 1) * s + k - p + int(rng.integers(0, s))))
     return strides, pads, size[0], size[1]
@@ -201,7 +202,7 @@ def generate(seed: int, index: int) -> Case:
         # Weights only without padding: onnxruntime's Conv skips padded taps, so 0 * Inf there
         # is 0 for it but NaN in IEEE arithmetic (and natively). The contract does not settle
         # it; real weights are finite.
-        nonfinite = ("X",) + tuple(name for name, p in (("B", 0.2), ("Z", 0.3), ("W", 0.05))
+        nonfinite = ("X",) + tuple(name for name, p in (("B", 0.2), ("Z", 0.3), ("W", 0.1))
                                    if rng.random() < p and (name != "B" or bias) and (name != "Z" or residual)
                                    and (name != "W" or not any(attrs["pads"])))
     case = Case(seed, index, "PSConvAdd" if residual else "PSConv", attrs, omitted, n, h, w, bias,

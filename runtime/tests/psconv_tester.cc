@@ -157,7 +157,7 @@ bool check(const Case& c, const std::vector<CpuPath>& paths, std::mt19937& rng, 
       for (const CpuPath& path : paths) {
         std::vector<float> y(y_elems, 12345.0f);
         Shuffled shuffled;
-        conv.run(in, y.data(), path.ukernel, {Shuffled::run, &shuffled});
+        conv.run(in, y.data(), path.ukernel, path.dwconv, {Shuffled::run, &shuffled});
         for (size_t i = 0; i < y_elems; ++i) {
           if (!same(want.y[i], y[i], want.magnitude[i])) {
             std::printf("%s [%s, %s W%s]: MISMATCH at %zu of %zu: want %g, got %g\n", label, path.name,
@@ -196,6 +196,9 @@ std::vector<Case> fixed_cases() {
   // Kernels wider and taller than the image, made to fit by padding.
   add({{1, 2, 1, 3}, 2, 1, {7, 9}, {1, 1}, {3, 4, 3, 4}, {INT64_MAX, 0x5555555555555555}});
   add({{2, 1, 2, 2}, 1, 1, {1, 63}, {1, 1}, {0, 31, 0, 31}, {int64_t{1} << 62, 1}});
+  // Depthwise (Cg == 1, the direct kernel): multiplier 2, stride 2, odd pads, wide rows, residual.
+  add({{2, 6, 11, 37}, 12, 6, {3, 3}, {2, 2}, {1, 0, 1, 1}, {27, 54, 216, 432}, 1, 0.0f, 6.0f, true, true});
+  add({{1, 5, 9, 7}, 5, 5, {5, 5}, {1, 1}, {2, 2, 2, 2}, {0x1FFFFFF, 0x1041041}, 1});
   // Empty images: outputs read padding only (a phase with no image column at all).
   add({{1, 2, 0, 3}, 2, 1, {3, 3}, {1, 1}, {2, 0, 2, 0}, {27, 54, 216, 432}});
   add({{2, 2, 3, 0}, 3, 1, {3, 3}, {1, 4}, {0, 10, 0, 0}, {27, 54, 216, 432}});

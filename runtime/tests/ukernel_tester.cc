@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "dispatch.h"
+#include "kernel_check.h"
 #include "ukernel.h"
 
 using namespace pscompress;
@@ -28,7 +29,6 @@ namespace {
 
 constexpr size_t kRowStride = 19;  // Y and Z floats per tile row: 16 and a gap of guards
 constexpr size_t kLead = 8, kTrail = 8;  // guards before row 0 and after row kMR - 1
-constexpr float kGuard = -7777.0f;       // no tile computes it: |values| stay below 300
 constexpr float kInf = INFINITY;
 
 struct Case {
@@ -136,51 +136,6 @@ void reference(const Case& c, const Tile& t, std::vector<float>& y, std::vector<
   }
 }
 
-// Two float results of up to k + 2 roundings each: NaN for NaN, infinities exact.
-bool same(float want, float got, size_t k, double magnitude) {
-  if (std::isnan(want) || std::isnan(got)) return std::isnan(want) && std::isnan(got);
-  if (std::isinf(want) || std::isinf(got)) return want == got;
-  return std::fabs(double{want} - got) <= (k + 3) * 0x1p-23 * (1.0 + magnitude);
-}
-
-// One path's results against what it should match, all mismatches counted.
-struct Report {
-  const char* path;
-  const char* against;
-  size_t cases = 0, bad_cases = 0, bad_floats = 0;
-  std::vector<std::string> first;
-
-  Report(const char* name, const char* reference) : path(name), against(reference) {}
-
-  void check(const Case& c, const Tile& t, const std::vector<float>& want, const std::vector<float>& got,
-             const std::vector<double>& magnitude) {
-    ++cases;
-    size_t bad = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (t.pixel[i] ? same(want[i], got[i], c.k, magnitude[i]) : got[i] == kGuard) continue;
-      if (bad++ == 0 && first.size() < 8) {
-        char text[120];
-        std::snprintf(text, sizeof text, ": y[%td] (%s) want %.9g, got %.9g", static_cast<ptrdiff_t>(i - kLead),
-                      t.pixel[i] ? "a pixel" : "no pixel: must stay untouched", want[i], got[i]);
-        first.push_back(c.describe() + text);
-      }
-    }
-    bad_cases += bad != 0;
-    bad_floats += bad;
-  }
-
-  bool print() const {
-    if (!bad_cases) {
-      std::printf("%s: ok (%zu cases vs %s)\n", path, cases, against);
-      return true;
-    }
-    std::printf("%s: MISMATCH in %zu of %zu cases vs %s, %zu floats; first per case:\n", path, bad_cases, cases,
-                against, bad_floats);
-    for (const std::string& line : first) std::printf("  %s\n", line.c_str());
-    return false;
-  }
-};
-
 constexpr size_t kKs[] = {0, 1, 5, 6, 7, 12, 13, 64, 257};
 constexpr size_t kBSplits[] = {0, 6, 8, 29};
 constexpr struct Clamp { float lo, hi; } kClamps[] = {{-kInf, kInf}, {0.0f, kInf}, {-0.5f, 0.75f}, {0.25f, 0.25f}};
@@ -221,12 +176,12 @@ int main() {
     ukernel_6x16_scalar(t.args(c, scalar.data()));
     for (size_t p = 0; p < paths.size(); ++p) {
       if (paths[p].ukernel == ukernel_6x16_scalar) {
-        reports[p].check(c, t, want, scalar, magnitude);
+        reports[p].check(c, c.k, t.pixel, kLead, want, scalar, magnitude);
         continue;
       }
       std::vector<float> got = t.y;
       paths[p].ukernel(t.args(c, got.data()));
-      reports[p].check(c, t, scalar, got, magnitude);
+      reports[p].check(c, c.k, t.pixel, kLead, scalar, got, magnitude);
     }
   }
   bool ok = true;

@@ -1,0 +1,63 @@
+// What the microkernel testers (ukernel_tester.cc, dwconv_tester.cc) share: the comparison of
+// two float results and the per-path report of mismatches.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace pscompress {
+
+constexpr float kGuard = -7777.0f;  // no kernel computes it: |values| stay below 300
+
+// Two float results of up to k + 2 roundings each: NaN for NaN, infinities exact.
+inline bool same(float want, float got, size_t k, double magnitude) {
+  if (std::isnan(want) || std::isnan(got)) return std::isnan(want) && std::isnan(got);
+  if (std::isinf(want) || std::isinf(got)) return want == got;
+  return std::fabs(double{want} - got) <= (k + 3) * 0x1p-23 * (1.0 + magnitude);
+}
+
+// One path's results against what it should match, all mismatches counted.
+struct Report {
+  const char* path;
+  const char* against;
+  size_t cases = 0, bad_cases = 0, bad_floats = 0;
+  std::vector<std::string> first;
+
+  Report(const char* name, const char* reference) : path(name), against(reference) {}
+
+  // Output buffers whose floats at `pixel` the kernel stores; all others must keep kGuard.
+  // `lead` floats of guards precede output 0; describe() names the case.
+  template <class Case>
+  void check(const Case& c, size_t k, const std::vector<bool>& pixel, size_t lead, const std::vector<float>& want,
+             const std::vector<float>& got, const std::vector<double>& magnitude) {
+    ++cases;
+    size_t bad = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (pixel[i] ? same(want[i], got[i], k, magnitude[i]) : got[i] == kGuard) continue;
+      if (bad++ == 0 && first.size() < 8) {
+        char text[120];
+        std::snprintf(text, sizeof text, ": y[%td] (%s) want %.9g, got %.9g", static_cast<ptrdiff_t>(i - lead),
+                      pixel[i] ? "a pixel" : "no pixel: must stay untouched", want[i], got[i]);
+        first.push_back(c.describe() + text);
+      }
+    }
+    bad_cases += bad != 0;
+    bad_floats += bad;
+  }
+
+  bool print() const {
+    if (!bad_cases) {
+      std::printf("%s: ok (%zu cases vs %s)\n", path, cases, against);
+      return true;
+    }
+    std::printf("%s: MISMATCH in %zu of %zu cases vs %s, %zu floats; first per case:\n", path, bad_cases, cases,
+                against, bad_floats);
+    for (const std::string& line : first) std::printf("  %s\n", line.c_str());
+    return false;
+  }
+};
+
+}  // namespace pscompress
