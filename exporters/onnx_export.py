@@ -75,6 +75,10 @@ def _build(job: Prepared, dense: bool, layers: dict) -> tuple[bytes, int]:
         model.functions.extend(psconv_onnx.fallback_functions())
     _name_nodes_after_layers(model)
     _set_opsets(model)
+    if fused and psconv_onnx.residual_shapes_proven(model):
+        # Proven here, so the file needs no run-time check of Z: its dense form fuses like Conv + Add.
+        del model.functions[:]
+        model.functions.extend(psconv_onnx.fallback_functions(residual_proven=True))
     _set_metadata(model, job.loaded, job.input_shape, layers)
     onnx.checker.check_model(model)
     return model.SerializeToString(), fused

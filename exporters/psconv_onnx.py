@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 import onnx
+import onnx.inliner
+import onnx.shape_inference
 import onnxscript
 from onnx.defs import OpSchema
 from onnxscript import opset18 as op
@@ -78,6 +80,26 @@ def DenseKernel(W, kernel_shape: list[int], group: int, in_channels: int, out_ch
     return dense
 
 
+@onnxscript.script(_helper_opset, default_opset=op)
+def Clamp(T, clip_min: float, clip_max: float):
+    """Clip(T, clip_min, clip_max) written as the op onnxruntime can fuse into the Conv before it:
+    Identity when unbounded, Relu for [0, inf), Clip otherwise. The conditions depend on the
+    attributes alone, so onnxruntime folds both Ifs at load. Its NCHWc layout fuses Relu after a
+    Conv + Add but not Clip, which would cost a reorder and a pass over the data each way.
+    Relu(x) equals Clip(x, 0, inf) for every x, NaN included; a clip_min of -0.0 takes Relu."""
+    lo = op.Constant(value_float=clip_min)
+    hi = op.Constant(value_float=clip_max)
+    no_max = op.Equal(hi, op.Constant(value_float=math.inf))
+    if op.And(op.Equal(lo, op.Constant(value_float=-math.inf)), no_max):
+        y = op.Identity(T)
+    else:
+        if op.And(op.Equal(lo, op.Constant(value_float=0.0)), no_max):
+            y = op.Relu(T)
+        else:
+            y = op.Clip(T, lo, hi)
+    return y
+
+
 # Optional attributes carry the contract's defaults (FunctionProto.attribute_proto), so a node
 # that leaves them out still inlines; the exporter writes every attribute anyway.
 @onnxscript.script(psconv_opset, default_opset=op)
@@ -87,7 +109,7 @@ def PSConv(X, W, B, kernel_shape: list[int], in_channels: int, out_channels: int
     dense = DenseKernel(W, kernel_shape=kernel_shape, group=group, in_channels=in_channels,
                         out_channels=out_channels, patterns=patterns, shift=shift)
     t = op.Conv(X, dense, B, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group)
-    y = op.Clip(t, op.Constant(value_float=clip_min), op.Constant(value_float=clip_max))
+    y = Clamp(t, clip_min=clip_min, clip_max=clip_max)
     return y
 
 
@@ -99,13 +121,75 @@ def PSConvAdd(X, W, B, Z, kernel_shape: list[int], in_channels: int, out_channel
                         out_channels=out_channels, patterns=patterns, shift=shift)
     t = op.Conv(X, dense, B, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group)
     z = ExactShape(Z, op.Shape(t))  # Y's shape exactly, as natively: never a broadcast
-    y = op.Clip(op.Add(t, z), op.Constant(value_float=clip_min), op.Constant(value_float=clip_max))
+    y = Clamp(op.Add(t, z), clip_min=clip_min, clip_max=clip_max)
     return y
 
 
-def fallback_functions() -> list[onnx.FunctionProto]:
-    """The model-local functions every exported model carries."""
-    return [f.to_function_proto() for f in (ExactShape, DenseKernel, PSConv, PSConvAdd)]
+@onnxscript.script(psconv_opset, default_opset=op)
+def PSConvAddProven(X, W, B, Z, kernel_shape: list[int], in_channels: int, out_channels: int, patterns: list[int],
+                    strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0, 0], dilations: list[int] = [1, 1],
+                    group: int = 1, shift: int = 0, clip_min: float = -math.inf, clip_max: float = math.inf):
+    """PSConvAdd for a file whose every Z is proven at write time to have Y's shape
+    (residual_shapes_proven). Without the run-time check onnxruntime can fuse the Add into the
+    Conv: any use of Z's shape, even Shape(Z), keeps Z out of its NCHWc layout."""
+    dense = DenseKernel(W, kernel_shape=kernel_shape, group=group, in_channels=in_channels,
+                        out_channels=out_channels, patterns=patterns, shift=shift)
+    t = op.Conv(X, dense, B, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group)
+    y = Clamp(op.Add(t, Z), clip_min=clip_min, clip_max=clip_max)
+    return y
+
+
+def fallback_functions(residual_proven: bool = False) -> list[onnx.FunctionProto]:
+    """The model-local functions every exported model carries. `residual_proven`: every
+    PSConvAdd node's Z is known to have Y's shape (residual_shapes_proven), so its function
+    leaves out the run-time check."""
+    add = PSConvAddProven.to_function_proto() if residual_proven else PSConvAdd.to_function_proto()
+    add.name = "PSConvAdd"
+    return [f.to_function_proto() for f in (ExactShape, DenseKernel, Clamp, PSConv)] + [add]
+
+
+def residual_shapes_proven(model: onnx.ModelProto) -> bool:
+    """Whether shape inference proves, for every PSConvAdd node, that Z has exactly the shape
+    the node's Conv gives: [N of X, out_channels, OH, OW], each dimension the same number or the
+    same symbol. The model must carry the functions (inference runs on the inlined graph).
+    Every intermediate shape is a function of the graph inputs' shapes, so no input the model
+    accepts can then make Z broadcast."""
+    nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == "PSConvAdd"]
+    if not nodes:
+        return True
+    try:
+        inferred = onnx.shape_inference.infer_shapes(onnx.inliner.inline_local_functions(model),
+                                                     strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return False
+    values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    shapes = {v.name: _dims(v) for v in values}
+    return all(_conv_output_dims(node, shapes.get(node.input[0])) == shapes.get(node.input[3]) is not None
+               for node in nodes)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list | None:
+    """Each dimension as its number or its symbol; None when unknown."""
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None
+            for d in tensor.shape.dim]
+    return None if None in dims or "" in dims else dims
+
+
+def _conv_output_dims(node: onnx.NodeProto, x: list | None) -> list | None:
+    """[N, out_channels, OH, OW] of the node's Conv for X of dimensions `x`; None when H or W is not a number."""
+    if x is None or len(x) != 4 or not all(isinstance(d, int) for d in x[2:]):
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    kh, kw = attrs["kernel_shape"]
+    sh, sw = attrs.get("strides", [1, 1])
+    dh, dw = attrs.get("dilations", [1, 1])
+    pt, pl, pb, pr = attrs.get("pads", [0, 0, 0, 0])
+    oh = (x[2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (x[3] + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return [x[0], attrs["out_channels"], oh, ow]
 
 
 def opset_imports() -> dict[str, int]:

@@ -86,6 +86,29 @@ def test_ir_version_opsets_functions_and_metadata(exported):
     assert meta["pscompress.version"]
 
 
+def optimized_kernels(path, tmp_path) -> list[str]:
+    """The operators onnxruntime (ORT_ENABLE_ALL, no native library) runs for a file, each Conv with its fused activation."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / f"optimized-{path.name}")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    return sorted(n.op_type + "".join(f" {a.s.decode()}" for a in n.attribute if a.name == "activation") for n in nodes)
+
+
+def test_portable_path_runs_the_dense_exports_kernels(exported, tmp_path):
+    """Every Z proven to have Y's shape at export, and the clamp written as Relu: without the
+    library onnxruntime fuses the rebuilt Conv, the residual Add and the ReLU exactly as it does
+    for `export --dense`, so the portable file is no slower than the dense one."""
+    path, _, _ = exported("resnet20")
+    functions = {f.name: [n.op_type for n in f.node] for f in onnx.load(path).functions}
+    assert "ExactShape" not in functions["PSConvAdd"], functions["PSConvAdd"]
+    dense_path, _, _ = exported("resnet20", dense=True)
+    kernels = optimized_kernels(path, tmp_path)
+    assert kernels == optimized_kernels(dense_path, tmp_path)
+    assert kernels.count("Conv Relu") == 19, kernels  # every block's convs with their ReLU (and Add) fused
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_portable_onnxruntime_and_reference_match_pytorch(exported, batch):
     path, _, loaded = exported("resnet20")

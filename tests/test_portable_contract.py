@@ -139,6 +139,71 @@ def test_portable_takes_z_of_exactly_y_shape_with_static_shapes():
     np.testing.assert_allclose(got, portable(model(REQUIRED), inputs), rtol=1e-5, atol=1e-5)
 
 
+RESIDUAL_PROOFS = [
+    ({"X": ["N", 4, H, W], "Z": ["N", 6, H - 2, W - 2]}, True),  # the same symbol and numbers
+    ({"X": [N, 4, H, W], "Z": Y_SHAPE}, True),
+    ({"X": ["N", 4, H, W], "Z": ["M", 6, H - 2, W - 2]}, False),  # another symbol may be another size
+    ({"X": ["N", 4, H, W], "Z": [1, 6, H - 2, W - 2]}, False),    # broadcast over the batch
+    ({"X": ["N", 4, H, W], "Z": ["N", 6, 1, 1]}, False),          # broadcast over the pixels
+    ({"X": ["N", 4, H, W], "Z": ["N", 6, H - 2]}, False),         # rank 3
+    ({"X": ["N", 4, "H", "W"], "Z": ["N", 6, "OH", "OW"]}, False),  # OH, OW not numbers: nothing to compare
+    ({"X": ["N", 4, H, W]}, False),                                # Z of unknown shape
+    (None, False),
+]
+
+
+@pytest.mark.parametrize("shapes, proven", RESIDUAL_PROOFS, ids=lambda v: str(v))
+def test_residual_shapes_are_proven_only_when_z_is_exactly_the_convs_output(shapes, proven):
+    full = {**REQUIRED, **fuzz_cases.OPTIONAL_DEFAULTS}  # as exported: onnx's inliner ignores function defaults
+    assert psconv_onnx.residual_shapes_proven(model(full, shapes=shapes)) is proven
+
+
+def test_a_node_without_every_attribute_is_not_proven():
+    """Inlining leaves its attribute references empty, so inference fails: the file keeps the check."""
+    assert not psconv_onnx.residual_shapes_proven(model(REQUIRED, shapes={"X": ["N", 4, H, W], "Z": ["N", 6, 4, 3]}))
+
+
+def test_a_file_without_psconv_add_needs_no_proof():
+    assert psconv_onnx.residual_shapes_proven(model(REQUIRED, residual=False))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("clip", [(-math.inf, math.inf), (0.0, math.inf), (-0.0, math.inf), (0.0, 6.0),
+                                  (-1.5, 0.25), (-math.inf, 0.0), (2.0, 2.0)], ids=str)
+def test_clamp_is_clip_nan_and_infinities_included(clip, residual):
+    """Clamp (Identity, Relu or Clip, chosen by the attributes) against numpy's clip on ONNX Clip's
+    semantics; onnx's reference evaluator runs the same functions."""
+    rng = np.random.default_rng(7)
+    inputs = feeds(rng, X=rng.standard_normal((N, 4, H, W)).astype(np.float32) * 4)
+    inputs["X"][0, 1, 2, 2], inputs["X"][1, 3, 0, 0] = np.nan, np.inf  # NaN in Y
+    inputs["B"][:2] = np.inf, -np.inf  # infinities in Y
+    unclamped = portable(model({**REQUIRED, "clip_min": -math.inf, "clip_max": math.inf}, residual=residual), inputs)
+    attrs = {**REQUIRED, **fuzz_cases.OPTIONAL_DEFAULTS, "clip_min": clip[0], "clip_max": clip[1]}
+    expected = np.where(np.isnan(unclamped), np.nan, np.clip(unclamped, np.float32(clip[0]), np.float32(clip[1])))
+    assert np.isnan(unclamped).any() and np.isposinf(unclamped).any() and np.isneginf(unclamped).any()
+    np.testing.assert_array_equal(portable(model(attrs, residual=residual), inputs), expected)
+    reference = ReferenceEvaluator(model(attrs, residual=residual))
+    names = set(reference.input_names)
+    with np.errstate(invalid="ignore"):  # numpy's Conv meets the NaN and infinities
+        got = reference.run(None, {k: v for k, v in inputs.items() if k in names})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)  # its Conv sums in another order
+
+
+@pytest.mark.parametrize("clip, kept_op", [((-math.inf, math.inf), None), ((0.0, math.inf), "Relu"),
+                                           ((0.0, 6.0), "Clip")], ids=str)
+def test_clamp_folds_to_one_operator_at_load(tmp_path, clip, kept_op):
+    """Clamp's Ifs depend on attributes alone: onnxruntime folds them when the model loads."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    attrs = {**REQUIRED, "clip_min": clip[0], "clip_max": clip[1]}
+    ort.InferenceSession(model(attrs, residual=False, constant_w=True).SerializeToString(), options,
+                         providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "If" not in ops and "Equal" not in ops, ops
+    assert {op for op in ops if op in ("Relu", "Clip")} == ({kept_op} if kept_op else set()), ops
+
+
 EMPTY_BIAS = pytest.mark.parametrize("n, residual, constant", [
     (1, False, False), (1, True, False), (1, False, True), (1, True, True), (0, True, False), (0, False, True)],
     ids=lambda v: str(v))
