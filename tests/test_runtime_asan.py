@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,19 @@ def test_simd_microkernels_match_reference(asan_build: Path, tester: str) -> Non
     assert "scalar: ok" in done.stdout
     for path in machine_paths():
         assert f"{path}: ok" in done.stdout, done.stdout
+    if tester == "ukernel_tester" and platform.machine() in ("x86_64", "AMD64") and "avx512f" not in machine_paths():
+        # Built everywhere on x86-64; a CPU without AVX-512 says it did not run it.
+        assert "avx512f: built, not run: this CPU has no AVX-512F" in done.stdout, done.stdout
+
+
+@pytest.mark.skipif("avx2-fma" not in machine_paths(), reason="the emulation runs on AVX2 (x86-64 only)")
+def test_avx512_kernel_code_matches_reference_emulated_on_avx2(asan_build: Path) -> None:
+    """ukernel_6x16_avx512f.cc with its AVX-512 intrinsics written in AVX2 (runtime/tests/
+    avx512_on_avx2.h): its code is checked on every x86-64 machine, AVX-512 or not."""
+    done = subprocess.run([str(asan_build / "ukernel_tester_avx512_emulated")], capture_output=True, text=True,
+                          env=sanitizer_env(), timeout=120)
+    assert_clean(done)
+    assert "avx512f-emulated: ok" in done.stdout, done.stdout
 
 
 def test_fuzz_malformed_models_never_crash(asan_build: Path) -> None:

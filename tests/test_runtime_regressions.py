@@ -230,7 +230,7 @@ def check_layer(case: Case, non_finite: bool) -> None:
         assert_same(got, expected, f"native ({runtime.cpu_path()}) vs {name}")
 
 
-@pytest.mark.parametrize("kernel", ["scalar", "avx2-fma", "neon"])
+@pytest.mark.parametrize("kernel", ["scalar", "avx2-fma", "avx512f", "neon"])
 def test_every_forced_path_matches_with_nan_and_inf(kernel: str) -> None:
     probe = subprocess.run([sys.executable, "-c", "from pscompress import runtime; print(runtime.cpu_path())"],
                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PSCOMPRESS_KERNEL": kernel})

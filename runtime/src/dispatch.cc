@@ -23,7 +23,13 @@ std::vector<CpuPath> supported_paths() {
   std::vector<CpuPath> paths;
 #if defined(PSCOMPRESS_HAVE_AVX2)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) paths.push_back({"avx2-fma", ukernel_6x16_avx2_fma, dwconv_6x8_avx2_fma});
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#if defined(PSCOMPRESS_HAVE_AVX512)
+  // The AVX-512 GEMM kernel's epilogue is AVX2's; depthwise layers keep the AVX2 kernel (there
+  // is no AVX-512 depthwise kernel yet).
+  if (avx2 && __builtin_cpu_supports("avx512f")) paths.push_back({"avx512f", ukernel_6x16_avx512f, dwconv_6x8_avx2_fma});
+#endif
+  if (avx2) paths.push_back({"avx2-fma", ukernel_6x16_avx2_fma, dwconv_6x8_avx2_fma});
 #endif
 #if defined(PSCOMPRESS_HAVE_NEON)
   paths.push_back({"neon", ukernel_6x16_neon, dwconv_6x8_neon});  // Advanced SIMD is mandatory on aarch64

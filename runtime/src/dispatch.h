@@ -10,7 +10,7 @@
 namespace pscompress {
 
 struct CpuPath {
-  const char* name;  // "avx2-fma", "neon", "scalar", or "unsupported:<forced name>"
+  const char* name;  // "avx512f", "avx2-fma", "neon", "scalar", or "unsupported:<forced name>"
   Ukernel ukernel;   // null for an unsupported forced name
   Dwconv dwconv;     // the same ISA's depthwise kernel; null likewise
 };

@@ -1,5 +1,5 @@
 // The GEMM microkernel interface shared by every CPU path. Each path is one file named for
-// its tile and ISA, ukernel_<kMR>x<kNR>_<isa>.cc: scalar (the portable reference), avx2_fma, neon.
+// its tile and ISA, ukernel_<kMR>x<kNR>_<isa>.cc: scalar (the portable reference), avx2_fma, avx512f, neon.
 //
 // One call computes a tile of up to kMR output channels x kNR output pixels:
 //   acc[m][n] = sum_k a[k * kMR + m] * b_base[b_offsets[k] + n + (n >= 8 ? b_split - 8 : 0)]
@@ -52,6 +52,9 @@ using Ukernel = void (*)(const UkernelArgs&);
 void ukernel_6x16_scalar(const UkernelArgs& args);
 #if defined(PSCOMPRESS_HAVE_AVX2)
 void ukernel_6x16_avx2_fma(const UkernelArgs& args);
+#endif
+#if defined(PSCOMPRESS_HAVE_AVX512)
+void ukernel_6x16_avx512f(const UkernelArgs& args);
 #endif
 #if defined(PSCOMPRESS_HAVE_NEON)
 void ukernel_6x16_neon(const UkernelArgs& args);

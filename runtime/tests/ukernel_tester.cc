@@ -25,6 +25,12 @@
 
 using namespace pscompress;
 
+#if defined(PSCOMPRESS_EMULATED_AVX512)
+namespace pscompress {
+void ukernel_6x16_avx512f_emulated(const UkernelArgs& args);  // tests/ukernel_6x16_avx512f_emulated.cc
+}
+#endif
+
 namespace {
 
 constexpr size_t kRowStride = 19;  // Y and Z floats per tile row: 16 and a gap of guards
@@ -163,7 +169,10 @@ std::vector<Case> cases() {
 }  // namespace
 
 int main() {
-  const std::vector<CpuPath> paths = supported_paths();  // "scalar" last
+  std::vector<CpuPath> paths = supported_paths();  // "scalar" last
+#if defined(PSCOMPRESS_EMULATED_AVX512)
+  paths.insert(paths.begin(), {"avx512f-emulated", ukernel_6x16_avx512f_emulated, nullptr});
+#endif
   std::vector<Report> reports;
   for (const CpuPath& path : paths) reports.emplace_back(path.name, path.ukernel == ukernel_6x16_scalar ? "float64" : "scalar");
   std::mt19937 rng(1234);
@@ -186,6 +195,11 @@ int main() {
   }
   bool ok = true;
   for (const Report& report : reports) ok = report.print() && ok;
+#if defined(PSCOMPRESS_HAVE_AVX512)
+  // Say so when a kernel this build has cannot run here, rather than pass in silence.
+  if (std::none_of(paths.begin(), paths.end(), [](const CpuPath& p) { return p.ukernel == ukernel_6x16_avx512f; }))
+    std::printf("avx512f: built, not run: this CPU has no AVX-512F\n");
+#endif
   std::printf("dispatch picks: %s\n", cpu_path().name);
   return ok ? 0 : 1;
 }
