@@ -24,7 +24,7 @@ from torch import nn
 import pscompress
 from pscompress.core.errors import UserError
 from pscompress.core.files import atomic_output
-from pscompress.core.metadata import encode_onnx_metadata, export_metadata
+from pscompress.core.metadata import encode_onnx_metadata, export_metadata, pattern_text, patterns_text
 from pscompress.core.patterns import pattern_name
 from pscompress.exporters import psconv_onnx
 from pscompress.exporters.fuse import densify, fuse_psconv, packable
@@ -38,7 +38,7 @@ from pscompress.workstation.surgery import psconv_layers
 # IR 8 is the oldest that carries opset 18 and model-local functions; onnx 1.23 would write 14,
 # which onnxruntime 1.31 refuses.
 IR_VERSION = 8
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME = "input"  # the outputs are named by pscompress.workstation.model_io.named_outputs ("logits" when one)
 # Export fails when onnxruntime's output differs from PyTorch's by more than this (relative).
 VERIFY_TOLERANCE = 1e-4
 
@@ -70,7 +70,7 @@ def _build(job: Prepared, dense: bool, layers: dict) -> tuple[bytes, int]:
     if dense:
         densify(graph)
     fused = 0 if dense else fuse_psconv(graph, job.example)
-    model = _torch_export(graph, job.example)
+    model = _torch_export(graph, job.example, job.output_names)
     if fused:
         model.functions.extend(psconv_onnx.fallback_functions())
     _name_nodes_after_layers(model)
@@ -79,17 +79,17 @@ def _build(job: Prepared, dense: bool, layers: dict) -> tuple[bytes, int]:
         # Proven here, so the file needs no run-time check of Z: its dense form fuses like Conv + Add.
         del model.functions[:]
         model.functions.extend(psconv_onnx.fallback_functions(residual_proven=True))
-    _set_metadata(model, job.loaded, job.input_shape, layers)
+    _set_metadata(model, job, layers)
     onnx.checker.check_model(model)
     return model.SerializeToString(), fused
 
 
-def _run_portable(data: bytes, x: np.ndarray) -> np.ndarray:
+def _run_portable(data: bytes, x: np.ndarray) -> list[np.ndarray]:
     # native=False: the model's portable functions, which every onnxruntime runs.
-    return create_session(data, native=False).run(None, {INPUT_NAME: x})[0]
+    return create_session(data, native=False).run(None, {INPUT_NAME: x})
 
 
-def _torch_export(graph: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+def _torch_export(graph: nn.Module, example: torch.Tensor, output_names: list[str]) -> onnx.ModelProto:
     psconv_onnx.register_schemas()
     # The ops exporters.torch_ops registers, which fuse_psconv's FusedPSConv modules call.
     table = {torch.ops.pscompress.psconv.default: _translate_psconv,
@@ -100,7 +100,7 @@ def _torch_export(graph: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
         with warnings.catch_warnings(), _quiet_loggers(), contextlib.redirect_stdout(quiet):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=output_names,
                 opset_version=psconv_onnx.OPSET, dynamic_shapes=({0: batch},),
                 custom_translation_table=table, verbose=False, external_data=False,
             )
@@ -177,9 +177,10 @@ def _set_opsets(model: onnx.ModelProto) -> None:
     model.ir_version = IR_VERSION
 
 
-def _set_metadata(model: onnx.ModelProto, loaded: LoadedModel, shape: Sequence[int], layers: dict) -> None:
-    meta = export_metadata(loaded.meta, loaded.arch, shape, pattern=pattern_summary(layers.values()),
-                           operator=f"{psconv_onnx.DOMAIN} v{psconv_onnx.VERSION}")
+def _set_metadata(model: onnx.ModelProto, job: Prepared, layers: dict) -> None:
+    meta = export_metadata(job.loaded.meta, job.loaded.arch, job.input_shape, pattern=pattern_summary(layers.values()),
+                           operator=f"{psconv_onnx.DOMAIN} v{psconv_onnx.VERSION}",
+                           outputs=[{"name": name, "shape": list(value.shape[1:])} for name, value in job.expected.items()])
     del model.metadata_props[:]
     for key, value in encode_onnx_metadata(meta).items():
         model.metadata_props.add(key=key, value=value)
@@ -187,13 +188,14 @@ def _set_metadata(model: onnx.ModelProto, loaded: LoadedModel, shape: Sequence[i
 
 
 def pattern_summary(layers) -> str:
-    """The family names ("4of9") of the layers' patterns, or their supports when not a family."""
+    """The family names ("4of9") of the layers' patterns, or their supports when not a family (bounded length)."""
     names = []
     for layer in layers:
-        name = pattern_name(layer.pattern.kernel_size, layer.pattern.bitmasks)
+        name = pattern_text(pattern_name(layer.pattern.kernel_size, layer.pattern.bitmasks),
+                            layer.pattern.period, layer.pattern.density())
         if name not in names:
             names.append(name)
-    return "; ".join(names) if names else "dense"
+    return patterns_text(names) if names else "dense"
 
 
 def _weight_counts(module: nn.Module, packed: bool) -> tuple[int, int]:

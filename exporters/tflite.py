@@ -50,6 +50,10 @@ def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = 
     ``VERIFY_TOLERANCE``).
     """
     job = prepare(loaded, input_shape)
+    if len(job.output_names) > 1:
+        # The lowering writes one output and the board's TFLite predictor reads one.
+        raise UserError(f"TFLite export takes models with one output; this one has {len(job.output_names)} "
+                        f"({', '.join(job.output_names)}): export it to ONNX instead")
     with atomic_output(path) as tmp:
         data = _serialize(job, fp16=fp16, sparse=True)
         dense = _serialize(job, fp16=fp16, sparse=False)
@@ -83,8 +87,8 @@ def _interpreter_installed() -> bool:
     return True
 
 
-def _run_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
-    return TFLitePredictor.from_bytes(data).predict(x)
+def _run_tflite(data: bytes, x: np.ndarray) -> list[np.ndarray]:
+    return [TFLitePredictor.from_bytes(data).predict(x)]
 
 
 def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool) -> bytes:
@@ -136,6 +140,8 @@ class _Lowering:
 
     def _output(self, node: fx.Node) -> None:
         result = node.args[0]
+        if isinstance(result, (tuple, list)) and len(result) == 1:
+            result = result[0]  # a one-element tuple is the model's one output (model_io.named_outputs)
         if not isinstance(result, fx.Node):
             raise UserError("TFLite export supports models that return one tensor")
         value = self.values[result]

@@ -51,3 +51,35 @@ def export_model(directory: Path, arch: str = "resnet20", pattern: str | None = 
     path = directory / f"{arch}-{pattern}-{'dense' if dense else 'packed'}.onnx"
     summary = export_onnx(loaded, path, dense=dense)
     return path, summary, loaded
+
+
+class TwoHeads(nn.Module):
+    """A small detector-style net: a conv trunk, a 4-D box-regression head and a classification head.
+
+    Returns (boxes [N, 4, H/2, W/2], logits [N, classes]), or ``{"boxes": ..., "scores": ...}`` with
+    ``as_dict``: the first output is deliberately not the classifier.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, as_dict: bool = False) -> None:
+        super().__init__()
+        self.as_dict = as_dict
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.boxes = nn.Conv2d(16, 4, 1)
+        self.classifier = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor):
+        features = self.body(self.stem(x))
+        boxes = self.boxes(features)
+        logits = self.classifier(features.mean(dim=(2, 3)))
+        return {"boxes": boxes, "scores": logits} if self.as_dict else (boxes, logits)
+
+
+def two_heads_model(as_dict: bool = False, hw: int = 16, seed: int = 0) -> LoadedModel:
+    """``TwoHeads`` with random weights and batch norm statistics, converted to 4of9."""
+    torch.manual_seed(seed)
+    module = TwoHeads(as_dict=as_dict)
+    randomise_batchnorm(module, seed)
+    sparsify(module, "4of9", input_shape=(1, hw, hw))
+    return LoadedModel(module.eval(), meta={"input_shape": [1, hw, hw]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import pytest
@@ -121,3 +122,42 @@ def test_the_whole_conversion_config_is_recorded(models, tmp_path, run_cli):
     assert status == 0, stderr
     assert load_model(out).meta["sparsify"] == {"pattern": "2of9", "period": 4, "dense_kernel": True, "include": [],
                                                 "exclude": ["layers.8.*"], "align": False, "filter_fn": None}
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    """A TorchScript archive and the state dict of an architecture pscompress does not know."""
+    folder = tmp_path_factory.mktemp("foreign")
+    net = torch.nn.Sequential(*[torch.nn.Conv2d(1 if i == 0 else 8, 8, 3, padding=1) for i in range(40)],
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 28 * 28, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated, and users still have archives
+        torch.jit.script(net).save(str(folder / "scripted.pt"))
+    torch.save({f"backbone.stage{i}.block.weight": torch.zeros(8, 8, 3, 3) for i in range(200)}
+               | {"head.fc.weight": torch.zeros(10, 8)}, folder / "foreign-state.pt")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["convert", "export"])
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_torchscript_archive_is_refused_in_one_line(foreign, tmp_path, run_cli, command, trusted):
+    out = tmp_path / ("out.pt" if command == "convert" else "out.onnx")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, stdout, stderr = run_cli(command, foreign / "scripted.pt", *(["--trust-pickle"] if trusted else []),
+                                         "-o", out)
+    assert status == 2 and not out.exists()
+    assert stderr == (f"Error: {foreign / 'scripted.pt'} is a TorchScript archive (torch.jit.save), which pscompress "
+                      "does not read: pass the model saved with torch.save(model, ...) and --trust-pickle, or its "
+                      "state_dict() with --arch for a built-in architecture\n")
+    assert not [w for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_a_state_dict_of_another_architecture_names_the_first_mismatches(foreign, tmp_path, run_cli):
+    status, stdout, stderr = run_cli("convert", foreign / "foreign-state.pt", "--arch", "resnet20", "-o",
+                                     tmp_path / "out.pt")
+    assert status == 2 and stderr.count("\n") == 1 and len(stderr) < 600, stderr
+    assert "does not match the architecture: missing" in stderr and "conv1.weight" in stderr
+    assert "unexpected 201 key(s): backbone.stage0.block.weight, backbone.stage1.block.weight, " \
+           "backbone.stage2.block.weight, ..." in stderr
+    assert "backbone.stage3." not in stderr

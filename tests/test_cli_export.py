@@ -70,3 +70,25 @@ def test_console_script_runs_info_without_torch(exported):
                            capture_output=True, text=True)
     assert probe.returncode == 0, probe.stderr
     assert "ai.pscompress.PSConv" in probe.stdout
+
+
+def test_info_keeps_long_patterns_short(run_cli, tmp_path):
+    """A long explicit period is shown by its period and density, in the metadata and in info's table."""
+    import torch
+
+    from export_models import TwoHeads
+    from pscompress.core.metadata import MAX_PATTERN_TEXT
+    from pscompress.exporters.onnx_export import export_onnx
+    from pscompress.workstation.checkpoint import LoadedModel
+    from pscompress.workstation.sparsify import sparsify
+
+    torch.manual_seed(0)
+    module = TwoHeads()
+    sparsify(module, "0,1,3,4/1,2,4,5/3,4,6,7/4,5,7,8/0,4,8", period=33, input_shape=(1, 16, 16))
+    export_onnx(LoadedModel(module.eval(), meta={"input_shape": [1, 16, 16]}), tmp_path / "m.onnx")
+    code, out, err = run_cli("info", tmp_path / "m.onnx")
+    assert code == 0, err
+    pattern_line = next(line for line in out.splitlines() if line.startswith("pattern:"))
+    assert "period 33, density" in pattern_line and len(pattern_line) <= 13 + MAX_PATTERN_TEXT
+    rows = [line for line in out.splitlines() if line.startswith("body.")]
+    assert len(rows) == 2 and all("period 33, density" in row and len(row) < 150 for row in rows)

@@ -190,3 +190,99 @@ def test_library_errors_name_parameters_and_the_cli_names_flags():
         sparsify(_small_net(), "4of9", include=["nope"])
     assert isinstance(caught.value, UserError) and "--include" not in str(caught.value)
     assert caught.value.for_cli().startswith("--include 'nope' matches no convolution")
+
+
+def _snapshot(model: nn.Module) -> tuple[dict, dict]:
+    return ({name: type(m) for name, m in model.named_modules()},
+            {key: value.clone() for key, value in model.state_dict().items()})
+
+
+def _assert_unchanged(model: nn.Module, before: tuple[dict, dict], x: torch.Tensor, expected: torch.Tensor) -> None:
+    types, state = before
+    assert {name: type(m) for name, m in model.named_modules()} == types
+    assert not any(isinstance(m, PSConv2d) for m in model.modules())
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+
+
+def test_a_failure_in_a_middle_layer_leaves_the_model_as_it_was(monkeypatch):
+    from pscompress.workstation import sparsify as sparsify_module
+
+    torch.manual_seed(3)
+    model = build("resnet20", in_channels=1).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+    before = _snapshot(model)
+    middle = model.get_submodule("layers.4.conv1")
+    real = PSConv2d.from_conv
+
+    def failing(conv, pattern, shift=0):
+        if conv is middle:
+            raise RuntimeError("simulated failure")
+        return real(conv, pattern, shift)
+
+    monkeypatch.setattr(sparsify_module.PSConv2d, "from_conv", failing)
+    with pytest.raises(UserError, match="cannot convert layer layers.4.conv1: simulated failure"):
+        sparsify(model, "4of9")
+    _assert_unchanged(model, before, x, expected)
+
+
+class _PadInForward(nn.Conv2d):
+    """A conv that pads in its forward (TF 'same' style): PSConv2d cannot take its padding over."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+def test_a_model_that_no_longer_runs_once_converted_is_put_back():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          _PadInForward(8, 8, 3), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    before = _snapshot(model)
+    with pytest.raises(UserError, match="no longer runs after layer 4 was converted") as caught:
+        sparsify(model, "4of9", input_shape=(1, 8, 8))
+    assert "`exclude`" in str(caught.value) and "input_shape" not in str(caught.value)
+    _assert_unchanged(model, before, x, expected)
+    sparsify(model, "4of9", input_shape=(1, 8, 8), exclude=["4"])  # the way out the message names
+    assert isinstance(model[2], PSConv2d) and type(model[4]) is _PadInForward
+
+
+def test_a_dense_layer_with_a_few_exact_zeros_is_not_recognised():
+    """Issue 14: a trained dense layer with a handful of exact zeros is no periodic pattern."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(64, 64, 3, padding=1))
+    with torch.no_grad():
+        for o, i, p in [(0, 0, 0), (5, 9, 4), (63, 63, 8), (20, 1, 2), (1, 40, 6), (33, 33, 3), (10, 50, 7), (60, 2, 1)]:
+            model[2].weight[o, i].view(-1)[p] = 0.0  # 8 zeros, each alone on its anti-diagonal at its position
+        model[4].weight.mul_(torch.from_numpy(parse_pattern("8of9").mask(64, 64, 1)))  # a real (dense-most) family
+    report = sparsify(model, "2of9", input_shape=(1, 8, 8))
+    rows = {row.name: row for row in report.layers}
+    assert rows["2"].method == "aligned" and model[2].pattern.density() == pytest.approx(2 / 9)
+    assert rows["2"].retained_energy < 0.5
+    assert rows["4"].method == "recognised" and model[4].pattern.density() == pytest.approx(8 / 9)
+    assert len(rows["4"].pattern) < 80
+
+
+def test_a_long_period_is_not_recognised_and_names_stay_short():
+    from pscompress.core.metadata import MAX_PATTERN_TEXT
+    from pscompress.exporters.onnx_export import pattern_summary
+    from pscompress.workstation.align import MAX_RECOGNISED_PERIOD, recognise
+
+    long = parse_pattern("0,1,3,4/1,2,4,5/3,4,6,7/4,5,7,8/0,4,8", period=2 * MAX_RECOGNISED_PERIOD + 1)
+    weight = np.where(long.mask(70, 70, 0), 1.0, 0.0)
+    assert recognise(weight) is None  # exact at period 33, but beyond the bound
+    assert recognise(np.where(parse_pattern("4of9", period=8).mask(70, 70, 3), 1.0, 0.0)) is not None
+    layer = PSConv2d(70, 70, 3, pattern=long)
+    assert len(long.describe()) > 200
+    summary = pattern_summary([layer])
+    assert summary == f"period {long.period}, density {long.density():.3f}" and len(summary) <= MAX_PATTERN_TEXT
+    assert measure(nn.Sequential(layer), (70, 4, 4)).layers[0].pattern == summary  # convert's table and metadata
+    many = [PSConv2d(8, 8, 3, pattern=parse_pattern(f"{k}of9", period=9, dense_kernel=True)) for k in range(1, 9)]
+    assert len(pattern_summary(many)) <= MAX_PATTERN_TEXT and pattern_summary(many).endswith("more")

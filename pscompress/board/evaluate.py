@@ -205,11 +205,14 @@ def evaluate(predictor: Predictor, data: LabelledData, *, batch_size: int = 100,
 
 def evaluate_file(path: str | os.PathLike, data: LabelledData, *, spec: str | None = None, split: str | None = None,
                   batch_size: int = 100, native: bool | None = None, threads: int | None = None,
-                  trust_pickle: bool = False, progress: bool | None = None) -> EvalResult:
-    """Open a model file, check that ``data`` fits it, and measure it."""
+                  trust_pickle: bool = False, progress: bool | None = None, output: str | None = None) -> EvalResult:
+    """Open a model file, check that ``data`` fits it, and measure it.
+
+    ``output``: which output is the classifier, for a model with several (see ``open_predictor``).
+    """
     from pscompress.board.data import check_compatible
 
-    predictor = open_predictor(path, native=native, threads=threads, trust_pickle=trust_pickle)
+    predictor = open_predictor(path, native=native, threads=threads, trust_pickle=trust_pickle, output=output)
     channels, *hw = predictor.input_shape
     known_hw = tuple(hw) if len(hw) == 2 and all(isinstance(d, int) and d > 0 for d in hw) else None
     classes = num_classes(predictor)

@@ -4,6 +4,9 @@
     p = OnnxPredictor("model.onnx", threads=2)
     logits = p.predict(images)              # float32 [N, C, H, W] in [0, 1]
     top = p.topk(images, k=3)               # probabilities and class indices, best first
+    outputs = p.predict_all(images)         # every output by name: {"logits": ...} or {"output0": ..., ...}
+
+A model with several outputs needs ``output="NAME"`` (the classifier) for ``predict`` and ``topk``.
 
 The native PSConv kernels are used when the library is installed (``native=None``); the
 model's portable ONNX functions run otherwise.
@@ -17,6 +20,7 @@ import numpy as np
 
 from pscompress import runtime
 from pscompress.board.predictor import Predictor as PredictorProtocol
+from pscompress.board.predictor import ambiguous_output, classifier_output
 from pscompress.core.errors import UserError
 from pscompress.core.inputs import load_npy, opened_image
 from pscompress.core.limits import check_input_shape
@@ -26,7 +30,8 @@ from pscompress.core.metadata import decode_onnx_metadata
 class OnnxPredictor(PredictorProtocol):
     """An exported model loaded in onnxruntime, with the metadata pscompress wrote into it."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, native: bool | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, native: bool | None = None,
+                 output: str | None = None) -> None:
         self.path = Path(path)
         self.session = runtime.create_session(self.path, threads=threads, native=native)
         #: whether the native kernel library is registered in this session
@@ -37,7 +42,12 @@ class OnnxPredictor(PredictorProtocol):
         self.input_shape = self._resolve_input_shape(model_input.shape)
         classes = self.meta.get("classes")
         self.classes: list[str] | None = [str(c) for c in classes] if classes else None
-        out = self.session.get_outputs()[0].shape
+        outputs = self.session.get_outputs()
+        #: the model's output names, in order
+        self.output_names: list[str] = [o.name for o in outputs]
+        #: the output ``predict`` returns (None: several outputs and none chosen)
+        self.output = classifier_output(self.output_names, output, self.path.name)
+        out = outputs[self.output_names.index(self.output)].shape if self.output else None
         self.num_outputs = out[-1] if out and isinstance(out[-1], int) else (len(self.classes) if self.classes else None)
 
     def _resolve_input_shape(self, onnx_shape: list) -> tuple[int, int, int]:
@@ -50,7 +60,13 @@ class OnnxPredictor(PredictorProtocol):
         return check_input_shape(dims, f"{self.path}: the graph's input")
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Logits [N, classes] for float32 images [N, C, H, W] scaled to [0, 1]."""
+        """Logits [N, classes] (the classifier output) for float32 images [N, C, H, W] scaled to [0, 1]."""
+        if self.output is None:
+            raise ambiguous_output(self.output_names, self.path.name)
+        return self.predict_all(x)[self.output]
+
+    def predict_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model by name, in its order, for float32 images [N, C, H, W] in [0, 1]."""
         x = np.asarray(x)
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
             want = "x".join(map(str, self.input_shape))
@@ -58,9 +74,10 @@ class OnnxPredictor(PredictorProtocol):
                             f"(C x H x W = {want}), got an array of shape {list(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         try:
-            return self.session.run(None, {self._input_name: x})[0]
+            values = self.session.run(None, {self._input_name: x})
         except runtime.onnxruntime_errors() as exc:  # e.g. a node whose input shape its kernel rejects
             raise UserError(f"onnxruntime cannot run {self.path.name}: {runtime.first_line(exc)}") from exc
+        return dict(zip(self.output_names, values))
 
 
 # The name README.md, docs/export.md and docs/raspberry-pi.md show users.

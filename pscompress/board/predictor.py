@@ -24,10 +24,39 @@ class TopK(NamedTuple):
     indices: np.ndarray  # int64 [N, k]
 
 
+def topk_of(logits: np.ndarray, k: int = 5) -> TopK:
+    """The ``k`` most probable classes of each row of ``logits`` [N, classes] (softmax)."""
+    logits = np.asarray(logits).astype(np.float64)
+    k = max(1, min(int(k), logits.shape[1]))
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return TopK(np.take_along_axis(probs, order, axis=1).astype(np.float32), order.astype(np.int64))
+
+
+def classifier_output(names: list[str], chosen: str | None, source: str) -> str | None:
+    """Which of a model's outputs ``predict`` returns: ``chosen``, else the only one (None: ambiguous).
+
+    UserError when ``chosen`` is not one of ``names``.
+    """
+    if chosen is not None and chosen not in names:
+        raise UserError(f"{source} has no output {chosen!r}; its outputs: {', '.join(names)}", "output")
+    return chosen if chosen is not None else (names[0] if len(names) == 1 else None)
+
+
+def ambiguous_output(names: list[str], source: str) -> UserError:
+    """The error of ``predict`` on a model with several outputs and none chosen as the classifier."""
+    return UserError(f"{source} has {len(names)} outputs ({', '.join(names)}): choose the classifier with "
+                     "`output`", "output")
+
+
 class Predictor(Protocol):
     """A loaded model: ``predict(x)`` maps float32 NCHW images in [0, 1] to logits [N, classes].
 
-    Implementations subclass this protocol to inherit ``topk`` and ``class_name``.
+    For a model with several outputs, ``predict`` returns the one chosen as the classifier
+    (``open_predictor``'s ``output``), or the only one; the ONNX and PyTorch predictors return
+    all of them from ``predict_all`` (by name, in the model's order). Implementations subclass
+    this protocol to inherit ``topk`` and ``class_name``.
     """
 
     input_shape: tuple[Any, ...]  # (C, H, W); H and W are None when the model does not record them
@@ -40,12 +69,7 @@ class Predictor(Protocol):
 
     def topk(self, x: np.ndarray, k: int = 5) -> TopK:
         """The ``k`` most probable classes of each image (softmax over the logits)."""
-        logits = np.asarray(self.predict(x)).astype(np.float64)
-        k = max(1, min(int(k), logits.shape[1]))
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return TopK(np.take_along_axis(probs, order, axis=1).astype(np.float32), order.astype(np.int64))
+        return topk_of(self.predict(x), k)
 
     def class_name(self, index: int) -> str:
         return self.classes[index] if self.classes and 0 <= index < len(self.classes) else str(index)
@@ -61,9 +85,11 @@ class Format(NamedTuple):
 # The PyTorch entry is a module name, not an import: the workstation side needs torch, which
 # the board install does not have (tests/test_import_boundary.py keeps it that way).
 FORMATS = {
-    ".pt": Format("pytorch", "pscompress.workstation.torch_predictor", "TorchPredictor", ("threads", "trust_pickle")),
-    ".pth": Format("pytorch", "pscompress.workstation.torch_predictor", "TorchPredictor", ("threads", "trust_pickle")),
-    ".onnx": Format("onnx", "pscompress.board.onnx_predictor", "OnnxPredictor", ("threads", "native")),
+    ".pt": Format("pytorch", "pscompress.workstation.torch_predictor", "TorchPredictor",
+                  ("threads", "trust_pickle", "output")),
+    ".pth": Format("pytorch", "pscompress.workstation.torch_predictor", "TorchPredictor",
+                   ("threads", "trust_pickle", "output")),
+    ".onnx": Format("onnx", "pscompress.board.onnx_predictor", "OnnxPredictor", ("threads", "native", "output")),
     ".tflite": Format("tflite", "pscompress.board.tflite_predictor", "TFLitePredictor", ("threads",)),
 }
 WORKSTATION_EXTRA = "pip install 'pscompress[workstation]'"
@@ -81,13 +107,18 @@ def model_format(path: str | os.PathLike) -> str:
 
 
 def open_predictor(path: str | os.PathLike, native: bool | None = None, threads: int | None = None,
-                   trust_pickle: bool = False) -> Predictor:
-    """Open a .pt/.pth, .onnx or .tflite model. ``native`` (ONNX only): None = use the kernel library if found."""
+                   trust_pickle: bool = False, output: str | None = None) -> Predictor:
+    """Open a .pt/.pth, .onnx or .tflite model. ``native`` (ONNX only): None = use the kernel library if found.
+
+    ``output`` (.pt and .onnx): the output ``predict`` returns, for a model with several.
+    """
     fmt = _format(path)
     if not Path(path).is_file():
         raise UserError(f"cannot read {path}: no such file")
     if native is not None and "native" not in fmt.options:
         raise UserError(f"`native` applies to .onnx models only, not {Path(path).name}", "native")
+    if output is not None and "output" not in fmt.options:
+        raise UserError(f"`output` applies to .onnx and .pt models only ({Path(path).name} has one output)", "output")
     try:
         module = importlib.import_module(fmt.module)
     except ModuleNotFoundError as exc:
@@ -95,7 +126,7 @@ def open_predictor(path: str | os.PathLike, native: bool | None = None, threads:
             raise
         raise UserError(f"{Path(path).name}: running PyTorch models needs the workstation extra: {WORKSTATION_EXTRA} "
                         "(this install has no PyTorch)") from exc
-    given = {"threads": threads, "native": native, "trust_pickle": trust_pickle}
+    given = {"threads": threads, "native": native, "trust_pickle": trust_pickle, "output": output}
     return getattr(module, fmt.cls)(path, **{name: given[name] for name in fmt.options})
 
 

@@ -57,6 +57,9 @@ def measurement_options(command: Callable[..., Any]) -> Callable[..., Any]:
         native_option(),
         threads_option(),
         trust_pickle_option(),
+        click.option("--output", "output", metavar="NAME",
+                     help="The classifier output of a model with several (`pscompress info` lists them).  "
+                          "[default: the model's only output]"),
     ]
     for option in reversed(options):
         command = option(command)

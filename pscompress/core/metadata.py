@@ -7,10 +7,14 @@ the code can trust them):
   that wrote the file.
 - ``input_shape`` [C, H, W]; ``input_layout`` ("NCHW" or "NHWC", the exported graph's);
   ``classes`` (names); ``accuracy``, ``dense_accuracy`` (fractions); ``arch``.
-- ``pattern`` (the layers' pattern families, "4of9"); ``operator`` (ONNX: the custom operator
+- ``pattern`` (the layers' pattern families, "4of9", at most ``MAX_PATTERN_TEXT`` characters:
+  ``pattern_text``, ``patterns_text``); ``operator`` (ONNX: the custom operator
   set); ``fp16``, ``psconv_layers`` (TFLite: per layer, its kernel size, patterns and shift);
   ``meta`` (TFLite: the checkpoint's own metadata); ``finetune``, ``conversion``, ``sparsify``
   (checkpoints: how the model was made; ``sparsify`` is the whole SparsifyConfig).
+- ``outputs`` (ONNX): the model's outputs in order, each ``{"name", "shape"}`` with the shape
+  of one image's output (no batch dimension); absent in older files, which have one
+  output, ``logits``.
 - ``tune`` (ONNX, written by ``pscompress tune``): the plan the file runs and how it was measured:
   ``plan`` ("per-node", "native" or "dense": every PSConv node native or dense), ``fallback``
   (the per-node choices were slower as a whole model), ``batch``, ``threads`` (null: onnxruntime's
@@ -36,6 +40,12 @@ ONNX_PREFIX = "pscompress."
 TFLITE_ENTRY = "pscompress"  # the Model.metadata entry name
 _FRACTIONS = ("accuracy", "dense_accuracy")
 _MAPPINGS = ("finetune", "conversion", "sparsify", "tune")  # the records finetune, convert and tune write
+# A pattern's name in metadata and `info`: a family ("4of9") or explicit supports such as
+# "0,1,3,4/4,5,7,8" (8 characters a 4-position support, so about ten of them, or the papers'
+# period 8 with one dense kernel); beyond this many characters the text gives the period and density.
+MAX_PATTERN_TEXT = 80
+MAX_OUTPUTS = 256  # outputs of one model
+MAX_OUTPUT_RANK = 8
 
 
 def export_metadata(source_meta: Mapping[str, Any], arch: str | None, input_shape: list[int] | tuple[int, ...],
@@ -52,6 +62,25 @@ def export_metadata(source_meta: Mapping[str, Any], arch: str | None, input_shap
         meta["arch"] = arch
     meta.update(fields)
     return meta
+
+
+def pattern_text(name: str, period: int, density: float) -> str:
+    """How metadata and ``info`` show one layer's pattern: ``name`` when it is short, else its period and density."""
+    return name if len(name) <= MAX_PATTERN_TEXT else f"period {period}, density {density:.3f}"
+
+
+def patterns_text(names: list[str]) -> str:
+    """Pattern names joined with "; ", at most ``MAX_PATTERN_TEXT`` characters: the first ones and how many more."""
+    shown: list[str] = []
+    for index, name in enumerate(names):
+        rest = len(names) - index - 1
+        more = f"; and {rest} more" if rest else ""
+        if len("; ".join([*shown, name])) + len(more) > MAX_PATTERN_TEXT:
+            if not shown:
+                return f"{len(names)} pattern(s), too long to show"
+            return "; ".join(shown) + f"; and {len(names) - len(shown)} more"
+        shown.append(name)
+    return "; ".join(shown)
 
 
 def encode_onnx_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -94,7 +123,25 @@ def check_metadata(meta: Any, source: str) -> dict[str, Any]:
     for key in _MAPPINGS:
         if meta.get(key) is not None and not isinstance(meta[key], Mapping):
             raise UserError(f"{source}: {key} must be a mapping, got {type(meta[key]).__name__}")
+    if meta.get("outputs") is not None:
+        meta["outputs"] = _outputs(meta["outputs"], source)
     return meta
+
+
+def _outputs(outputs: Any, source: str) -> list[dict[str, Any]]:
+    """The ``outputs`` field: a list of {"name": str, "shape": [int, ...]} (one image's shape)."""
+    if not isinstance(outputs, (list, tuple)) or not 1 <= len(outputs) <= MAX_OUTPUTS:
+        raise UserError(f"{source}: outputs must be a list of 1 to {MAX_OUTPUTS} outputs, got {short_repr(outputs)}")
+    checked = []
+    for entry in outputs:
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        shape = entry.get("shape") if isinstance(entry, Mapping) else None
+        if not isinstance(name, str) or not 1 <= len(name) <= 256 or not isinstance(shape, (list, tuple)) \
+                or len(shape) > MAX_OUTPUT_RANK or not all(is_int(d) and 0 <= d < 2 ** 31 for d in shape):
+            raise UserError(f"{source}: each output must be {{\"name\": text, \"shape\": [up to {MAX_OUTPUT_RANK} sizes]}}, "
+                            f"got {short_repr(entry)}")
+        checked.append({"name": name, "shape": [int(d) for d in shape]})
+    return checked
 
 
 def decode_onnx_metadata(props: Mapping[str, str], source: str) -> dict[str, Any]:

@@ -19,7 +19,17 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from pscompress.core.errors import UserError
-from pscompress.core.patterns import MAX_PERIOD, PatternSet
+from pscompress.core.patterns import PatternSet
+
+# The longest period recognition tries. The pSConv papers use period 8 and every built-in family
+# has a period of at most 9; a longer period leaves so few kernels in each class of (o + i) mod P
+# that the few exact zeros of a trained dense layer fit it by chance (issue 14: two EfficientNet
+# layers with 8 and 15 zeros "recognised" with periods 80 and 102, keeping 99% of their weights).
+MAX_RECOGNISED_PERIOD = 16
+# The densest layout kept as recognised (sparsify): 8 of 9 positions per kernel on average, the
+# densest built-in family (8of9). A denser "pattern" skips almost no work: such a layer is dense
+# with a few zeros, and gets the requested pattern instead.
+MAX_RECOGNISED_DENSITY = 8 / 9
 
 
 @dataclass(frozen=True)
@@ -64,12 +74,12 @@ def default_placement(weight: np.ndarray, pattern: PatternSet) -> Placement:
     return Placement(pattern, 0, kept / total if total > 0 else 1.0)
 
 
-def recognise(weight: np.ndarray, max_period: int = MAX_PERIOD) -> Placement | None:
+def recognise(weight: np.ndarray, max_period: int = MAX_RECOGNISED_PERIOD) -> Placement | None:
     """The placement whose mask equals the non-zeros of ``weight`` exactly, or None.
 
-    Tries periods 1, 2, ... (up to ``max_period``) and returns the first whose class unions
-    of non-zero positions keep no zero weight. A layer with no zero weight is dense, not
-    pSConv, and an all-zero layer reveals no pattern: both give None.
+    Tries periods 1, 2, ... (up to ``max_period``, see ``MAX_RECOGNISED_PERIOD``) and returns
+    the first whose class unions of non-zero positions keep no zero weight. A layer with no
+    zero weight is dense, not pSConv, and an all-zero layer reveals no pattern: both give None.
     """
     out_channels, in_per_group, kh, kw = weight.shape
     nonzero = (np.asarray(weight) != 0).reshape(out_channels, in_per_group, kh * kw)

@@ -76,6 +76,10 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     """What torch.save wrote, read with ``weights_only`` unless trusted; a zip's sizes are checked first."""
     if zipfile.is_zipfile(path):
         check_zip(path)
+        if _is_torchscript(path):  # before torch.load, which warns and then refuses it
+            raise UserError(f"{path} is a TorchScript archive (torch.jit.save), which pscompress does not read: "
+                            "pass the model saved with torch.save(model, ...) and `trust_pickle`, or its "
+                            "state_dict() with `arch` for a built-in architecture", "trust_pickle", "arch")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # how weights_only refuses an object (or fails on bytes that are no pickle)
@@ -113,6 +117,13 @@ def _is_torch_file(path: Path) -> bool:
             return any(name.endswith("/data.pkl") for name in archive.namelist())
     with open(path, "rb") as f:
         return f.read(2) == b"\x80\x02"  # legacy (non-zip) torch.save starts with a protocol-2 pickle
+
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.jit.save's archives hold <name>/constants.pkl and the model's code; torch.save's never do."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names)
 
 
 def _load_trusted(path: Path) -> Any:
@@ -189,8 +200,21 @@ def _load_state(module: nn.Module, state: Mapping[str, Any], path: Path) -> None
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise UserError(f"{path} does not match the architecture: {first}") from exc
+        raise UserError(f"{path} does not match the architecture: {_mismatches(module, state)}") from exc
+
+
+def _mismatches(module: nn.Module, state: Mapping[str, Any], shown: int = 3) -> str:
+    """The first few keys the model lacks, does not expect or holds in another shape: one short line."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [f"{key} {list(value.shape)} (the model's: {list(expected[key].shape)})" for key, value in state.items()
+              if key in expected and isinstance(value, torch.Tensor) and isinstance(expected[key], torch.Tensor)
+              and value.shape != expected[key].shape]
+    parts = [f"{label} {len(keys)} key(s): {', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch in", shapes))
+             if keys]
+    return "; ".join(parts) or "the weights do not load"
 
 
 def _extra_pattern(value: Mapping[str, Any], where: str) -> tuple[PatternSet, int]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pscompress.core.errors import UserError
+from pscompress.core.metadata import pattern_text
 from pscompress.workstation.layers import PSConv2d
 
 # How a conversion placed a layer's pattern (LayerReport.method).
@@ -30,7 +31,7 @@ class LayerReport:
     nonzero: int
     macs_dense: int  # MACs of the same layer with a dense kernel
     macs: int  # MACs needed: pSConv layers skip their pattern's zeros
-    pattern: str | None = None  # PatternSet.describe() of a pSConv layer, in the order it is used
+    pattern: str | None = None  # a pSConv layer's supports in the order used (metadata.pattern_text: bounded length)
     shift: int | None = None
     method: str | None = None  # set for the layers this conversion placed
     retained_energy: float | None = None  # fraction of sum(w^2) the placement kept
@@ -162,7 +163,9 @@ def _layer_report(name: str, module: nn.Module, output_shape: torch.Size) -> Lay
         kept = int(module.mask.sum()) if isinstance(module, PSConv2d) else weight.numel()
         report = LayerReport(name, kind, params, nonzero, weight.numel() * positions, kept * positions)
         if isinstance(module, PSConv2d):
-            report.pattern, report.shift = module.pattern.describe(), module.shift
+            pattern = module.pattern
+            report.pattern = pattern_text(pattern.describe(), pattern.period, pattern.density())
+            report.shift = module.shift
         return report
     macs = weight.numel() * (output_shape.numel() // output_shape[-1])  # one product per output row (batch is 1)
     return LayerReport(name, "linear", params, nonzero, macs, macs)

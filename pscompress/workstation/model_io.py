@@ -60,3 +60,33 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"bad input shape {text!r}: expected C,H,W with positive integers, such as 3,32,32")
     return check_input_shape(shape)
+
+
+SINGLE_OUTPUT = "logits"  # the name of a model's only output (every single-output export uses it)
+
+
+def named_outputs(result: Any) -> dict[str, torch.Tensor]:
+    """A forward's result by output name, in the order the ONNX exporter flattens it.
+
+    A tensor (or a one-element tuple/list) is ``logits``; a tuple or list of several is
+    ``output0``, ``output1``, ...; a dict keeps its string keys. Anything else is a UserError.
+    """
+    if isinstance(result, torch.Tensor):
+        return {SINGLE_OUTPUT: result}
+    if isinstance(result, dict):
+        items = list(result.items())
+        if not all(isinstance(key, str) and key for key, _ in items):
+            raise UserError("a model that returns a dict must use non-empty string keys: "
+                            f"got {', '.join(repr(k) for k, _ in items[:5])}")
+    elif isinstance(result, (tuple, list)):
+        items = [(SINGLE_OUTPUT, result[0])] if len(result) == 1 else [(f"output{i}", v) for i, v in enumerate(result)]
+    else:
+        raise UserError(f"the model returns a {type(result).__name__}: export takes models that return a tensor, "
+                        "or a tuple, list or dict of tensors")
+    if not items:
+        raise UserError("the model returns no output")
+    for name, value in items:
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"the model's output {name} is a {type(value).__name__}, not a tensor "
+                            "(nested outputs are not supported)")
+    return dict(items)

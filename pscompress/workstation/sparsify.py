@@ -79,7 +79,9 @@ def sparsify(model: nn.Module, config: SparsifyConfig | str | PatternSet | None 
     ``config`` is a :class:`SparsifyConfig`, or its pattern with the other fields as keyword
     ``options`` (``sparsify(model, "4of9", exclude=["layer1.*"])``; no config: the options alone,
     4of9 by default). For each converted layer:
-    if its weights are already periodic sparse, that pattern is kept exactly ("recognised");
+    if its weights are already periodic sparse (a period of at most 16, at most 8 of 9 positions
+    kept on average: ``align.MAX_RECOGNISED_PERIOD``, ``MAX_RECOGNISED_DENSITY``), that pattern is
+    kept exactly ("recognised");
     otherwise the pattern's order and shift are chosen to keep the most weight energy
     ("aligned"), or taken as given with shift 0 when ``align=False``.
 
@@ -100,18 +102,22 @@ def sparsify(model: nn.Module, config: SparsifyConfig | str | PatternSet | None 
     _check_finite(model, targets)  # before any layer is replaced
 
     placements: dict[str, tuple[alignment.Placement, str]] = {}
+    replacements: dict[str, PSConv2d] = {}
     kept_energy = total_energy = 0.0
     for name in tqdm(targets, desc="converting", unit="layer", disable=None, leave=False):
         conv = model.get_submodule(name)
         weight = conv.weight.detach().cpu().numpy()
-        placement, method = _place(weight, pattern_set, config.align)
-        replace_module(model, name, PSConv2d.from_conv(conv, placement.pattern, placement.shift))
+        try:
+            placement, method = _place(weight, pattern_set, config.align)
+            replacements[name] = PSConv2d.from_conv(conv, placement.pattern, placement.shift)
+        except (UserError, RuntimeError, ValueError, TypeError) as exc:
+            raise UserError(f"cannot convert layer {name}: {_first_line(exc)} (the model is left as it was)") from exc
         placements[name] = (placement, method)
         energy = float(np.square(weight, dtype=np.float64).sum())
         total_energy += energy
         kept_energy += placement.retained_energy * energy
 
-    report = measure(model, shape)
+    report = _swap_in(model, replacements, shape)
     for layer in report.layers:
         if layer.name in placements:
             placement, layer.method = placements[layer.name]
@@ -119,6 +125,36 @@ def sparsify(model: nn.Module, config: SparsifyConfig | str | PatternSet | None 
     report.retained_energy = kept_energy / total_energy if total_energy > 0 else 1.0
     report.config = config
     return report
+
+
+def _swap_in(model: nn.Module, replacements: dict[str, PSConv2d], shape: tuple[int, ...]) -> ConversionReport:
+    """Put every new layer in place and measure the result; on any failure put the originals back.
+
+    All or nothing: the caller's model either holds every replacement and runs, or is exactly as it was.
+    """
+    originals = {name: model.get_submodule(name) for name in replacements}
+    entered: list[str] = []  # the converted layers the failing forward ran, in order
+    hooks = [layer.register_forward_pre_hook(lambda module, args, name=name: entered.append(name))
+             for name, layer in replacements.items()]
+    try:
+        for name, layer in replacements.items():
+            replace_module(model, name, layer)
+        return measure(model, shape)
+    except (UserError, RuntimeError, ValueError, TypeError) as exc:
+        for name, conv in originals.items():
+            replace_module(model, name, conv)
+        reason = _first_line(exc.__cause__ or exc)
+        where = f"after layer {entered[-1]} was converted" if entered else "once converted"
+        raise UserError(f"the model no longer runs {where} ({reason}): a layer computes more than its "
+                        "convolution (e.g. padding in a Conv2d subclass' forward); leave it dense with "
+                        "`exclude` (the model is left as it was)", "exclude") from exc
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
 
 def _check_finite(model: nn.Module, names: Sequence[str]) -> None:
@@ -130,7 +166,8 @@ def _check_finite(model: nn.Module, names: Sequence[str]) -> None:
 
 def _place(weight: np.ndarray, pattern: PatternSet, align: bool) -> tuple[alignment.Placement, str]:
     recognised = alignment.recognise(weight)
-    if recognised is not None:
+    # Only a genuinely sparse layout is kept as it is; a dense layer with a few zeros gets ``pattern``.
+    if recognised is not None and recognised.pattern.density() <= alignment.MAX_RECOGNISED_DENSITY:
         return recognised, RECOGNISED
     if align:
         return alignment.align(weight, pattern), ALIGNED

@@ -62,6 +62,7 @@ _RATIO = click.FloatRange(min=0, min_open=True)
 @click.option("--json", "json_out", metavar="FILE|-", help="Write MODEL's eval result as JSON (a new baseline).")
 def check(model: str, baseline: str | None, reference: str | None, spec: str | None, split: str | None,
           limit: int | None, batch_size: int | None, native: bool | None, threads: int | None, trust_pickle: bool,
+          output: str | None,
           min_accuracy: float | None, min_top5: float | None, max_drop: float | None, max_disagreement: float | None,
           max_size: int | None, max_size_ratio: float | None, max_latency_ratio: float | None,
           junit_out: str | None, summary_out: str | None, json_out: str | None) -> None:
@@ -100,7 +101,9 @@ def check(model: str, baseline: str | None, reference: str | None, spec: str | N
         raise UserError("name the data set with --data (or give a --baseline that records one)")
     split = split or "test"
     data = load_dataset(spec, split).subset(limit)
-    measure = dict(spec=spec, split=split, batch_size=batch_size or 100, threads=threads, trust_pickle=trust_pickle)
+    # --output names the classifier of MODEL and of a --reference with several outputs alike.
+    measure = dict(spec=spec, split=split, batch_size=batch_size or 100, threads=threads, trust_pickle=trust_pickle,
+                   output=output)
     ref_result, ref_label = base, (f"baseline `{baseline}`" if baseline else None)
     if reference:
         ref_result, ref_label = evaluate_file(reference, data, **measure), f"`{reference}`"

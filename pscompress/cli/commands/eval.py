@@ -14,7 +14,7 @@ from pscompress.cli.output import write_json
 @click.option("--json", "json_out", metavar="FILE|-",
               help="Also write the full result as JSON (the baseline format of `pscompress check`); '-' for stdout.")
 def eval_(model: str, spec: str, split: str | None, limit: int | None, batch_size: int | None, native: bool | None,
-          threads: int | None, trust_pickle: bool, json_out: str | None) -> None:
+          threads: int | None, trust_pickle: bool, output: str | None, json_out: str | None) -> None:
     """Measure MODEL (.pt, .onnx or .tflite) on a labelled data set.
 
     Prints top-1 accuracy (and top-5 when there are more than five classes), the accuracy of
@@ -29,7 +29,7 @@ def eval_(model: str, spec: str, split: str | None, limit: int | None, batch_siz
     split = split or "test"
     data = load_dataset(spec, split).subset(limit)
     result = evaluate_file(model, data, spec=spec, split=split, batch_size=batch_size or 100, native=native,
-                           threads=threads, trust_pickle=trust_pickle)
+                           threads=threads, trust_pickle=trust_pickle, output=output)
     # With the JSON on stdout, the human-readable report goes to stderr so the two never mix.
     click.echo(format_report(result), err=json_out == "-")
     if json_out:

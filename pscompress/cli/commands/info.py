@@ -11,8 +11,8 @@ import click
 @click.argument("model", type=click.Path(path_type=Path))
 def info(model: Path) -> None:
     """Describe MODEL (.onnx): its layers with their pattern and density, file size,
-    IR version and operator sets, and the metadata pscompress wrote (classes, accuracy,
-    the plan `pscompress tune` chose...)."""
+    IR version and operator sets, its outputs with their shapes, and the metadata pscompress
+    wrote (classes, accuracy, the plan `pscompress tune` chose...)."""
     from pscompress.board.onnx_reader import read_onnx
     from pscompress.core.errors import UserError
 
@@ -27,7 +27,7 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
     """The lines `info` prints for a parsed model; UserError when its metadata or a PSConv node is malformed."""
     from pscompress.board.onnx_reader import DENSE_DOMAIN, PSCONV_DOMAIN, psconv_attributes
     from pscompress.core.errors import UserError
-    from pscompress.core.metadata import decode_onnx_metadata
+    from pscompress.core.metadata import decode_onnx_metadata, pattern_text, patterns_text
     from pscompress.core.patterns import pattern_name
 
     meta = decode_onnx_metadata(summary.metadata, source)
@@ -36,9 +36,14 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
              "opsets:      " + ", ".join(f"{d or 'ai.onnx'} v{v}" for d, v in sorted(summary.opsets.items()))]
     if summary.functions:
         lines.append("functions:   " + ", ".join(summary.functions) + " (portable fallback)")
+    if isinstance(meta.get("pattern"), str):  # older files may hold any length
+        meta["pattern"] = patterns_text(meta["pattern"].split("; "))
     for key in ("version", "arch", "pattern", "input_shape", "accuracy", "classes"):
         if key in meta:
             lines.append(f"{key + ':':<13}{_show(meta[key])}")
+    if "outputs" in meta:
+        lines.append("outputs:     " + "; ".join(f"{o['name']} [{', '.join(['N', *map(str, o['shape'])])}]"
+                                                 for o in meta["outputs"]))
     if "tune" in meta:
         lines += _plan(meta["tune"])
 
@@ -57,7 +62,7 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
             kh, kw = a["kernel_shape"]
             full = a["out_channels"] * (a["in_channels"] // a["group"]) * kh * kw
             kept = weights[0][0]
-            pattern = pattern_name(a["kernel_shape"], a["patterns"])
+            pattern = pattern_text(pattern_name(a["kernel_shape"], a["patterns"]), len(a["patterns"]), kept / full)
             fused = "+add" if node.op_type == "PSConvAdd" else ""
             fused += "+relu" if a.get("clip_min") == 0.0 else ""
             shape = f"{a['out_channels']}x{a['in_channels'] // a['group']}x{kh}x{kw}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
 from pscompress.cli.options import native_option, threads_option
 
@@ -18,7 +19,11 @@ from pscompress.cli.options import native_option, threads_option
 @threads_option()
 @native_option()
 def run(model: Path, input_path: Path, top_k: int, threads: int | None, native: bool | None) -> None:
-    """Run MODEL (.onnx) on an input FILE and print the top classes of each image with their probabilities."""
+    """Run MODEL (.onnx) on an input FILE and print the top classes of each image with their probabilities.
+
+    A model with several outputs prints each one: the top classes of a 2-D output [N, classes],
+    the shape and value range of any other.
+    """
     from pscompress.board.onnx_predictor import OnnxPredictor, load_input
     from pscompress.core.errors import UserError
 
@@ -26,11 +31,33 @@ def run(model: Path, input_path: Path, top_k: int, threads: int | None, native: 
         raise UserError(f"{model.name}: run takes an exported .onnx model (see `pscompress export`)")
     predictor = OnnxPredictor(model, threads=threads, native=native)
     images = load_input(input_path, predictor.input_shape)
-    top = predictor.topk(images, top_k)
+    outputs = predictor.predict_all(images)
     kernel = "native PSConv kernels" if predictor.native else "portable ONNX functions"
     click.echo(f"{model.name} on {input_path.name}: {len(images)} image(s), {kernel}")
-    for n in range(len(images)):
-        if len(images) > 1:
+    for name, value in outputs.items():
+        if len(outputs) > 1 or value.ndim != 2:
+            click.echo(f"output {name} {list(value.shape)}" + ("" if value.ndim == 2 else f": {_summary(value)}"))
+        if value.ndim == 2 and value.shape[1] > 0:
+            _print_topk(predictor, value, top_k)
+
+
+def _print_topk(predictor, logits: np.ndarray, top_k: int) -> None:
+    from pscompress.board.predictor import topk_of
+
+    top = topk_of(logits, top_k)
+    # Class names belong to the output that has one score per class.
+    named = predictor.classes is not None and logits.shape[1] == len(predictor.classes)
+    for n in range(len(logits)):
+        if len(logits) > 1:
             click.echo(f"image {n}:")
         for rank, (p, c) in enumerate(zip(top.values[n], top.indices[n]), start=1):
-            click.echo(f"  {rank}. {predictor.class_name(int(c)):<20} {p:7.2%}")
+            label = predictor.class_name(int(c)) if named else str(int(c))
+            click.echo(f"  {rank}. {label:<20} {p:7.2%}")
+
+
+def _summary(value: np.ndarray) -> str:
+    if value.size == 0:
+        return "empty"
+    if not np.issubdtype(value.dtype, np.number):
+        return f"{value.dtype} values"
+    return f"min {float(value.min()):.4g}, mean {float(value.mean()):.4g}, max {float(value.max()):.4g}"
