@@ -1,6 +1,7 @@
 #include "psconv.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -174,14 +175,16 @@ void PSConv::prepack(const float* w, size_t w_len) {
   }
 }
 
-// The phase planes (the scratch) of one image: per input channel, the min(SW, KW) column phases
-// that taps read, each a plane of HS x WS floats holding just the padded rows and columns that
-// output windows read. Plane column idx is padded column idx * SW + phase. Plane row s is padded
-// row (s / RS) * SH + s % RS with RS = min(SH, KH): every row where windows overlap (SH <= KH),
-// else only the KH rows of each output row. Unread bottom and right padding is not stored.
+// The phase planes of one image: per input channel, the min(SW, KW) column phases that taps
+// read, each a plane of HS x WS floats holding just the padded rows and columns that output
+// windows read; a channel's planes are contiguous ([c][phase][hs][ws]). Plane column idx is
+// padded column idx * SW + phase. Plane row s is padded row (s / RS) * SH + s % RS with
+// RS = min(SH, KH): every row where windows overlap (SH <= KH), else only the KH rows of each
+// output row. Unread bottom and right padding is not stored.
 struct PSConv::Geometry {
   size_t n, h, w, oh, ow, ohw;
-  size_t rs, hs, ws, phases, plane, image;  // plane = hs * ws floats, image = phases * C * plane
+  size_t rs, hs, ws, phases, plane, channel, image;  // plane = hs * ws, channel = phases * plane,
+                                                     // image = C * channel floats
 
   // Images per chunk: as many as the scratch budget holds, at least one.
   size_t chunk() const { return std::min(n, std::max<size_t>(1, kScratchBudget / image)); }
@@ -202,13 +205,15 @@ PSConv::Geometry PSConv::geometry(const int64_t* x_shape) const {
   g.ws = g.ow + (kw_ - 1) / sw_;   // = ceil(((OW - 1) * SW + KW) / SW) <= ceil(wp / SW)
   g.phases = std::min(sw_, kw_);
   g.plane = mul(g.hs, g.ws, "X");
-  g.image = mul(mul(g.phases, c_, "X"), g.plane, "X");
+  g.channel = mul(g.phases, g.plane, "X");
+  g.image = mul(c_, g.channel, "X");
   return g;
 }
 
+// Depthwise layers hold one channel's planes per thread (compute_depthwise), others a chunk's.
 size_t PSConv::scratch_floats(const int64_t* x_shape) const {
   const Geometry g = geometry(x_shape);
-  return g.chunk() * g.image + kNR;
+  return (depthwise() ? g.channel : g.chunk() * g.image) + kNR;
 }
 
 std::vector<int64_t> PSConv::output_shape(const Inputs& in, bool residual) const {
@@ -246,18 +251,26 @@ constexpr size_t kMaxTileBlock = 8;
 
 constexpr size_t kPadding = ~size_t{0};  // a plane row in the padding: no image row
 
-// Copies src[i * stride] to dst[i] for i < n and returns bit 31 set when one of them is an Inf
-// or a NaN: all exponent bits set, so adding one to the exponent carries into bit 31. Strides 1
-// and 2 are constants the compiler vectorises (and, add and or exist on every target), so the
-// check costs an all-finite input next to nothing.
+// Bit 31 set when `bits` is an Inf or a NaN: all exponent bits set, so adding one to the
+// exponent carries into bit 31. And, add and or vectorise on every target, so the check costs
+// an all-finite input next to nothing.
+inline uint32_t non_finite_carry(uint32_t bits) { return (bits & 0x7f800000u) + 0x00800000u; }
+
+inline uint32_t load_bits(const float* p) {
+  uint32_t bits;
+  std::memcpy(&bits, p, sizeof bits);
+  return bits;
+}
+
+// Copies src[i * stride] to dst[i] for i < n; returns bit 31 set when one of them is an Inf or
+// a NaN (non_finite_carry). Strides 1 and 2 are constants the compiler vectorises.
 uint32_t copy_checked(float* dst, const float* src, size_t n, size_t stride) {
   uint32_t carries = 0;
   auto copy = [&](auto step) {
     for (size_t i = 0; i < n; ++i) {
-      uint32_t bits;
-      std::memcpy(&bits, src + i * step, sizeof bits);
+      const uint32_t bits = load_bits(src + i * step);
       std::memcpy(dst + i, &bits, sizeof bits);
-      carries |= (bits & 0x7f800000u) + 0x00800000u;
+      carries |= non_finite_carry(bits);
     }
   };
   if (stride == 1) {
@@ -268,6 +281,32 @@ uint32_t copy_checked(float* dst, const float* src, size_t n, size_t stride) {
     copy(stride);
   }
   return carries;
+}
+
+// Splits n column pairs: even[i] = src[2 i], odd[i] = src[2 i + 1], reading src once (a
+// deinterleave the compiler vectorises); returns bit 31 set when one of them is an Inf or a NaN.
+uint32_t split_checked(float* even, float* odd, const float* src, size_t n) {
+  uint32_t carries = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t e = load_bits(src + 2 * i), o = load_bits(src + 2 * i + 1);
+    std::memcpy(even + i, &e, sizeof e);
+    std::memcpy(odd + i, &o, sizeof o);
+    carries |= non_finite_carry(e) | non_finite_carry(o);
+  }
+  return carries;
+}
+
+// The plane columns [lo, hi) of one column phase that hold image columns; plane column lo holds
+// image column `first` (meaningless when hi == lo: the phase then has no image column).
+struct PhaseColumns {
+  size_t lo, hi, first;
+};
+
+// Copies the image columns of phase `cols` from an image row (stride SW) into its plane row;
+// returns copy_checked's carries. A phase without image columns forms no pointer.
+uint32_t copy_columns(float* row, const float* image_row, const PhaseColumns& cols, size_t sw) {
+  if (cols.hi == cols.lo) return 0;
+  return copy_checked(row + cols.lo, image_row + cols.first, cols.hi - cols.lo, sw);
 }
 
 }  // namespace
@@ -284,10 +323,12 @@ TileLayout choose_layout(size_t ow) {
 // One run's state, shared by its tasks; x, y, z and the planes are those of the current chunk.
 struct PSConv::Run {
   const PSConv* conv;
+  uint64_t id;                 // unique per run in the process (compute_depthwise)
   Geometry geo;
   std::vector<size_t> image_rows;  // per plane row, the image row it holds, or kPadding
+  std::vector<PhaseColumns> columns;  // per column phase
   const float* x;              // the chunk's first image
-  float* xph;                  // its phase planes: [image][phase][c][hs][ws], then kNR spare floats
+  float* xph;                  // GEMM: its phase planes, [image][c][phase][hs][ws], then kNR spare floats
   unsigned char* non_finite;   // per (image, channel): X holds an Inf or a NaN there
   const float* a;              // packed weights
   const size_t* pair_a;        // pair_offsets()
@@ -300,38 +341,68 @@ struct PSConv::Run {
   Dwconv dwconv;
 };
 
-// Task (image, channel) of the chunk: writes the channel's phase planes, zeroing only the
-// padding, and flags whether they hold a non-finite input value.
-void PSConv::fill_phases(void* p, size_t task) {
-  const Run& run = *static_cast<const Run*>(p);
-  const PSConv& cv = *run.conv;
-  // Locals, not loads through run: the memset and memcpy below may alias anything.
-  const size_t c = cv.c_, sw = cv.sw_, pl = cv.pl_, w = run.geo.w, ws = run.geo.ws, hs = run.geo.hs;
-  const size_t* const image_rows = run.image_rows.data();
-  const float* image = run.x + task * run.geo.h * w;
-  uint32_t carries = 0;
-  for (size_t ph = 0; ph < run.geo.phases; ++ph) {
-    float* plane = run.xph + task / c * run.geo.image + (ph * c + task % c) * run.geo.plane;
-    // Plane column idx holds padded column idx * SW + ph; those in [pl, pl + w) are image columns.
-    const size_t lo = pl > ph ? std::min(ws, ceil_div(pl - ph, sw)) : 0;
-    const size_t hi = std::max(lo, std::min(ws, ceil_div(pl + w - ph, sw)));
-    if (hi == lo) {  // no image column in this phase (then lo * sw + ph - pl may wrap)
-      std::fill_n(plane, run.geo.plane, 0.0f);
-      continue;
-    }
-    const float* const first = image + (lo * sw + ph - pl);  // image row 0's first copied column
-    for (size_t s = 0; s < hs; ++s) {
-      float* row = plane + s * ws;
-      if (image_rows[s] == kPadding) {
-        std::fill_n(row, ws, 0.0f);
-        continue;
+// Zeroes the padding of one channel's planes (geo.channel floats): the rows and columns that
+// hold no image value. It lies at the same places for every channel of a run.
+void PSConv::zero_padding(const Run& run, float* planes) {
+  const Geometry& geo = run.geo;
+  for (size_t ph = 0; ph < geo.phases; ++ph) {
+    const PhaseColumns& c = run.columns[ph];
+    for (size_t s = 0; s < geo.hs; ++s) {
+      float* const row = planes + ph * geo.plane + s * geo.ws;
+      if (run.image_rows[s] == kPadding) {
+        std::fill_n(row, geo.ws, 0.0f);
+      } else {
+        std::fill_n(row, c.lo, 0.0f);
+        std::fill_n(row + c.hi, geo.ws - c.hi, 0.0f);
       }
-      std::fill_n(row, lo, 0.0f);
-      carries |= copy_checked(row + lo, first + image_rows[s] * w, hi - lo, sw);
-      std::fill_n(row + hi, ws - hi, 0.0f);
     }
   }
-  run.non_finite[task] = carries >> 31;  // only values that some window reads count
+}
+
+// Copies the image values of (image, channel) `task` of the chunk into its planes (geo.channel
+// floats at `planes`, padding written by zero_padding), reading each image row once; returns
+// whether they hold an Inf or a NaN (only values that some window reads count).
+bool PSConv::copy_image(const Run& run, size_t task, float* planes) {
+  // Locals, not loads through run: the stores below may alias anything.
+  const size_t sw = run.conv->sw_, w = run.geo.w, ws = run.geo.ws, hs = run.geo.hs, plane = run.geo.plane;
+  const size_t phases = run.geo.phases, pl = run.conv->pl_;
+  const size_t* const image_rows = run.image_rows.data();
+  const PhaseColumns* const cols = run.columns.data();
+  const float* const image = run.x + task * run.geo.h * w;
+  uint32_t carries = 0;
+  if (sw == 2 && phases == 2) {
+    // Image column x goes to plane column (x + PL) / 2 of phase (x + PL) mod 2. Windows read
+    // columns [0, read) (fewer than w when WS cuts off the right); with PL odd, column 0 is
+    // alone in phase 1, then come pairs (even phase, odd phase), then maybe one even column.
+    const size_t read = 2 * ws > pl ? std::min(w, 2 * ws - pl) : 0;
+    const size_t lone = std::min(read, pl % 2), pairs = (read - lone) / 2;
+    const size_t at = (pl + lone) / 2;  // plane column of the first pair
+    if (read == 0) return false;         // no window reads an image column (then `at` may lie past the row)
+    for (size_t s = 0; s < hs; ++s) {
+      if (image_rows[s] == kPadding) continue;
+      const float* const src = image + image_rows[s] * w;
+      float* const even = planes + s * ws + at;
+      float* const odd = even + plane;
+      if (lone) carries |= copy_checked(odd - 1, src, 1, 1);
+      carries |= split_checked(even, odd, src + lone, pairs);
+      if ((read - lone) % 2) carries |= copy_checked(even + pairs, src + read - 1, 1, 1);
+    }
+    return carries >> 31;
+  }
+  for (size_t s = 0; s < hs; ++s) {
+    if (image_rows[s] == kPadding) continue;
+    const float* const src = image + image_rows[s] * w;
+    for (size_t ph = 0; ph < phases; ++ph) carries |= copy_columns(planes + ph * plane + s * ws, src, cols[ph], sw);
+  }
+  return carries >> 31;
+}
+
+// GEMM task (image, channel) of the chunk: the channel's planes into the chunk's scratch.
+void PSConv::fill_phases(void* p, size_t task) {
+  const Run& run = *static_cast<const Run*>(p);
+  float* const planes = run.xph + task * run.geo.channel;
+  zero_padding(run, planes);
+  run.non_finite[task] = copy_image(run, task, planes);
 }
 
 // One task: a block of pixel tiles of one (group, class) pair of one image. Panels run outer
@@ -350,7 +421,7 @@ void PSConv::compute_tiles(void* p, size_t task) {
   const Panels panels(ceil_div(cv.mg_ - j, cv.p_));
   const size_t k = cv.class_k_[r];
   const int64_t* rel = run.rel[r].data();
-  const float* group_image = run.xph + n * geo.image + g * cv.cg_ * geo.plane;
+  const float* group_image = run.xph + n * geo.image + g * cv.cg_ * geo.channel;
 
   // B reads. Every half row a tile reads starts inside the planes, on a plane row that one of
   // the tile's valid outputs reads: a row tile's at most 15 floats and a two-row tile's at most
@@ -423,31 +494,48 @@ void PSConv::compute_tiles(void* p, size_t task) {
   }
 }
 
-// Task (image, output channel) of a depthwise layer: every row of the channel in one call. The
-// output reads its group's one input channel; tap offsets are those of its residue class.
+// Task (image, input channel) of a depthwise layer: copies the channel into planes of this
+// thread, where they stay in L1/L2, then computes the channel's Mg outputs, every row in one
+// call each. An output's tap offsets are those of its residue class. The padding is zeroed
+// once per run and thread: channels leave it as it is.
 // B reads: a row's last half reads at most 7 floats past the row's last pixel, which end
-// within the next plane row, the next plane, or the kNR spare floats after the last plane.
+// within the next plane row, the next phase's plane, or the kNR spare floats after the
+// thread's planes (the buffer holds geo.channel + kNR floats; the spare ones hold zeros or an
+// earlier run's values, read only into discarded lanes).
 void PSConv::compute_depthwise(void* p, size_t task) {
   const Run& run = *static_cast<const Run*>(p);
   const PSConv& cv = *run.conv;
   const Geometry& geo = run.geo;
-  const size_t n = task / cv.m_, o = task % cv.m_, r = (o + cv.shift_) % cv.p_;
-  const size_t y_index = (n * cv.m_ + o) * geo.ohw;
+  struct Planes {
+    std::vector<float> floats;  // kept for later runs, like compute_tiles' panels
+    uint64_t padded_for = 0;    // the run whose padding they hold
+  };
+  thread_local Planes planes;
+  if (planes.padded_for != run.id) {
+    if (planes.floats.size() < geo.channel + kNR) planes.floats.resize(geo.channel + kNR);
+    zero_padding(run, planes.floats.data());
+    planes.padded_for = run.id;
+  }
+  run.non_finite[task] = copy_image(run, task, planes.floats.data());
+  const size_t n = task / cv.c_, channel = task % cv.c_;
   DwconvArgs args{};
-  args.k = cv.class_k_[r];
-  args.w = run.a + cv.depthwise_weights(o);
-  args.b = run.xph + n * geo.image + o / cv.mg_ * geo.plane;
-  args.b_offsets = run.rel[r].data();
+  args.b = planes.floats.data();
   args.b_row_stride = geo.rs * geo.ws;
   args.rows = geo.oh;
   args.n = geo.ow;
-  args.y = run.y + y_index;
   args.y_row_stride = geo.ow;
-  args.z = run.z ? run.z + y_index : nullptr;
-  args.bias = run.bias ? run.bias[o] : 0.0f;
   args.lo = cv.lo_;
   args.hi = cv.hi_;
-  run.dwconv(args);
+  for (size_t o = channel * cv.mg_; o < (channel + 1) * cv.mg_; ++o) {
+    const size_t r = (o + cv.shift_) % cv.p_, y_index = (n * cv.m_ + o) * geo.ohw;
+    args.k = cv.class_k_[r];
+    args.w = run.a + cv.depthwise_weights(o);
+    args.b_offsets = run.rel[r].data();
+    args.y = run.y + y_index;
+    args.z = run.z ? run.z + y_index : nullptr;
+    args.bias = run.bias ? run.bias[o] : 0.0f;
+    run.dwconv(args);
+  }
 }
 
 // Dense Conv multiplies every tap of a window, masked ones by zero, and 0 * Inf and 0 * NaN are
@@ -475,8 +563,10 @@ void PSConv::nan_masked_non_finite(const Geometry& geo, size_t c, const float* i
 }
 
 void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, const Parallel& parallel) const {
+  static std::atomic<uint64_t> runs{0};
   Run run{};
   run.conv = this;
+  run.id = ++runs;
   run.geo = geometry(in.x_shape);
   const Geometry& geo = run.geo;
   if (geo.n == 0) return;
@@ -504,7 +594,7 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, con
     rel.reserve(class_k_[r]);
     for (size_t i = 0, j = r; i < cg_; ++i, j = j + 1 == p_ ? 0 : j + 1) {  // j = (r + i) mod P
       for (const Tap& tap : pattern_taps_[j])
-        rel.push_back(static_cast<int64_t>((tap.phase * c_ + i) * geo.plane + tap.row * geo.ws + tap.col));
+        rel.push_back(static_cast<int64_t>(i * geo.channel + tap.phase * geo.plane + tap.row * geo.ws + tap.col));
     }
   }
 
@@ -514,6 +604,12 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, con
     const size_t padded = s / geo.rs * sh_ + s % geo.rs;
     run.image_rows[s] = padded >= pt_ && padded < pt_ + geo.h ? padded - pt_ : kPadding;
   }
+  // Plane column idx of phase ph holds padded column idx * SW + ph; those in [pl, pl + w) are image columns.
+  for (size_t ph = 0; ph < geo.phases; ++ph) {
+    const size_t lo = pl_ > ph ? std::min(geo.ws, ceil_div(pl_ - ph, sw_)) : 0;
+    const size_t hi = std::max(lo, std::min(geo.ws, ceil_div(pl_ + geo.w - ph, sw_)));
+    run.columns.push_back({lo, hi, lo * sw_ + ph - pl_});  // wraps only when hi == lo: then unused
+  }
 
   run.layout = choose_layout(geo.ow);
   run.tiles = run.layout == TileLayout::kRow       ? geo.oh * ceil_div(geo.ow, kNR)
@@ -521,17 +617,21 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, con
                                                    : ceil_div(geo.ohw, kNR);
   // Blocks of tiles whose input rows (about k * kNR floats each) fit in L2 together.
   run.tile_block = std::max<size_t>(1, std::min(kMaxTileBlock, 8192 / max_k));
-  const size_t tasks_per_image = depthwise() ? m_ : pairs * ceil_div(run.tiles, run.tile_block);
+  const size_t tasks_per_image = depthwise() ? c_ : pairs * ceil_div(run.tiles, run.tile_block);
   void (*const compute)(void*, size_t) = depthwise() ? compute_depthwise : compute_tiles;
   run.bias = in.has_b ? in.b : nullptr;
   run.ukernel = ukernel;
   run.dwconv = dwconv;
 
-  // kNR spare floats after the planes complete the last rows' whole-vector reads ("B reads").
-  // Uninitialised on purpose: fill_phases writes every float of every plane.
+  // GEMM: the chunk's planes, then kNR spare floats that complete the last rows' whole-vector
+  // reads ("B reads"). Uninitialised on purpose: fill_phases writes every float of every plane.
+  // Depthwise tasks fill their own channel's planes (compute_depthwise).
   const size_t chunk = geo.chunk();
-  std::unique_ptr<float[]> xph(new float[chunk * geo.image + kNR]);
-  std::fill_n(xph.get() + chunk * geo.image, kNR, 0.0f);
+  std::unique_ptr<float[]> xph;
+  if (!depthwise()) {
+    xph.reset(new float[chunk * geo.image + kNR]);
+    std::fill_n(xph.get() + chunk * geo.image, kNR, 0.0f);
+  }
   std::vector<unsigned char> non_finite(chunk * c_);
   run.xph = xph.get();
   run.non_finite = non_finite.data();
@@ -541,7 +641,7 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, con
     run.x = in.x + n0 * x_image;
     run.y = y + n0 * y_image;
     run.z = in.z ? in.z + n0 * y_image : nullptr;
-    parallel.run(parallel.self, fill_phases, images * c_, &run);
+    if (!depthwise()) parallel.run(parallel.self, fill_phases, images * c_, &run);
     parallel.run(parallel.self, compute, images * tasks_per_image, &run);
     for (size_t t = 0; t < images * c_; ++t)
       if (non_finite[t]) nan_masked_non_finite(geo, t % c_, run.x + t * geo.h * geo.w, run.y + t / c_ * y_image);

@@ -76,6 +76,8 @@ class PSConv {
   // Depthwise (Cg == 1): W is already one contiguous run of weights per output, used unpacked.
   bool depthwise() const { return cg_ == 1; }
   size_t depthwise_weights(size_t o) const;
+  static void zero_padding(const Run& run, float* planes);
+  static bool copy_image(const Run& run, size_t task, float* planes);
   static void fill_phases(void* run, size_t task);
   static void compute_tiles(void* run, size_t task);
   static void compute_depthwise(void* run, size_t task);

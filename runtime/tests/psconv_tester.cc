@@ -73,6 +73,7 @@ Data make_data(const Case& c, size_t packed, size_t y_elems, bool non_finite, st
     std::uniform_int_distribution<size_t> at(0, d.x.size() - 1);
     const float specials[] = {NAN, INFINITY, -INFINITY};
     for (size_t i = 0; i < 1 + d.x.size() / 40; ++i) d.x[at(rng)] = specials[i % 3];
+    d.x.back() = INFINITY;  // the last column, alone at a stride-2 row's end when W + PL is odd
   }
   d.w.resize(packed);
   for (float& v : d.w) v = u(rng);
@@ -204,6 +205,16 @@ std::vector<Case> fixed_cases() {
   add({{2, 2, 3, 0}, 3, 1, {3, 3}, {1, 4}, {0, 10, 0, 0}, {27, 54, 216, 432}});
   // More patterns than outputs (P > Mg): most residue classes have no output.
   add({{1, 4, 6, 7}, 3, 1, {3, 3}, {1, 1}, {1, 1, 1, 1}, {1, 2, 4, 8, 16, 32, 64, 128, 256, 3, 5}, 9});
+  // Column phases split in one pass (stride 2): odd and even widths and left pads, a lone first
+  // or last column, width 1, pads past the kernel, WS cutting columns off; depthwise with Mg = 2.
+  add({{2, 3, 7, 9}, 6, 3, {3, 3}, {2, 2}, {1, 1, 1, 1}, {27, 54, 216, 432}, 1, -0.5f, 0.75f, true, true});
+  add({{1, 2, 6, 10}, 2, 2, {3, 3}, {2, 2}, {0, 0, 0, 0}, {27, 54, 216, 432}});
+  add({{1, 2, 6, 1}, 4, 2, {3, 3}, {2, 2}, {1, 1, 1, 1}, {27, 54, 216, 432}, 2});
+  add({{1, 2, 5, 5}, 2, 2, {3, 3}, {2, 2}, {4, 5, 4, 5}, {27, 54, 216, 432}});
+  add({{1, 2, 9, 10}, 2, 2, {3, 2}, {2, 2}, {0, 2, 0, 0}, {5, 10, 63}});
+  add({{2, 3, 8, 11}, 4, 1, {3, 3}, {2, 2}, {1, 1, 1, 1}, {27, 54, 216, 432}});
+  // Depthwise, stride 1: Mg = 3 outputs per channel task, residual and clamp.
+  add({{2, 4, 7, 7}, 12, 4, {3, 3}, {1, 1}, {1, 1, 1, 1}, {27, 54, 216, 432}, 3, 0.0f, 6.0f, true, true});
   // A batch in several chunks: one image's planes exceed half the scratch budget.
   add({{3, 1, 1500, 1500}, 2, 1, {1, 1}, {1, 1}, {0, 0, 0, 0}, {1}});
   return cases;
