@@ -47,7 +47,7 @@ class FusedPSConv(nn.Module):
 def operator_attributes(conv: PSConv2d, clip: tuple[float, float] = (-math.inf, math.inf)) -> dict:
     """The operator's attributes for a PSConv2d, every one explicit (docs/operator.md)."""
     return {
-        "kernel_shape": list(conv.kernel_size), "strides": list(conv.stride), "pads": list(conv_pads(conv)),
+        "kernel_shape": list(conv.kernel_size), "strides": list(conv.stride), "pads": list(layer_pads(conv)),
         "dilations": list(conv.dilation), "group": conv.groups, "in_channels": conv.in_channels,
         "out_channels": conv.out_channels, "patterns": conv.pattern.bitmasks, "shift": conv.shift,
         "clip_min": float(clip[0]), "clip_max": float(clip[1]),
@@ -103,6 +103,12 @@ def fuse_psconv(gm: fx.GraphModule, example: torch.Tensor) -> int:
     return count
 
 
+def layer_pads(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """The zeros a conv pads its input with, (top, left, bottom, right): a PSConv2d's explicit
+    (uneven) pads, else its padding's."""
+    return conv.pads if isinstance(conv, PSConv2d) and conv.pads is not None else conv_pads(conv)
+
+
 def packable(conv: PSConv2d) -> bool:
     """Whether the layer becomes a PSConv node. The native kernel takes dilation 1 only, and one
     node it refuses stops the whole model from loading with the library: others stay dense Convs."""
@@ -156,12 +162,16 @@ def densify(gm: fx.GraphModule) -> None:
             replace_module(gm, name, plain_conv(conv))
 
 
-def plain_conv(conv: PSConv2d) -> nn.Conv2d:
-    """An nn.Conv2d computing what ``conv`` does, its masked weights stored dense."""
+def plain_conv(conv: PSConv2d) -> nn.Module:
+    """An nn.Conv2d computing what ``conv`` does, its masked weights stored dense (after a ZeroPad2d
+    for uneven pads)."""
     plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, conv.bias is not None)
     with torch.no_grad():
         plain.weight.copy_(conv.masked_weight())
         if conv.bias is not None:
             plain.bias.copy_(conv.bias)
-    return plain.eval()
+    if conv.pads is None:
+        return plain.eval()
+    top, left, bottom, right = conv.pads
+    return nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), plain).eval()

@@ -24,7 +24,8 @@ from pscompress.board.tflite_predictor import TFLitePredictor, interpreter_modul
 from pscompress.core.errors import UserError
 from pscompress.core.files import atomic_output
 from pscompress.core.metadata import TFLITE_ENTRY, encode_tflite_metadata, export_metadata
-from pscompress.exporters.padding import conv_pads, pair, tflite_padding
+from pscompress.exporters.fuse import layer_pads
+from pscompress.exporters.padding import pair, tflite_padding
 from pscompress.exporters.pipeline import Prepared, prepare, verify
 from pscompress.exporters.summary import ExportSummary
 from pscompress.exporters.tflite_sparse import smallest_encoding
@@ -88,7 +89,7 @@ def _interpreter_installed() -> bool:
 
 
 def _run_tflite(data: bytes, x: np.ndarray) -> list[np.ndarray]:
-    return [TFLitePredictor.from_bytes(data).predict(x)]
+    return [TFLitePredictor.from_bytes(data).predict_normalized(x)]  # the graph itself: no preprocessing
 
 
 def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool) -> bytes:
@@ -198,7 +199,7 @@ class _Lowering:
         _, out_c, oh, ow = self._shape(node)
         weight = (conv.masked_weight() if isinstance(conv, PSConv2d) else conv.weight).detach().numpy()
         bias = conv.bias.detach().numpy() if conv.bias is not None else np.zeros(out_c, np.float32)
-        pads = conv_pads(conv)
+        pads = layer_pads(conv)
         padding = tflite_padding((h, w), (oh, ow), conv.kernel_size, conv.stride, conv.dilation, pads[:2])
         if padding is None:  # PyTorch's padding is not what SAME would pad: pad explicitly
             x = self._pad(x, node, pads)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pscompress.core.patterns import PatternSet, parse_pattern
-from pscompress.workstation.align import align, default_placement, recognise
+from pscompress.workstation.align import align, default_placement, recognise, recognised_density_limit
 
 
 def _kept_energy(weight: np.ndarray, pattern: PatternSet, shift: int) -> float:
@@ -129,3 +129,37 @@ def test_dense_and_unstructured_layers_are_not_psconv():
     assert recognise(np.zeros((4, 4, 3, 3))) is None
     unstructured = dense * (rng.random(dense.shape) < 0.5)
     assert recognise(unstructured) is None
+
+
+@pytest.mark.parametrize("spec, shape", [("5x5:13of25", (12, 1)), ("5x5:8of25", (16, 9)), ("2x2:2of4", (6, 5)),
+                                         ("1x3:2of3", (7, 6)), ("3x1:2of3", (5, 8)), ("1x7:3of7", (10, 4))])
+def test_align_keeps_the_most_energy_on_a_planted_pattern_of_each_kernel_size(spec, shape):
+    """Weights that are a family in another order, plus small noise off the mask: alignment finds the
+    planted order back (the largest energy of all orders and shifts, checked by brute force for short periods)."""
+    rng = np.random.default_rng(7)
+    family = parse_pattern(spec)
+    planted = PatternSet(family.kernel_size, tuple(rng.permutation(np.array(family.supports, dtype=object))))
+    mask = planted.mask(*shape, shift=1 % planted.period)
+    weight = rng.normal(size=mask.shape) * np.where(mask, 1.0, 0.01)
+    placement = align(weight, family)
+    np.testing.assert_array_equal(placement.pattern.mask(*shape, placement.shift), mask)
+    assert placement.retained_energy > 0.99
+    if family.period <= 4:
+        assert _kept_energy(weight, placement.pattern, placement.shift) == pytest.approx(_brute_force_best(weight, family))
+
+
+def test_a_planted_5x5_periodic_layout_is_recognised_exactly():
+    rng = np.random.default_rng(8)
+    layout = parse_pattern("5x5:13of25", period=8, dense_kernel=True)  # seven families' supports + one dense
+    mask = layout.mask(24, 1, 5)  # a depthwise 5x5 layer: one input channel per group
+    weight = rng.uniform(0.1, 1.0, size=mask.shape) * rng.choice([-1.0, 1.0], size=mask.shape) * mask
+    found = recognise(weight.astype(np.float32))
+    assert found is not None and found.pattern.kernel_size == (5, 5) and found.pattern.period == 8
+    np.testing.assert_array_equal(found.pattern.mask(24, 1, found.shift), mask)
+    assert found.pattern.density() <= recognised_density_limit((5, 5))
+
+
+def test_the_recognised_density_limit_is_below_one_for_every_kernel():
+    assert recognised_density_limit((3, 3)) == recognised_density_limit((5, 5)) == 8 / 9
+    assert recognised_density_limit((2, 2)) == 3 / 4 and recognised_density_limit((1, 3)) == 2 / 3
+    assert recognised_density_limit((1, 1)) == 0.0  # a 1x1 layout is never sparse pSConv

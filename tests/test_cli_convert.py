@@ -68,6 +68,22 @@ def test_trusted_pickle_converts(models, tmp_path, run_cli):
     assert len(psconv_layers(load_model(out, trust_pickle=True).module)) == 18
 
 
+def test_a_converted_pickle_records_its_input_so_later_commands_need_no_input_shape(models, tmp_path, run_cli):
+    from pscompress.board.predictor import open_predictor
+
+    out = tmp_path / "from_pickle.pt"
+    status, stdout, stderr = run_cli("convert", str(models / "pickled.pt"), "--trust-pickle", "--input-shape", "1,28,20",
+                                     "--mean", "0.25", "--std", "0.5", "-o", str(out))
+    assert status == 0, stderr
+    loaded = load_model(out, trust_pickle=True)
+    assert loaded.arch is None and len(psconv_layers(loaded.module)) == 18
+    assert loaded.meta["input_shape"] == [1, 28, 20] and loaded.meta["preprocess"] == {"mean": [0.25], "std": [0.5]}
+    assert open_predictor(out, trust_pickle=True).input_shape == (1, 28, 20)
+    status, stdout, stderr = run_cli("export", str(out), "--trust-pickle", "-o", str(tmp_path / "m.onnx"))
+    assert status == 0, stderr
+    assert open_predictor(tmp_path / "m.onnx").input_shape == (1, 28, 20)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -92,6 +108,9 @@ def test_trusted_pickle_converts(models, tmp_path, run_cli):
         (["{m}/state.pt", "--arch", "resnet99"], "unknown architecture"),
         (["{m}/state.pt", "--arch", "resnet18"], "does not match the architecture"),
         (["{m}/r20.pt", "--report-json", "{m}/no/such/dir/r.json"], "does not exist"),
+        (["{m}/r20.pt", "--mean", "0.5,0.5,0.5"], "--mean has 3 value(s), the model takes 1 channel(s)"),
+        (["{m}/r20.pt", "--std", "0"], "--std must be positive finite numbers"),
+        (["{m}/r20.pt", "--classes", "a,b,c"], "--classes has 3 names"),
     ],
 )
 def test_mistakes_exit_2_with_one_line_and_no_output(models, tmp_path, run_cli, args, message):

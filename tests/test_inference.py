@@ -67,6 +67,22 @@ def test_image_input_is_converted_and_resized(tmp_path):
     assert load_input(tmp_path / "photo.png", (3, 32, 32)).shape == (1, 3, 32, 32)
 
 
+def test_resize_crops_the_centre_and_bgr_reverses_the_channels(tmp_path):
+    # 60 x 20: a red, a green and a blue 20 x 20 square side by side. Shorter side to 10 makes it 30 x 10,
+    # whose centre 10 x 10 is the green square; stretching would show all three.
+    squares = np.zeros((20, 60, 3), np.uint8)
+    for i in range(3):
+        squares[:, 20 * i:20 * (i + 1), i] = 255
+    Image.fromarray(squares).save(tmp_path / "squares.png")
+    cropped = load_input(tmp_path / "squares.png", (3, 10, 10), {"resize": 10})[0]
+    assert cropped.shape == (3, 10, 10)
+    assert np.all(cropped[1, :, 2:8] == 1.0) and np.all(cropped[[0, 2], :, 2:8] == 0.0)
+    bgr = load_input(tmp_path / "squares.png", (3, 10, 10), {"resize": 10, "channel_order": "bgr"})[0]
+    np.testing.assert_array_equal(bgr, cropped[::-1])
+    stretched = load_input(tmp_path / "squares.png", (3, 10, 10))[0]
+    assert stretched[0, :, 0].min() == 1.0 and stretched[2, :, -1].min() == 1.0  # red at the left, blue at the right
+
+
 def test_npy_input_forms_and_errors(tmp_path):
     np.save(tmp_path / "u8.npy", np.full((28, 28), 255, np.uint8))
     assert load_input(tmp_path / "u8.npy", (1, 28, 28)).max() == 1.0

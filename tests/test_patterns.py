@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pscompress.core.errors import UserError
-from pscompress.core.patterns import PatternSet, parse_pattern
+from pscompress.core.patterns import PatternSet, choose_patterns, family_supports, parse_pattern, pattern_name
 
 FAMILIES = [f"{k}of9" for k in range(1, 10)]
 
@@ -48,7 +48,14 @@ def test_period_and_dense_kernel_options():
 @pytest.mark.parametrize(
     "spec, period, dense_kernel, message",
     [
-        ("4of10", None, False, "3x3"),
+        ("4of10", None, False, "no square kernel"),
+        ("3x3:4of10", None, False, "does not fit a 3x3 kernel"),
+        ("2of3", None, False, "1x3:2of3"),  # 1x3 or 3x1: the shape must be named
+        ("0,1/2,3", None, False, "2x2:0,1/2,3"),  # issue 14: an unprefixed list is 3x3, the error says so
+        ("2x2:0,1/2,4", None, False, "outside a 2x2 kernel"),
+        ("8x8:4of64", None, False, "8x8 is not supported"),
+        ("5x5:0of25", None, False, "between 1 and 25"),
+        ("1x3:2of3", 1, False, "period 1"),
         ("0of9", None, False, "not a pattern family"),
         ("10of9", None, False, "not a pattern family"),
         ("", None, False, "bad pattern"),
@@ -107,3 +114,101 @@ def test_mask_follows_the_periodic_rule(layout):
             expected = np.zeros(9, dtype=bool)
             expected[list(support)] = True
             np.testing.assert_array_equal(mask[o, i].ravel(), expected)
+
+
+# The 3x3 families exactly as they were before any other kernel size existed (docs/patterns.md):
+# nothing converted with them may change.
+_3X3 = {
+    1: "0/1/2/3/4/5/6/7/8",
+    2: "0,4/1,4/2,4/3,4/4,5/4,6/4,7/4,8",
+    3: "3,4,5/1,4,7/0,4,8/2,4,6",
+    4: "0,1,3,4/1,2,4,5/3,4,6,7/4,5,7,8",
+    5: "1,3,4,5,7/0,2,4,6,8",
+    6: "0,1,2,3,4,5/3,4,5,6,7,8/0,1,3,4,6,7/1,2,4,5,7,8",
+    7: "1,2,3,4,5,6,7/0,1,3,4,5,7,8",
+    8: "1,2,3,4,5,6,7,8/0,1,3,4,5,6,7,8/0,1,2,3,4,5,7,8/0,1,2,3,4,5,6,7",
+    9: "0,1,2,3,4,5,6,7,8",
+}
+
+
+@pytest.mark.parametrize("keep", range(1, 10))
+def test_3x3_families_are_unchanged(keep):
+    assert parse_pattern(f"{keep}of9").describe() == _3X3[keep]
+    assert parse_pattern(f"3x3:{keep}of9") == parse_pattern(f"{keep}of9", kernel_size=(3, 3)) == parse_pattern(f"{keep}of9")
+
+
+SHAPES = [(1, 1), (1, 2), (2, 2), (1, 3), (3, 1), (2, 3), (5, 5), (1, 7), (7, 1), (7, 7), (7, 9), (9, 7), (1, 63)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_family_of_every_kernel_covers_it_with_k_positions(shape):
+    n = shape[0] * shape[1]
+    for keep in range(1, n + 1):
+        pattern = parse_pattern(f"{keep}of{n}", kernel_size=shape)
+        assert pattern.kernel_size == shape
+        assert all(len(s) == keep for s in pattern.supports)
+        assert set().union(*pattern.supports) == set(range(n))
+        assert len(set(pattern.supports)) == pattern.period <= n
+        assert pattern.density() == pytest.approx(keep / n)
+        assert pattern_name(shape, list(reversed(pattern.bitmasks))) == f"{keep}of{n}"
+
+
+def _disc(shape, corner, radius2):
+    """Positions within squared distance ``radius2`` of ``corner``: an oracle independent of the rule's code."""
+    kh, kw = shape
+    return frozenset(r * kw + c for r in range(kh) for c in range(kw)
+                     if (r - corner[0]) ** 2 + (c - corner[1]) ** 2 <= radius2)
+
+
+def test_kernels_other_than_3x3_keep_the_positions_nearest_each_corner():
+    # 13of25: the 13 positions within squared distance 10 of each corner of the 5x5 (no tie is cut).
+    corners = [(0, 0), (0, 4), (4, 0), (4, 4)]
+    assert parse_pattern("13of25").supports == tuple(_disc((5, 5), c, 10) for c in corners)
+    # 2of4: 2x2 kernels, where ties (both neighbours of a corner) go row-major: the two rows.
+    assert parse_pattern("2of4").describe() == "0,1/2,3"
+    assert parse_pattern("1x3:2of3").describe() == parse_pattern("3x1:2of3").describe() == "0,1/1,2"
+    assert parse_pattern("7x7:25of49").period == 4  # four corner supports, each with the centre
+    assert all(24 in s for s in parse_pattern("7x7:25of49").supports)
+
+
+def test_small_families_fall_back_to_the_positions_nearest_each_position():
+    # Eight positions nearest a corner miss the 5x5's centre: one support per anchor position instead.
+    pattern = parse_pattern("8of25")
+    assert pattern.period == len(set(pattern.supports)) and 4 < pattern.period <= 25
+    for support in pattern.supports:
+        rows, cols = zip(*(divmod(p, 5) for p in support))
+        assert max(rows) - min(rows) <= 3 and max(cols) - min(cols) <= 3  # compact windows
+    assert parse_pattern("1x3:1of3").describe() == "0/1/2"
+    assert parse_pattern("1x7:3of7").describe() == "0,1,2/1,2,3/2,3,4/3,4,5/4,5,6"
+
+
+def test_a_choice_of_patterns_gives_each_kernel_size_its_own():
+    choice = choose_patterns(["4of9", "2of3", "5x5:13of25", "2x2:0,3/1,2"], period=None)
+    assert choice.for_kernel((3, 3)) == parse_pattern("4of9")
+    assert choice.for_kernel((1, 9)) == parse_pattern("1x9:4of9")  # a family is for every kernel of N positions
+    assert choice.for_kernel((1, 3)).kernel_size == (1, 3) and choice.for_kernel((3, 1)).kernel_size == (3, 1)
+    assert choice.for_kernel((5, 5)) == parse_pattern("13of25")
+    assert choice.for_kernel((2, 2)).describe() == "0,3/1,2"
+    assert choice.for_kernel((1, 1)) is None and choice.for_kernel((7, 7)) is None
+    # An exact shape wins over a family of its size.
+    assert choose_patterns(["4of9", "3x3:2of9"]).for_kernel((3, 3)) == parse_pattern("2of9")
+    assert choose_patterns(["4of9", "3x3:2of9"]).for_kernel((9, 1)) == parse_pattern("9x1:4of9")
+    assert choose_patterns("13of25", period=8).for_kernel((5, 5)).period == 8
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["4of9", "2of9"], "two patterns for kernels of 9 positions"),
+    (["3x3:4of9", "0,1,3,4/4,5,7,8/2,6"], "two patterns for 3x3"),
+    (["0of3"], "between 1 and 3"),
+    (["4of64"], "not supported"),
+    ([], "at least one pattern"),
+])
+def test_bad_pattern_choices_are_user_errors(specs, message):
+    with pytest.raises(UserError, match=message):
+        choose_patterns(specs)
+
+
+def test_family_supports_checks_its_kernel():
+    with pytest.raises(UserError, match="between 1 and 4"):
+        family_supports(5, (2, 2))
+    assert family_supports(4, (3, 3)) == tuple(tuple(sorted(s)) for s in parse_pattern("4of9").supports)

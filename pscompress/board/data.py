@@ -12,6 +12,11 @@ A data set SPEC is one of:
 - ``FILE.npz``: keys ``x``, ``y`` and optional ``classes``, or ``x_train``/``y_train``/
   ``x_test``/``y_test``. ``x`` may be uint8 (scaled by 1/255) or float in [0, 1], shaped
   [N, H, W], [N, C, H, W] or [N, H, W, C] with C in {1, 3}.
+
+Arrays are taken to be in the model's channel order already; an image folder's files are
+decoded as RGB, or BGR for a model that records ``channel_order`` "bgr"
+(``ArrayDataset.in_channel_order``). Mean/std normalisation is never applied here: the
+predictors apply it (pscompress.core.inputs.normalize).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import contextlib
 import gzip
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -52,9 +57,10 @@ class ArrayImages:
 class FileImages:
     """Images decoded from files only when indexed, so a large folder costs no memory up front."""
 
-    def __init__(self, paths: Sequence[Path], channels: int, hw: tuple[int, int]) -> None:
+    def __init__(self, paths: Sequence[Path], channels: int, hw: tuple[int, int], channel_order: str = "rgb") -> None:
         self.paths = list(paths)
         self.shape = (len(self.paths), channels, *hw)
+        self.channel_order = channel_order
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -74,6 +80,8 @@ class FileImages:
                 raise UserError(f"{path} is {img.size[0]}x{img.size[1]}, other images are {w}x{h}: resize the data set first")
             pixels = np.asarray(img, dtype=np.uint8)
         pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        if self.channel_order == "bgr":
+            pixels = pixels[::-1]
         return pixels.astype(np.float32) / 255.0
 
 
@@ -108,8 +116,17 @@ class ArrayDataset:
         if isinstance(self.images, ArrayImages):
             images: ArrayImages | FileImages = ArrayImages(self.images.array[:limit])
         else:
-            images = FileImages(self.images.paths[:limit], self.shape[0], self.shape[1:])
+            images = FileImages(self.images.paths[:limit], self.shape[0], self.shape[1:], self.images.channel_order)
         return ArrayDataset(images, self.y[:limit], self.classes, self.name)
+
+    def in_channel_order(self, order: str | None) -> "ArrayDataset":
+        """This data set for a model taking ``order`` ("rgb", "bgr"; None: rgb): image files are decoded in it.
+
+        Arrays are returned as they are: they are taken to be in the model's order already.
+        """
+        if not isinstance(self.images, FileImages) or self.images.channel_order == (order or "rgb"):
+            return self
+        return replace(self, images=FileImages(self.images.paths, self.shape[0], self.shape[1:], order or "rgb"))
 
     def batches(self, batch_size: int, indices: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(x, y) batches in order, over ``indices`` (default: all)."""

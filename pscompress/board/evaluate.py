@@ -153,6 +153,8 @@ class LabelledData(Protocol):
 
     def batches(self, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]: ...
 
+    def in_channel_order(self, order: str | None) -> "LabelledData": ...
+
 
 def run_batches(predictor: Predictor, data: LabelledData, batch_size: int, progress: bool | None = None,
                 desc: str = "eval") -> tuple[np.ndarray, list[float], list[int], str]:
@@ -213,6 +215,7 @@ def evaluate_file(path: str | os.PathLike, data: LabelledData, *, spec: str | No
     from pscompress.board.data import check_compatible
 
     predictor = open_predictor(path, native=native, threads=threads, trust_pickle=trust_pickle, output=output)
+    data = data.in_channel_order(predictor.preprocess.get("channel_order"))  # mean/std: the predictor's own job
     channels, *hw = predictor.input_shape
     known_hw = tuple(hw) if len(hw) == 2 and all(isinstance(d, int) and d > 0 for d in hw) else None
     classes = num_classes(predictor)

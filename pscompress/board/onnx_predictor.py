@@ -2,9 +2,15 @@
 
     from pscompress.board.onnx_predictor import OnnxPredictor
     p = OnnxPredictor("model.onnx", threads=2)
-    logits = p.predict(images)              # float32 [N, C, H, W] in [0, 1]
+    images = load_input("photo.png", p.input_shape, p.preprocess)   # resized, channel order, [0, 1]
+    logits = p.predict(images)              # float32 [N, C, H, W] in [0, 1]; mean/std applied here
     top = p.topk(images, k=3)               # probabilities and class indices, best first
     outputs = p.predict_all(images)         # every output by name: {"logits": ...} or {"output0": ..., ...}
+
+``predict``, ``topk`` and ``predict_all`` take images in [0, 1] (in the model's channel order, at
+its size) and apply the recorded ``preprocess`` mean and std themselves, once: never normalise
+images before passing them. ``load_input`` (pscompress.core.inputs) makes such images from a
+file, applying the recorded resize and channel order.
 
 A model with several outputs needs ``output="NAME"`` (the classifier) for ``predict`` and ``topk``.
 
@@ -22,7 +28,7 @@ from pscompress import runtime
 from pscompress.board.predictor import Predictor as PredictorProtocol
 from pscompress.board.predictor import ambiguous_output, classifier_output
 from pscompress.core.errors import UserError
-from pscompress.core.inputs import load_npy, opened_image
+from pscompress.core.inputs import load_input, normalize
 from pscompress.core.limits import check_input_shape
 from pscompress.core.metadata import decode_onnx_metadata
 
@@ -42,6 +48,7 @@ class OnnxPredictor(PredictorProtocol):
         self.input_shape = self._resolve_input_shape(model_input.shape)
         classes = self.meta.get("classes")
         self.classes: list[str] | None = [str(c) for c in classes] if classes else None
+        self.preprocess = dict(self.meta.get("preprocess") or {})
         outputs = self.session.get_outputs()
         #: the model's output names, in order
         self.output_names: list[str] = [o.name for o in outputs]
@@ -60,7 +67,7 @@ class OnnxPredictor(PredictorProtocol):
         return check_input_shape(dims, f"{self.path}: the graph's input")
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Logits [N, classes] (the classifier output) for float32 images [N, C, H, W] scaled to [0, 1]."""
+        """Logits [N, classes] (the classifier output) for float32 images [N, C, H, W] in [0, 1] (mean/std applied here)."""
         if self.output is None:
             raise ambiguous_output(self.output_names, self.path.name)
         return self.predict_all(x)[self.output]
@@ -72,7 +79,7 @@ class OnnxPredictor(PredictorProtocol):
             want = "x".join(map(str, self.input_shape))
             raise UserError(f"the model takes images of shape [N, {', '.join(map(str, self.input_shape))}] "
                             f"(C x H x W = {want}), got an array of shape {list(x.shape)}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(normalize(x, self.preprocess), dtype=np.float32)
         try:
             values = self.session.run(None, {self._input_name: x})
         except runtime.onnxruntime_errors() as exc:  # e.g. a node whose input shape its kernel rejects
@@ -80,48 +87,6 @@ class OnnxPredictor(PredictorProtocol):
         return dict(zip(self.output_names, values))
 
 
-# The name README.md, docs/export.md and docs/raspberry-pi.md show users.
+# The names README.md, docs/export.md and docs/raspberry-pi.md show users.
 Predictor = OnnxPredictor
-
-
-def load_input(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np.ndarray:
-    """Images for a model from a file: an image (any format Pillow reads) or a .npy array.
-
-    Images are converted to the model's channels (1: grayscale, 3: RGB) and resized to its
-    input size. Arrays may be [H, W], [C, H, W] or [N, C, H, W]; uint8 arrays are scaled by
-    1/255, float arrays must already be in [0, 1].
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"cannot read {path}: no such file")
-    channels, height, width = input_shape
-    if path.suffix.lower() == ".npy":
-        return _array_input(path, input_shape)
-    from PIL import Image, UnidentifiedImageError
-
-    modes = {1: "L", 3: "RGB"}
-    if channels not in modes:
-        raise UserError(f"the model takes {channels}-channel input: give a .npy array instead of an image")
-    try:
-        with opened_image(path) as image:
-            image = image.convert(modes[channels]).resize((width, height), Image.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{path} is neither an image Pillow can read nor a .npy file") from exc
-    pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-    return pixels[None]
-
-
-def _array_input(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
-    array = load_npy(path)
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255.0
-    elif not np.issubdtype(array.dtype, np.floating):
-        raise UserError(f"{path} holds {array.dtype} values: use uint8 (0..255) or float (0..1)")
-    while array.ndim < 4:
-        array = array[None]
-    if tuple(array.shape[1:]) != tuple(input_shape):
-        raise UserError(f"{path} has shape {list(array.shape)}; the model takes [N, {', '.join(map(str, input_shape))}]")
-    if array.size and (array.min() < 0 or array.max() > 1):
-        raise UserError(f"{path} has values outside [0, 1]: models take images scaled to [0, 1]")
-    return array.astype(np.float32)
+__all__ = ["OnnxPredictor", "Predictor", "load_input"]

@@ -53,6 +53,11 @@ def ambiguous_output(names: list[str], source: str) -> UserError:
 class Predictor(Protocol):
     """A loaded model: ``predict(x)`` maps float32 NCHW images in [0, 1] to logits [N, classes].
 
+    ``x`` is never normalised by the caller: every implementation applies the model's recorded
+    ``preprocess`` mean and std (pscompress.core.inputs.normalize) itself, exactly once, so the
+    same images mean the same to ``run``, ``eval`` and any format. Images are in the model's
+    channel order and at its size (``load_input`` makes them from a file).
+
     For a model with several outputs, ``predict`` returns the one chosen as the classifier
     (``open_predictor``'s ``output``), or the only one; the ONNX and PyTorch predictors return
     all of them from ``predict_all`` (by name, in the model's order). Implementations subclass
@@ -62,6 +67,7 @@ class Predictor(Protocol):
     input_shape: tuple[Any, ...]  # (C, H, W); H and W are None when the model does not record them
     classes: list[str] | None     # None when the model does not name them
     meta: dict[str, Any]          # the metadata pscompress wrote into the model
+    preprocess: dict[str, Any]    # meta["preprocess"] ({}: none recorded): mean/std that predict applies
     native: bool | None           # whether the native PSConv kernels run (None: not an ONNX matter)
     num_outputs: int | None       # logits per image; None when unknown
 

@@ -2,7 +2,8 @@
 
 Uses whichever TFLite interpreter is installed: ``ai-edge-litert`` (numpy 2 works) or
 ``tflite-runtime`` (needs numpy < 2). The model's input is NHWC; ``predict`` takes PyTorch's
-NCHW images and transposes them, so callers never see the difference.
+NCHW images in [0, 1], applies the recorded ``preprocess`` mean and std (once; never normalise
+before calling it) and transposes them, so callers never see the difference.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from pscompress.board.predictor import Predictor
 from pscompress.core.errors import UserError
+from pscompress.core.inputs import normalize
 from pscompress.core.limits import check_input_shape
 from pscompress.core.metadata import TFLITE_ENTRY, decode_tflite_metadata
 
@@ -76,17 +78,26 @@ class TFLitePredictor(Predictor):
         self.input_shape: tuple[int, int, int] = check_input_shape((c, h, w), f"{path}: the model's input")
         classes = self.meta.get("classes")
         self.classes: list[str] | None = [str(name) for name in classes] if classes else None
+        self.preprocess: dict[str, Any] = dict(self.meta.get("preprocess") or {})
         self.native = None  # pscompress's native kernels are an ONNX runtime matter
         # Logits per image as a probe run would count them: everything but the batch dimension.
         self.num_outputs: int | None = int(np.prod(self._output["shape"][1:])) or None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits for float32 images [N, C, H, W] in [0, 1]: the recorded mean/std applied, then the graph."""
+        return self.predict_normalized(normalize(self._checked(x), self.preprocess))
+
+    def predict_normalized(self, x: np.ndarray) -> np.ndarray:
+        """The graph's logits for images already normalised (what export verification compares with PyTorch)."""
+        nhwc = np.ascontiguousarray(self._checked(x).transpose(0, 2, 3, 1), dtype=np.float32)
+        return np.concatenate([self._run(nhwc[i:i + _MAX_BATCH]) for i in range(0, len(nhwc), _MAX_BATCH)]
+                              or [np.zeros((0, self._output["shape"][-1]), np.float32)])
+
+    def _checked(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise UserError(f"expected images of shape [N, {', '.join(map(str, self.input_shape))}], got {list(x.shape)}")
-        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        return np.concatenate([self._run(nhwc[i:i + _MAX_BATCH]) for i in range(0, len(nhwc), _MAX_BATCH)]
-                              or [np.zeros((0, self._output["shape"][-1]), np.float32)])
+        return x
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         try:

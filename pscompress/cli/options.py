@@ -1,6 +1,7 @@
 """Options several commands share, defined once so their names, types and help agree."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -32,6 +33,70 @@ def trust_pickle_option() -> Decorator:
 
 def input_shape_option(help_text: str) -> Decorator:
     return click.option("--input-shape", metavar="C,H,W", help=help_text)
+
+
+MAX_CLASSES_FILE_BYTES = 4 << 20  # a class-name file: one name a line
+
+
+def input_metadata_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of ``convert`` that record what the model takes (docs/convert.md, "Recording the input")."""
+    options = [
+        click.option("--classes", callback=_class_names, metavar="FILE|a,b,c",
+                     help="Class names: a text file with one name a line, or a comma-separated list."),
+        click.option("--mean", callback=_numbers, metavar="M1,M2,M3",
+                     help="Per-channel mean subtracted from [0, 1] pixels, in the model's channel order "
+                          "(e.g. 0.485,0.456,0.406).  [default: 0]"),
+        click.option("--std", callback=_numbers, metavar="S1,S2,S3",
+                     help="Per-channel standard deviation the pixels are divided by after --mean, on the same "
+                          "[0, 1] scale (e.g. 0.229,0.224,0.225).  [default: 1]"),
+        click.option("--channel-order", metavar="rgb|bgr",
+                     help="The order of a 3-channel model's input channels.  [default: rgb]"),
+        click.option("--resize", callback=_integer, metavar="N",
+                     help="Scale an image's shorter side to N pixels, then crop its centre to the input's H x W.  "
+                          "[default: stretch to H x W]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _numbers(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(part) for part in value.split(",")]
+    except ValueError:
+        raise UserError(f"--{param.name} takes comma-separated numbers such as 0.5,0.5,0.5, got {value!r}") from None
+
+
+def _integer(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"--{param.name} takes an integer number of pixels, got {value!r}") from None
+
+
+def _class_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """--classes: the lines of an existing file (blank ones skipped), else the comma-separated names."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        if path.stat().st_size > MAX_CLASSES_FILE_BYTES:
+            raise UserError(f"--classes {path}: {path.stat().st_size:,} bytes, more than a class-name file needs "
+                            f"({MAX_CLASSES_FILE_BYTES:,} at most)")
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--classes {path}: cannot read it as UTF-8 text ({exc.__class__.__name__})") from exc
+    else:
+        names = [name.strip() for name in value.split(",")]
+    if not names or not all(names):
+        raise UserError(f"--classes {value!r}: give a file with one class name a line, or names separated by commas "
+                        "(no empty names)")
+    return names
 
 
 def threads_option() -> Decorator:

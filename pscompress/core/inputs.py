@@ -6,6 +6,13 @@
   is read: no Python objects, no more bytes than the file or member holds, within the limit.
 - images: the size in the header is checked before the pixels are decoded.
 
+And turning a file into what a model takes (``load_input``, then ``normalize``), following the
+``preprocess`` metadata (pscompress.core.metadata): an image file is converted to the model's
+channels, resized (shorter side to ``resize`` and a centre crop, else stretched to H x W),
+put in ``channel_order`` and scaled to [0, 1]; an .npy array is taken as it is (already the
+model's size and channel order, uint8 or [0, 1]). ``normalize`` then computes (x - mean) / std:
+the predictors call it on every input, so it runs exactly once whichever way the images came.
+
 Limits are in pscompress.core.limits. numpy and Pillow only (board-side commands use this).
 """
 from __future__ import annotations
@@ -15,13 +22,15 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator, Mapping
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 from pscompress.core.errors import UserError
 from pscompress.core.limits import check_bytes, check_pixels, check_ratio, max_image_pixels, shape_bytes, too_many_pixels
+
+_IMAGE_MODES = {1: "L", 3: "RGB"}
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -125,3 +134,83 @@ def opened_image(path: str | os.PathLike) -> Iterator["PIL.Image.Image"]:  # noq
             raise too_many_pixels(str(path)) from exc
         finally:
             Image.MAX_IMAGE_PIXELS = limit
+
+
+def load_input(path: str | os.PathLike, input_shape: tuple[int, int, int],
+               preprocess: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Images for a model from a file, float32 [N, C, H, W] in [0, 1] (not yet normalised).
+
+    An image (any format Pillow reads) is converted to the model's channels (1: grayscale, 3:
+    RGB), resized as ``preprocess`` says and put in its channel order. Arrays (.npy) may be
+    [H, W], [C, H, W] or [N, C, H, W] at the model's size and in its channel order; uint8
+    arrays are scaled by 1/255, float arrays must already be in [0, 1].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"cannot read {path}: no such file")
+    if path.suffix.lower() == ".npy":
+        return _array_input(path, input_shape)
+    from PIL import UnidentifiedImageError
+
+    channels = input_shape[0]
+    if channels not in _IMAGE_MODES:
+        raise UserError(f"the model takes {channels}-channel input: give a .npy array instead of an image")
+    try:
+        with opened_image(path) as image:
+            pixels = image_pixels(image, input_shape, preprocess or {})
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{path} is neither an image Pillow can read nor a .npy file") from exc
+    return pixels[None]
+
+
+def image_pixels(image: "PIL.Image.Image", input_shape: tuple[int, int, int],  # noqa: F821
+                 preprocess: Mapping[str, Any]) -> np.ndarray:
+    """One decoded image as the model's float32 [C, H, W] in [0, 1]: channels, size and channel order."""
+    from PIL import Image
+
+    channels, height, width = input_shape
+    image = image.convert(_IMAGE_MODES[channels])
+    resize = preprocess.get("resize")
+    if resize:
+        scale = resize / min(image.size)
+        scaled = (max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale)))
+        check_pixels("the resized image", *scaled)
+        image = image.resize(scaled, Image.BILINEAR)
+        left, top = (scaled[0] - width) // 2, (scaled[1] - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    else:
+        image = image.resize((width, height), Image.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    if preprocess.get("channel_order") == "bgr":
+        pixels = pixels[::-1]
+    return np.ascontiguousarray(pixels)
+
+
+def normalize(x: np.ndarray, preprocess: Mapping[str, Any] | None) -> np.ndarray:
+    """(x - mean) / std per channel of float32 images [N, C, H, W] in [0, 1]; x itself without mean or std."""
+    preprocess = preprocess or {}
+    if "mean" not in preprocess and "std" not in preprocess:
+        return x
+    x = np.asarray(x, dtype=np.float32)
+    channels = len(preprocess.get("mean") or preprocess["std"])
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise UserError(f"the model normalises {channels}-channel images [N, C, H, W], got an array of shape {list(x.shape)}")
+    mean = np.asarray(preprocess.get("mean", [0.0] * channels), np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(preprocess.get("std", [1.0] * channels), np.float32).reshape(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _array_input(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
+    array = load_npy(path)
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    elif not np.issubdtype(array.dtype, np.floating):
+        raise UserError(f"{path} holds {array.dtype} values: use uint8 (0..255) or float (0..1)")
+    while array.ndim < 4:
+        array = array[None]
+    if tuple(array.shape[1:]) != tuple(input_shape):
+        raise UserError(f"{path} has shape {list(array.shape)}; the model takes [N, {', '.join(map(str, input_shape))}]")
+    if array.size and (array.min() < 0 or array.max() > 1):
+        raise UserError(f"{path} has values outside [0, 1]: models take images scaled to [0, 1]")
+    return array.astype(np.float32)

@@ -12,6 +12,14 @@ the code can trust them):
   set); ``fp16``, ``psconv_layers`` (TFLite: per layer, its kernel size, patterns and shift);
   ``meta`` (TFLite: the checkpoint's own metadata); ``finetune``, ``conversion``, ``sparsify``
   (checkpoints: how the model was made; ``sparsify`` is the whole SparsifyConfig).
+- ``preprocess``: what turns an image file into the tensor the model takes, all keys optional
+  (absent: the identity, as in files written before it existed): ``mean`` and ``std`` (one
+  finite number per input channel, in the model's channel order, on the [0, 1] pixel scale;
+  std > 0), ``channel_order`` ("rgb" or "bgr": the order of a 3-channel model's input channels),
+  ``resize`` (an integer N: scale an image so its shorter side is N pixels, then crop its centre
+  to the model's H x W; absent: stretch it to H x W). The graph takes (x - mean) / std of images
+  x in [0, 1]; pscompress's predictors apply mean and std themselves (``PREPROCESS_KEYS``). A key
+  this version does not know is refused rather than silently skipped.
 - ``outputs`` (ONNX): the model's outputs in order, each ``{"name", "shape"}`` with the shape
   of one image's output (no batch dimension); absent in older files, which have one
   output, ``logits``.
@@ -30,10 +38,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from pscompress.core.errors import UserError, short_repr
-from pscompress.core.limits import MAX_CLASSES, check_input_shape, is_int
+from pscompress.core.limits import MAX_CHANNELS, MAX_CLASSES, check_input_shape, is_int
 
 SCHEMA = 1
 ONNX_PREFIX = "pscompress."
@@ -46,6 +54,9 @@ _MAPPINGS = ("finetune", "conversion", "sparsify", "tune")  # the records finetu
 MAX_PATTERN_TEXT = 80
 MAX_OUTPUTS = 256  # outputs of one model
 MAX_OUTPUT_RANK = 8
+PREPROCESS_KEYS = ("mean", "std", "channel_order", "resize")
+CHANNEL_ORDERS = ("rgb", "bgr")
+MAX_RESIZE = 1 << 16  # pixels of the shorter side; the resized image must also fit the image pixel limit
 
 
 def export_metadata(source_meta: Mapping[str, Any], arch: str | None, input_shape: list[int] | tuple[int, ...],
@@ -58,6 +69,8 @@ def export_metadata(source_meta: Mapping[str, Any], arch: str | None, input_shap
         meta["classes"] = [str(c) for c in source_meta["classes"]]
     if source_meta.get("accuracy") is not None:
         meta["accuracy"] = float(source_meta["accuracy"])
+    if source_meta.get("preprocess"):
+        meta["preprocess"] = dict(source_meta["preprocess"])
     if arch:
         meta["arch"] = arch
     meta.update(fields)
@@ -125,7 +138,80 @@ def check_metadata(meta: Any, source: str) -> dict[str, Any]:
             raise UserError(f"{source}: {key} must be a mapping, got {type(meta[key]).__name__}")
     if meta.get("outputs") is not None:
         meta["outputs"] = _outputs(meta["outputs"], source)
+    if meta.get("preprocess") is not None:
+        meta["preprocess"] = check_preprocess(meta["preprocess"], meta.get("input_shape"), f"{source}: preprocess ")
     return meta
+
+
+def check_preprocess(value: Any, input_shape: list[int] | tuple[int, ...] | None, prefix: str = "",
+                     options: bool = False) -> dict[str, Any]:
+    """The ``preprocess`` field validated against ``input_shape`` (when known); only the keys given are kept.
+
+    Messages quote each key after ``prefix``; ``options``: the keys are command-line options
+    (UserError parameters, so the CLI shows ``--channel-order``).
+    """
+    if not isinstance(value, Mapping):
+        raise UserError(f"{prefix.strip() or 'preprocess'} must be a mapping of {', '.join(PREPROCESS_KEYS)}, "
+                        f"got {short_repr(value)}")
+    unknown = sorted(str(key) for key in value if key not in PREPROCESS_KEYS)
+    if unknown:
+        raise UserError(f"{prefix}has unknown step(s) {', '.join(unknown)} (written by a newer pscompress?); "
+                        f"this one applies {', '.join(PREPROCESS_KEYS)}")
+
+    def fail(key: str, message: str) -> UserError:
+        return UserError(f"{prefix}`{key}` {message}", *((key,) if options else ()))
+
+    channels = input_shape[0] if input_shape else None
+    checked: dict[str, Any] = {}
+    for key in ("mean", "std"):
+        if value.get(key) is not None:
+            checked[key] = _per_channel(value[key], channels, key == "std", lambda m, k=key: fail(k, m))
+    if "mean" in checked and "std" in checked and len(checked["mean"]) != len(checked["std"]):
+        raise fail("std", f"has {len(checked['std'])} value(s) and mean {len(checked['mean'])}: give one per channel")
+    order = value.get("channel_order")
+    if order is not None:
+        if order not in CHANNEL_ORDERS:
+            raise fail("channel_order", f"must be one of {', '.join(CHANNEL_ORDERS)}, got {short_repr(order)}")
+        if order == "bgr" and channels not in (None, 3):
+            raise fail("channel_order", f"bgr applies to 3-channel models, this one takes {channels} channel(s)")
+        checked["channel_order"] = order
+    if value.get("resize") is not None:
+        checked["resize"] = _resize(value["resize"], input_shape, lambda m: fail("resize", m))
+    return checked
+
+
+def _per_channel(values: Any, channels: int | None, positive: bool, fail: Callable[[str], UserError]) -> list[float]:
+    """One finite number per input channel (positive ones for std)."""
+    if not isinstance(values, (list, tuple)) or not values or len(values) > MAX_CHANNELS \
+            or not all(_is_number(v) and (v > 0 or not positive) for v in values):
+        raise fail(f"must be {'positive ' if positive else ''}finite numbers, one per input channel, "
+                   f"got {short_repr(values)}")
+    if channels is not None and len(values) != channels:
+        raise fail(f"has {len(values)} value(s), the model takes {channels} channel(s): give one per channel")
+    return [float(v) for v in values]
+
+
+def _resize(size: Any, input_shape: list[int] | tuple[int, ...] | None, fail: Callable[[str], UserError]) -> int:
+    """The shorter side an image is scaled to before its centre is cropped: at least the model's H and W."""
+    if not is_int(size) or not 1 <= size <= MAX_RESIZE:
+        raise fail(f"must be an integer from 1 to {MAX_RESIZE} (the shorter side in pixels), got {short_repr(size)}")
+    if input_shape and size < max(input_shape[1:]):
+        raise fail(f"{size} is smaller than the model's {input_shape[1]}x{input_shape[2]} input: the centre crop "
+                   "would not fit")
+    return int(size)
+
+
+def describe_preprocess(preprocess: Mapping[str, Any]) -> str:
+    """One line saying what ``preprocess`` does to an image file, in the order it is applied (``info``)."""
+    resize = preprocess.get("resize")
+    steps = [f"shorter side to {resize}, centre crop" if resize else "stretch to the input size"]
+    if "channel_order" in preprocess:
+        steps.append(f"channels {preprocess['channel_order']}")
+    steps.append("scale to [0, 1]")
+    for key in ("mean", "std"):
+        if key in preprocess:
+            steps.append(f"{key} {', '.join(f'{v:g}' for v in preprocess[key])}")
+    return "; ".join(steps)
 
 
 def _outputs(outputs: Any, source: str) -> list[dict[str, Any]]:

@@ -32,6 +32,13 @@ MAX_RECOGNISED_PERIOD = 16
 MAX_RECOGNISED_DENSITY = 8 / 9
 
 
+def recognised_density_limit(kernel_size: Sequence[int]) -> float:
+    """The densest layout kept as recognised for a kernel: 8/9, or all positions but one of a smaller
+    kernel ((N - 1) / N: 3/4 for 2x2, 2/3 for 1x3, 0 for 1x1, where no layout is sparse)."""
+    n = int(kernel_size[0]) * int(kernel_size[1])
+    return min(MAX_RECOGNISED_DENSITY, (n - 1) / n)
+
+
 @dataclass(frozen=True)
 class Placement:
     """A pattern set in the order a layer uses it, its shift, and the weight energy it keeps."""

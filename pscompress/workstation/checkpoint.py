@@ -8,6 +8,11 @@ A pscompress checkpoint is a plain dict saved with torch.save and read back with
      "state_dict": {...},   # PSConv2d layers carry their pattern as "<name>._extra_state"
      "meta": {...}}         # preprocessing, classes, accuracy, provenance: JSON-like values
 
+A model of no built-in architecture is saved as the same dict with the pickled module in
+place of ``arch``, ``arch_kwargs`` and ``state_dict`` (``{"format": "pscompress", "version": 1,
+"module": <nn.Module>, "meta": {...}}``), so its metadata (input shape, preprocessing) travels
+with it; a bare pickled module (torch.save(model)) loads too, with no metadata.
+
 A full pickled nn.Module can run arbitrary code when loaded, so it is read only when the
 caller passes ``trust_pickle=True`` (the CLI's ``--trust-pickle``). Every field of a
 checkpoint is checked, with bounds, before anything is built from it; a zip archive's sizes
@@ -96,13 +101,13 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
 
 
 def save_checkpoint(model: LoadedModel, path: str | os.PathLike) -> None:
-    """Write a checkpoint atomically; a model of no built-in architecture is saved as a pickle."""
-    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.module.state_dict().items()}
+    """Write a checkpoint atomically; a model of no built-in architecture holds its module pickled."""
+    payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "meta": dict(model.meta)}
     if model.arch is None:
-        payload: Any = model.module
+        payload["module"] = model.module
     else:
-        payload = {"format": FORMAT, "version": VERSION, "arch": model.arch,
-                   "arch_kwargs": dict(model.arch_kwargs), "state_dict": state, "meta": dict(model.meta)}
+        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.module.state_dict().items()}
+        payload.update({"arch": model.arch, "arch_kwargs": dict(model.arch_kwargs), "state_dict": state})
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
 
@@ -136,12 +141,16 @@ def _load_trusted(path: Path) -> Any:
 def _from_checkpoint(obj: dict, path: Path) -> LoadedModel:
     if obj.get("version") != VERSION:
         raise UserError(f"{path} is a pscompress checkpoint of version {obj.get('version')}; this pscompress reads version {VERSION}")
+    meta = check_metadata({} if obj.get("meta") is None else obj["meta"], f"{path}: meta")
+    if "module" in obj:  # only a trusted pickle gets here: weights_only refuses the module
+        if not isinstance(obj["module"], nn.Module):
+            raise UserError(f"{path}: module is a {type(obj['module']).__name__}, not a PyTorch module")
+        return LoadedModel(obj["module"].eval(), meta=meta)
     arch = obj.get("arch")
     if not isinstance(arch, str) or arch not in archs.ARCHITECTURES:
         raise UserError(f"{path}: arch {arch!r} is not a built-in architecture ({', '.join(sorted(archs.ARCHITECTURES))})")
     kwargs = _arch_kwargs(obj.get("arch_kwargs"), path)
     state = _state_dict(obj.get("state_dict"), path)
-    meta = check_metadata({} if obj.get("meta") is None else obj["meta"], f"{path}: meta")
     module = archs.build(arch, **kwargs)
     _load_state(module, state, path)
     return LoadedModel(module.eval(), arch, kwargs, meta)

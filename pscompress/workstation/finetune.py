@@ -8,6 +8,10 @@ Under ``torchrun --nproc-per-node N`` the model is wrapped in DistributedDataPar
 CPU); each rank trains on its shard of every epoch, evaluates a shard of the test set, and only
 rank 0 writes files and prints. Batch-norm running statistics are taken from rank 0 before
 every evaluation, so all replicas hold the same weights and buffers at each checkpoint.
+
+Data sets hold images in [0, 1]; the checkpoint's recorded ``preprocess`` mean and std are
+applied to every batch (training, batch-norm recalibration, evaluation) exactly as the
+predictors apply them, and the checkpoint written keeps that record.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +33,7 @@ from tqdm import tqdm
 from pscompress.board.data import ArrayDataset, check_compatible
 from pscompress.core.errors import UserError
 from pscompress.core.files import atomic_output
+from pscompress.core.inputs import normalize
 from pscompress.workstation.checkpoint import LoadedModel, save_checkpoint
 from pscompress.workstation.model_io import model_io
 from pscompress.workstation.surgery import psconv_layers
@@ -78,7 +83,10 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
     """
     _check_config(config)
     _check_data(model, train, test)
-    train = train.subset(config.limit)
+    preprocess = model.meta.get("preprocess")
+    order = (preprocess or {}).get("channel_order")
+    train = _normalized(train.subset(config.limit).in_channel_order(order), preprocess)
+    test = _normalized(test.in_channel_order(order), preprocess)
     world, rank = _init_distributed()
     is_main = rank == 0
     torch.manual_seed(config.seed)
@@ -173,6 +181,27 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     soft = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
                     reduction="batchmean", log_target=True)
     return (1 - alpha) * hard + alpha * temperature ** 2 * soft
+
+
+class _NormalizedImages:
+    """Images in [0, 1] as the module takes them: (x - mean) / std, as every predictor applies (core.inputs.normalize)."""
+
+    def __init__(self, images, preprocess: dict) -> None:
+        self.images, self.preprocess, self.shape = images, preprocess, images.shape
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index) -> np.ndarray:
+        x = self.images[index]
+        return normalize(x, self.preprocess) if x.ndim == 4 else normalize(x[None], self.preprocess)[0]
+
+
+def _normalized(data: ArrayDataset, preprocess: dict | None) -> ArrayDataset:
+    """``data`` with the model's mean and std applied to every image handed out (the same data without them)."""
+    if not preprocess:
+        return data
+    return replace(data, images=_NormalizedImages(data.images, preprocess))
 
 
 class _BatchSource(torch.utils.data.Dataset):

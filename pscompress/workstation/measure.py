@@ -7,7 +7,7 @@ its strides, pools or input size). A pSConv layer's MACs count only its kept wei
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -47,6 +47,7 @@ class ConversionReport:
     nonzero: int
     retained_energy: float | None = None  # over the converted layers, weighted by their energy
     config: Any = None  # the SparsifyConfig a conversion used (None for a plain measurement)
+    notes: list[str] = field(default_factory=list)  # what a conversion left dense by kernel size, and why
 
     @property
     def macs_dense(self) -> int:
@@ -74,7 +75,7 @@ class ConversionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"input_shape": list(self.input_shape), "total": self.totals(),
-                "layers": [asdict(layer) for layer in self.layers]}
+                "layers": [asdict(layer) for layer in self.layers], "notes": list(self.notes)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -108,7 +109,7 @@ class ConversionReport:
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         shape = "x".join(map(str, self.input_shape))
-        return f"MACs for one {shape} input; x = fewer MACs than dense\n" + "\n".join(lines)
+        return f"MACs for one {shape} input; x = fewer MACs than dense\n" + "\n".join(lines + self.notes)
 
     def __str__(self) -> str:
         return self.format_table()
@@ -131,6 +132,24 @@ def measure(model: nn.Module, input_shape: Sequence[int]) -> ConversionReport:
     layers = [_layer_report(name, module, shape) for name, module, shape in calls]
     params, nonzero = _count_parameters(model)
     return ConversionReport(tuple(int(d) for d in input_shape), layers, params, nonzero)
+
+
+def layer_inputs(model: nn.Module, names: Sequence[str], input_shape: Sequence[int]) -> dict[str, torch.Size]:
+    """The shape of the (first positional) input each named submodule gets in one dummy forward."""
+    shapes: dict[str, torch.Size] = {}
+
+    def hook(name: str):
+        def record(_module: nn.Module, args: tuple) -> None:  # returns None: the input passes unchanged
+            shapes.setdefault(name, args[0].shape)
+        return record
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(hook(name)) for name in names]
+    try:
+        run_dummy(model, input_shape)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
 
 
 def run_dummy(model: nn.Module, input_shape: Sequence[int]) -> None:

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from pscompress.core.errors import UserError
-from pscompress.core.limits import check_input_shape
+from pscompress.core.limits import MAX_CLASSES, check_input_shape
+from pscompress.core.metadata import check_preprocess
 from pscompress.workstation.checkpoint import LoadedModel
 
 
@@ -48,6 +49,37 @@ def model_input_shape(loaded: LoadedModel, override: Sequence[int] | None = None
     if shape is None:
         raise UserError("the model does not record its input shape: pass `input_shape` C,H,W (e.g. 1,28,28)", "input_shape")
     return check_input_shape(shape)
+
+
+def input_meta(loaded: LoadedModel, shape: Sequence[int], classes: Sequence[str] | None,
+               preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``classes`` and ``preprocess`` metadata to record for ``loaded`` taking ``shape`` (C, H, W).
+
+    ``preprocess`` holds the steps given now (None: not given); they replace the recorded ones
+    key by key. UserError (naming the option) when a value does not fit the model.
+    """
+    given = {key: value for key, value in preprocess.items() if value is not None}
+    merged = {**(loaded.meta.get("preprocess") or {}), **given}
+    meta: dict[str, Any] = {"preprocess": check_preprocess(merged, shape, options=True)} if merged else {}
+    if classes is not None:
+        meta["classes"] = _check_classes(loaded.module, shape, list(classes))
+    return meta
+
+
+def _check_classes(module: nn.Module, shape: Sequence[int], classes: list[str]) -> list[str]:
+    """``classes``, when one of the model's outputs has one score per name (a run on one blank image says)."""
+    if len(classes) > MAX_CLASSES:
+        raise UserError(f"`classes` has {len(classes):,} names, more than the {MAX_CLASSES:,} allowed", "classes")
+    was_training = module.training
+    with torch.no_grad():
+        outputs = named_outputs(module.eval()(torch.zeros(1, *shape)))
+    module.train(was_training)
+    widths = [value.shape[-1] for value in outputs.values() if value.dim() == 2]
+    if len(classes) not in widths:
+        shapes = ", ".join(f"{name} {list(value.shape[1:])}" for name, value in outputs.items())
+        raise UserError(f"`classes` has {len(classes)} names, but no output of the model has {len(classes)} scores "
+                        f"per image ({shapes})", "classes")
+    return classes
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:

@@ -5,17 +5,20 @@ from pathlib import Path
 
 import click
 
-from pscompress.cli.options import arch_option, input_shape_option, trust_pickle_option
+from pscompress.cli.options import arch_option, input_metadata_options, input_shape_option, trust_pickle_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--pattern", default="4of9", show_default=True, metavar="SPEC",
-              help="A family kof9 (k = 1..9 kept positions of 3x3) or explicit supports such as "
-                   "'0,1,3,4/4,5,7,8' (positions row-major, 0 = top-left). See docs/patterns.md.")
+@click.option("--pattern", "patterns", multiple=True, metavar="SPEC",
+              help="A family kofN (k of the N = KH*KW positions; it applies to every kernel of N positions: "
+                   "4of9 to 3x3, 2of3 to 1x3 and 3x1) or explicit supports such as '0,1,3,4/4,5,7,8' "
+                   "(positions row-major, 0 = top-left; 3x3 unless prefixed, e.g. '2x2:0,1/2,3', '5x5:13of25'). "
+                   "Repeat it, once per kernel size; convs of other kernel sizes stay dense.  "
+                   "[default: 4of9] See docs/patterns.md.")
 @click.option("--period", type=int, metavar="N",
               help="Repeat the pattern's supports cyclically to a period of N kernels.")
-@click.option("--dense-kernel", is_flag=True, help="Make the last kernel of every period dense (all 9 positions).")
+@click.option("--dense-kernel", is_flag=True, help="Make the last kernel of every period dense (all its positions).")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Also convert convs whose module name matches (fnmatch), even the first conv or an --exclude "
                    "match. Repeatable.")
@@ -26,26 +29,29 @@ from pscompress.cli.options import arch_option, input_shape_option, trust_pickle
                    "the most weight energy.")
 @arch_option()
 @trust_pickle_option()
-@input_shape_option("Input the MACs are counted for.  [default: the model's recorded input shape, else 1,28,28 "
-                    "for a 1-channel model and 3,32,32 otherwise]")
+@input_shape_option("Input the model takes, recorded in the checkpoint (later commands need it no more) and used "
+                    "to count MACs.  [default: the model's recorded input shape, else 1,28,28 for a 1-channel model "
+                    "and 3,32,32 otherwise]")
+@input_metadata_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write.  [default: MODEL's name with -psconv.pt, beside it]")
 @click.option("--report-json", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write the conversion report (per layer and total) as JSON.")
-def convert(model: Path, pattern: str, period: int | None, dense_kernel: bool, include: tuple[str, ...],
+def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_kernel: bool, include: tuple[str, ...],
             exclude: tuple[str, ...], no_align: bool, arch: str | None, trust_pickle: bool,
-            input_shape: str | None, output: Path | None, report_json: Path | None) -> None:
-    """Convert MODEL's 3x3 convolutions (all but the first) to pSConv layers and write a checkpoint.
+            input_shape: str | None, classes: list[str] | None, mean: list[float] | None, std: list[float] | None,
+            channel_order: str | None, resize: int | None, output: Path | None, report_json: Path | None) -> None:
+    """Convert MODEL's convolutions (all but the first) of each kernel size a --pattern is for to pSConv layers.
 
     MODEL is a pscompress checkpoint, a state dict (with --arch) or, with --trust-pickle, a
     pickled nn.Module. Layers whose weights are already periodic sparse keep their pattern
     exactly; the others get the order and shift of --pattern that keep the most weight energy.
-    Prints parameters, non-zeros and MACs per layer, dense against pSConv.
+    Prints parameters, non-zeros and MACs per layer, dense against pSConv, and writes a checkpoint.
     """
     from pscompress.core.errors import UserError
     from pscompress.core.files import atomic_output
     from pscompress.workstation.checkpoint import load_model, save_checkpoint
-    from pscompress.workstation.model_io import default_input_shape, parse_input_shape
+    from pscompress.workstation.model_io import default_input_shape, input_meta, parse_input_shape
     from pscompress.workstation.sparsify import SparsifyConfig, sparsify
 
     output = output or model.with_name(f"{model.stem}-psconv.pt")
@@ -53,14 +59,17 @@ def convert(model: Path, pattern: str, period: int | None, dense_kernel: bool, i
         raise UserError(f"the output {output} would overwrite the input model: choose another -o")
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     shape = parse_input_shape(input_shape) if input_shape else default_input_shape(loaded.module, loaded.meta)
-    config = SparsifyConfig(pattern, period=period, dense_kernel=dense_kernel, include=include, exclude=exclude,
-                            align=not no_align)
+    patterns = patterns or ("4of9",)
+    config = SparsifyConfig(patterns[0] if len(patterns) == 1 else patterns, period=period, dense_kernel=dense_kernel,
+                            include=include, exclude=exclude, align=not no_align)
     report = sparsify(loaded.module, config, input_shape=shape)
+    recorded = input_meta(loaded, shape, classes, {"mean": mean, "std": std, "channel_order": channel_order,
+                                                   "resize": resize})
     # The measured accuracy belonged to the dense weights; keep it under a name that says so.
     if "accuracy" in loaded.meta:
         loaded.meta["dense_accuracy"] = loaded.meta.pop("accuracy")
-    loaded.meta.update({"pattern": pattern, "input_shape": list(shape), "conversion": report.summary(),
-                        "sparsify": config.to_dict()})
+    loaded.meta.update({"pattern": "; ".join(patterns), "input_shape": list(shape), "conversion": report.summary(),
+                        "sparsify": config.to_dict(), **recorded})
     if report_json is None:
         save_checkpoint(loaded, output)
     else:

@@ -12,7 +12,7 @@ import click
 def info(model: Path) -> None:
     """Describe MODEL (.onnx): its layers with their pattern and density, file size,
     IR version and operator sets, its outputs with their shapes, and the metadata pscompress
-    wrote (classes, accuracy, the plan `pscompress tune` chose...)."""
+    wrote (classes, accuracy, the preprocessing run applies to an image, the plan `pscompress tune` chose...)."""
     from pscompress.board.onnx_reader import read_onnx
     from pscompress.core.errors import UserError
 
@@ -27,7 +27,7 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
     """The lines `info` prints for a parsed model; UserError when its metadata or a PSConv node is malformed."""
     from pscompress.board.onnx_reader import DENSE_DOMAIN, PSCONV_DOMAIN, psconv_attributes
     from pscompress.core.errors import UserError
-    from pscompress.core.metadata import decode_onnx_metadata, pattern_text, patterns_text
+    from pscompress.core.metadata import decode_onnx_metadata, describe_preprocess, pattern_text, patterns_text
     from pscompress.core.patterns import pattern_name
 
     meta = decode_onnx_metadata(summary.metadata, source)
@@ -41,6 +41,8 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
     for key in ("version", "arch", "pattern", "input_shape", "accuracy", "classes"):
         if key in meta:
             lines.append(f"{key + ':':<13}{_show(meta[key])}")
+    if meta.get("preprocess"):
+        lines.append(f"preprocess:  {describe_preprocess(meta['preprocess'])}")
     if "outputs" in meta:
         lines.append("outputs:     " + "; ".join(f"{o['name']} [{', '.join(['N', *map(str, o['shape'])])}]"
                                                  for o in meta["outputs"]))

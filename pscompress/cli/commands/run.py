@@ -12,8 +12,9 @@ from pscompress.cli.options import native_option, threads_option
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path), metavar="FILE",
-              help="An image (PNG, JPEG...: converted to the model's channels and resized to its input size) "
-                   "or a .npy array [N,C,H,W] / [C,H,W] / [H,W] (uint8 0..255 or float 0..1).")
+              help="An image (PNG, JPEG...: converted to the model's channels, resized and normalised as its "
+                   "metadata records) or a .npy array [N,C,H,W] / [C,H,W] / [H,W] (uint8 0..255 or float 0..1, "
+                   "in the model's channel order; the recorded mean/std are applied to it too).")
 @click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(min=1),
               help="How many classes to print per image.")
 @threads_option()
@@ -24,13 +25,14 @@ def run(model: Path, input_path: Path, top_k: int, threads: int | None, native: 
     A model with several outputs prints each one: the top classes of a 2-D output [N, classes],
     the shape and value range of any other.
     """
-    from pscompress.board.onnx_predictor import OnnxPredictor, load_input
+    from pscompress.board.onnx_predictor import OnnxPredictor
     from pscompress.core.errors import UserError
+    from pscompress.core.inputs import load_input
 
     if model.suffix.lower() != ".onnx":
         raise UserError(f"{model.name}: run takes an exported .onnx model (see `pscompress export`)")
     predictor = OnnxPredictor(model, threads=threads, native=native)
-    images = load_input(input_path, predictor.input_shape)
+    images = load_input(input_path, predictor.input_shape, predictor.preprocess)  # predict applies mean/std
     outputs = predictor.predict_all(images)
     kernel = "native PSConv kernels" if predictor.native else "portable ONNX functions"
     click.echo(f"{model.name} on {input_path.name}: {len(images)} image(s), {kernel}")
