@@ -152,29 +152,9 @@ std::vector<Case> cases() {
 }  // namespace
 
 int main() {
-  const std::vector<CpuPath> paths = supported_paths();  // "scalar" last
-  std::vector<Report> reports;
-  for (const CpuPath& path : paths) reports.emplace_back(path.name, path.dwconv == dwconv_6x8_scalar ? "float64" : "scalar");
-  std::mt19937 rng(4321);
-  std::vector<float> want, scalar;
-  std::vector<double> magnitude;
-  for (const Case& c : cases()) {
-    const Rows t = make_rows(c, rng);
-    reference(c, t, want, magnitude);
-    scalar = t.y;
-    dwconv_6x8_scalar(t.args(c, scalar.data()));
-    for (size_t p = 0; p < paths.size(); ++p) {
-      if (paths[p].dwconv == dwconv_6x8_scalar) {
-        reports[p].check(c, c.k, t.pixel, kLead, want, scalar, magnitude);
-        continue;
-      }
-      std::vector<float> got = t.y;
-      paths[p].dwconv(t.args(c, got.data()));
-      reports[p].check(c, c.k, t.pixel, kLead, scalar, got, magnitude);
-    }
-  }
-  bool ok = true;
-  for (const Report& report : reports) ok = report.print() && ok;
+  std::vector<std::pair<const char*, Dwconv>> kernels;
+  for (const CpuPath& path : supported_paths()) kernels.emplace_back(path.name, path.dwconv);  // "scalar" last
+  const bool ok = check_paths(kernels, dwconv_6x8_scalar, cases(), 4321, kLead, make_rows, reference);
   std::printf("dispatch picks: %s\n", cpu_path().name);
   return ok ? 0 : 1;
 }

@@ -1,11 +1,13 @@
 // What the microkernel testers (ukernel_tester.cc, dwconv_tester.cc) share: the comparison of
-// two float results and the per-path report of mismatches.
+// two float results, the per-path report of mismatches and the loop over cases and paths.
 #pragma once
 
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
+#include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace pscompress {
@@ -59,5 +61,37 @@ struct Report {
     return false;
   }
 };
+
+// Every case on every path: the scalar kernel against the float64 `reference`, every other
+// kernel against the scalar one. `kernels` are (name, kernel) pairs, "scalar" among them;
+// make(case, rng) gives an input with t.y (the guarded output), t.pixel (the floats a kernel
+// stores) and t.args(case, out); `lead` guards precede output 0. Prints a report per path.
+template <class Kernel, class Cases, class Make, class Reference>
+bool check_paths(const std::vector<std::pair<const char*, Kernel>>& kernels, Kernel scalar, const Cases& cases,
+                 unsigned seed, size_t lead, Make make, Reference reference) {
+  std::vector<Report> reports;
+  for (const auto& [name, kernel] : kernels) reports.emplace_back(name, kernel == scalar ? "float64" : "scalar");
+  std::mt19937 rng(seed);
+  std::vector<float> want, scalar_y;
+  std::vector<double> magnitude;
+  for (const auto& c : cases) {
+    const auto t = make(c, rng);
+    reference(c, t, want, magnitude);
+    scalar_y = t.y;
+    scalar(t.args(c, scalar_y.data()));
+    for (size_t p = 0; p < kernels.size(); ++p) {
+      if (kernels[p].second == scalar) {
+        reports[p].check(c, c.k, t.pixel, lead, want, scalar_y, magnitude);
+        continue;
+      }
+      std::vector<float> got = t.y;
+      kernels[p].second(t.args(c, got.data()));
+      reports[p].check(c, c.k, t.pixel, lead, scalar_y, got, magnitude);
+    }
+  }
+  bool ok = true;
+  for (const Report& report : reports) ok = report.print() && ok;
+  return ok;
+}
 
 }  // namespace pscompress

@@ -169,32 +169,13 @@ std::vector<Case> cases() {
 }  // namespace
 
 int main() {
-  std::vector<CpuPath> paths = supported_paths();  // "scalar" last
+  std::vector<std::pair<const char*, Ukernel>> kernels;
 #if defined(PSCOMPRESS_EMULATED_AVX512)
-  paths.insert(paths.begin(), {"avx512f-emulated", ukernel_6x16_avx512f_emulated, nullptr});
+  kernels.emplace_back("avx512f-emulated", ukernel_6x16_avx512f_emulated);
 #endif
-  std::vector<Report> reports;
-  for (const CpuPath& path : paths) reports.emplace_back(path.name, path.ukernel == ukernel_6x16_scalar ? "float64" : "scalar");
-  std::mt19937 rng(1234);
-  std::vector<float> want, scalar;
-  std::vector<double> magnitude;
-  for (const Case& c : cases()) {
-    const Tile t = make_tile(c, rng);
-    reference(c, t, want, magnitude);
-    scalar = t.y;
-    ukernel_6x16_scalar(t.args(c, scalar.data()));
-    for (size_t p = 0; p < paths.size(); ++p) {
-      if (paths[p].ukernel == ukernel_6x16_scalar) {
-        reports[p].check(c, c.k, t.pixel, kLead, want, scalar, magnitude);
-        continue;
-      }
-      std::vector<float> got = t.y;
-      paths[p].ukernel(t.args(c, got.data()));
-      reports[p].check(c, c.k, t.pixel, kLead, scalar, got, magnitude);
-    }
-  }
-  bool ok = true;
-  for (const Report& report : reports) ok = report.print() && ok;
+  const std::vector<CpuPath> paths = supported_paths();  // "scalar" last
+  for (const CpuPath& path : paths) kernels.emplace_back(path.name, path.ukernel);
+  const bool ok = check_paths(kernels, ukernel_6x16_scalar, cases(), 1234, kLead, make_tile, reference);
 #if defined(PSCOMPRESS_HAVE_AVX512)
   // Say so when a kernel this build has cannot run here, rather than pass in silence.
   if (std::none_of(paths.begin(), paths.end(), [](const CpuPath& p) { return p.ukernel == ukernel_6x16_avx512f; }))
