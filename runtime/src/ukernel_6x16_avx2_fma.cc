@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "half_ops_avx2.h"
+#include "taps_x86.h"
 #include "ukernel_tile.h"
 
 namespace pscompress {
@@ -20,9 +21,6 @@ void tile(const UkernelArgs& args) {
   const float* const b_base = args.b_base;
   const int64_t* const offsets = args.b_offsets;
   const size_t k_end = args.k, split = args.b_split;
-  // B rows are scattered over the image (one per kept tap), which the hardware prefetcher
-  // cannot predict; the offset table can, a few taps ahead.
-  constexpr size_t kAhead = 6;
   auto step = [&](size_t k) {
     const float* b = b_base + offsets[k];
     const __m256 b0 = _mm256_loadu_ps(b);
@@ -45,15 +43,7 @@ void tile(const UkernelArgs& args) {
 #undef PSC_ROW
     a += kMR;
   };
-  size_t k = 0;
-#pragma GCC unroll 2
-  for (; k + kAhead < k_end; ++k) {
-    const float* ahead = b_base + offsets[k + kAhead];
-    _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + split + 7), _MM_HINT_T0);
-    step(k);
-  }
-  for (; k < k_end; ++k) step(k);
+  for_each_tap(b_base, offsets, split, k_end, step);
   const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   store_tile<Avx2>(acc, R, args);
 }

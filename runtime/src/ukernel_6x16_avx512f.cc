@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include "half_ops_avx2.h"
+#include "taps_x86.h"
 #include "ukernel_tile.h"
 
 namespace pscompress {
@@ -33,7 +34,6 @@ void tile(const UkernelArgs& args) {
   const float* const b_base = args.b_base;
   const int64_t* const offsets = args.b_offsets;
   const size_t k_end = args.k, split = args.b_split;
-  constexpr size_t kAhead = 6;  // as in the AVX2 kernel: B rows are scattered, the offsets are not
   auto step = [&](size_t k) {
     const __m512 b = load_row(b_base + offsets[k], split);
 #define PSC_ROW(m, c) \
@@ -47,15 +47,7 @@ void tile(const UkernelArgs& args) {
 #undef PSC_ROW
     a += kMR;
   };
-  size_t k = 0;
-#pragma GCC unroll 2
-  for (; k + kAhead < k_end; ++k) {
-    const float* ahead = b_base + offsets[k + kAhead];
-    _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + split + 7), _MM_HINT_T0);
-    step(k);
-  }
-  for (; k < k_end; ++k) step(k);
+  for_each_tap(b_base, offsets, split, k_end, step);
   const __m256 acc[kMR][2] = {{half_row<0>(c0), half_row<1>(c0)}, {half_row<0>(c1), half_row<1>(c1)},
                               {half_row<0>(c2), half_row<1>(c2)}, {half_row<0>(c3), half_row<1>(c3)},
                               {half_row<0>(c4), half_row<1>(c4)}, {half_row<0>(c5), half_row<1>(c5)}};
