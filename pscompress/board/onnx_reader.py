@@ -26,6 +26,7 @@ class Node:
     domain: str
     inputs: list[str]
     attributes: dict[str, object]
+    outputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -56,6 +57,10 @@ PSCONV_DOMAIN = "ai.pscompress"
 # dense Conv is faster for it (docs/operator.md, "The dense domain").
 DENSE_DOMAIN = "ai.pscompress.dense"
 PSCONV_OPERATORS = ("PSConv", "PSConvAdd")
+# The int8 operator (docs/operator.md, "QLinearPSConv"): PSConv's attributes without the clamp,
+# its packed weights at this input.
+QLINEAR_OPERATOR = "QLinearPSConv"
+WEIGHT_INPUT = {"PSConv": 1, "PSConvAdd": 1, QLINEAR_OPERATOR: 3}
 
 
 def is_psconv(node: Node) -> bool:
@@ -64,7 +69,7 @@ def is_psconv(node: Node) -> bool:
 
 
 def psconv_attributes(node: Node) -> dict[str, Any]:
-    """A PSConv/PSConvAdd node's attributes checked against docs/operator.md's table, defaults filled in.
+    """A PSConv/PSConvAdd/QLinearPSConv node's attributes checked against docs/operator.md's table, defaults filled in.
 
     Raises UserError naming the node and the attribute. Every reader of PSConv nodes uses this.
     """
@@ -231,6 +236,8 @@ def _node(buf: bytes) -> Node:
     for number, _, value in _fields(buf):
         if number == 1:
             node.inputs.append(value.decode())
+        elif number == 2:
+            node.outputs.append(value.decode())
         elif number == 3:
             node.name = value.decode()
         elif number == 4:

@@ -18,6 +18,7 @@ _COMMANDS = {
     "convert": ("pscompress.cli.commands.convert", "convert", "Replace eligible convolutions by pSConv layers."),
     "finetune": ("pscompress.cli.commands.finetune", "finetune", "Fine-tune a pSConv model with its masks fixed."),
     "export": ("pscompress.cli.commands.export", "export", "Export a model to ONNX or TFLite."),
+    "quantize": ("pscompress.cli.commands.quantize", "quantize", "Quantize an exported ONNX model to int8 (sparse int8 pSConv)."),
     "info": ("pscompress.cli.commands.info", "info", "Describe an exported model: layers, density, size."),
     "tune": ("pscompress.cli.commands.tune", "tune", "Run each PSConv node natively or densely, whichever is faster here."),
     "run": ("pscompress.cli.commands.run", "run", "Run an exported model on an image or .npy file."),
@@ -25,7 +26,7 @@ _COMMANDS = {
     "check": ("pscompress.cli.commands.check", "check", "Fail when accuracy, size or speed regress."),
 }
 # The commands that need PyTorch, which only the workstation extra installs.
-_WORKSTATION = {"convert", "finetune", "export"}
+_WORKSTATION = {"convert", "finetune", "export", "quantize"}
 _WORKSTATION_NOTE = "needs the workstation extra: pip install 'pscompress[workstation]'"
 
 

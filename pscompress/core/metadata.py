@@ -32,7 +32,12 @@ the code can trust them):
   ``dense_ms``, ``choice``: "native" or "dense", how the file runs it).
 
 ONNX stores each field as a ``pscompress.<field>`` metadata property holding JSON; TFLite as one
-JSON object in the ``pscompress`` Model.metadata entry. torch-free and numpy-free.
+JSON object in the ``pscompress`` Model.metadata entry.
+
+- ``quantization`` (ONNX, written by ``pscompress quantize``): ``format`` ("QDQ"), ``activations``,
+  ``weights``, ``bias``, ``calibration_method`` (texts), ``calibration_data`` (the data spec) and
+  ``calibration_images``. An int8 file carries no ``accuracy`` (that was the fp32 file's) and no
+  ``tune`` plan of the fp32 file. torch-free and numpy-free.
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ SCHEMA = 1
 ONNX_PREFIX = "pscompress."
 TFLITE_ENTRY = "pscompress"  # the Model.metadata entry name
 _FRACTIONS = ("accuracy", "dense_accuracy")
-_MAPPINGS = ("finetune", "conversion", "sparsify", "tune")  # the records finetune, convert and tune write
+_MAPPINGS = ("finetune", "conversion", "sparsify", "tune", "quantization")  # the records finetune, convert, tune, quantize write
 # A pattern's name in metadata and `info`: a family ("4of9") or explicit supports such as
 # "0,1,3,4/4,5,7,8" (8 characters a 4-position support, so about ten of them, or the papers'
 # period 8 with one dense kernel); beyond this many characters the text gives the period and density.

@@ -25,7 +25,7 @@ def info(model: Path) -> None:
 
 def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
     """The lines `info` prints for a parsed model; UserError when its metadata or a PSConv node is malformed."""
-    from pscompress.board.onnx_reader import DENSE_DOMAIN, PSCONV_DOMAIN, psconv_attributes
+    from pscompress.board.onnx_reader import DENSE_DOMAIN, PSCONV_DOMAIN, WEIGHT_INPUT, psconv_attributes
     from pscompress.core.errors import UserError
     from pscompress.core.metadata import decode_onnx_metadata, describe_preprocess, pattern_text, patterns_text
     from pscompress.core.patterns import pattern_name
@@ -46,21 +46,27 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
     if "outputs" in meta:
         lines.append("outputs:     " + "; ".join(f"{o['name']} [{', '.join(['N', *map(str, o['shape'])])}]"
                                                  for o in meta["outputs"]))
+    if "quantization" in meta:
+        lines.append("quantized:   " + _quantization(meta["quantization"]))
     if "tune" in meta:
         lines += _plan(meta["tune"])
 
     rows, kept_total, dense_total = [], 0, 0
+    # QDQ files (pscompress quantize): a Conv's weights are the output of a DequantizeLinear of the initializer
+    dequantized = {n.outputs[0]: n.inputs[0] for n in summary.nodes if n.op_type == "DequantizeLinear" and n.outputs}
     for node in summary.nodes:
         # every PSConv node, weights or not, in either domain
         a = psconv_attributes(node) if node.domain in (PSCONV_DOMAIN, DENSE_DOMAIN) else None
-        if node.op_type not in ("Conv", "PSConv", "PSConvAdd", "Gemm", "MatMul"):
+        position = WEIGHT_INPUT.get(node.op_type, 3 if node.op_type == "QLinearConv" else 1)
+        if node.op_type not in ("Conv", "QLinearConv", "Gemm", "MatMul", *WEIGHT_INPUT) or len(node.inputs) <= position:
             continue
-        weights = summary.initializers.get(node.inputs[1]) if len(node.inputs) > 1 else None
+        name = node.inputs[position]
+        weights = summary.initializers.get(dequantized.get(name, name))
         if weights is None:
             continue
         if a is not None:
             if len(weights[0]) != 1:
-                raise UserError(f"{source}: node {node.name}'s packed weights {node.inputs[1]} are not 1-D ({weights[0]})")
+                raise UserError(f"{source}: node {node.name}'s packed weights {name} are not 1-D ({weights[0]})")
             kh, kw = a["kernel_shape"]
             full = a["out_channels"] * (a["in_channels"] // a["group"]) * kh * kw
             kept = weights[0][0]
@@ -71,7 +77,8 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
         else:
             dims = weights[0]
             full = kept = _product(dims)
-            pattern, fused, shape = "dense", "", "x".join(map(str, dims))
+            pattern, shape = "dense", "x".join(map(str, dims))
+            fused = " (int8)" if name in dequantized or node.op_type == "QLinearConv" else ""
         kept_total += kept
         dense_total += full
         rows.append((node.name, f"{node.domain + '.' if node.domain else ''}{node.op_type}{fused}", shape, pattern,
@@ -97,6 +104,14 @@ def _plan(plan: dict) -> list[str]:
             f"             for batch {field['batch']}, threads {_show(threads)}, on {field['cpu']} ({field['isa']}), "
             f"onnxruntime {field['onnxruntime']}, {field['date']}",
             "             whole model: " + (", ".join(f"{k} {_ms(v)} ms" for k, v in times.items()) or "?")]
+
+
+def _quantization(record: dict) -> str:
+    """How `pscompress quantize` made the file, in one line; odd fields show as "?"."""
+    field = {key: _show(record.get(key, "?")) for key in ("format", "activations", "weights", "calibration_images",
+                                                          "calibration_data")}
+    return (f"int8 {field['format']}; activations {field['activations']}; weights {field['weights']}; "
+            f"calibrated on {field['calibration_images']} images of {field['calibration_data']}")
 
 
 def _ms(value) -> str:
