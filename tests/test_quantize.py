@@ -153,3 +153,32 @@ def test_cli_user_mistakes_are_one_line_and_leave_no_file(files, run_cli, tmp_pa
     assert result.code == 2, result
     assert message in result.err and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_tune_moves_int8_nodes_to_the_dense_domain_and_computes_the_same(files, test_images, tmp_path):
+    """An int8 file tunes like an fp32 one: the nodes the dense kernel wins move to
+    ai.pscompress.dense (QLinearConv through the copied function), the packed weights stay."""
+    from pscompress.board.onnx_reader import DENSE_DOMAIN, is_psconv, read_onnx
+    from pscompress.board.tune import tune_model
+
+    paths, _ = files
+    dense_wins = {"layers.0.conv1", "layers.6.conv1"}
+
+    def measure(label, runs):
+        for run in runs.values():
+            run()
+        if label == "model":
+            return {name: 1.0 if name == "per-node" else 2.0 for name in runs}
+        return {"native": 2.0, "dense": 1.0} if label in dense_wins else {"native": 1.0, "dense": 2.0}
+
+    data, plan = tune_model(paths["int8"], measure=measure, progress=False)
+    tuned = tmp_path / "tuned.onnx"
+    tuned.write_bytes(data)
+    moved = {n.name for n in read_onnx(tuned).nodes if is_psconv(n) and n.domain == DENSE_DOMAIN}
+    assert moved == dense_wins and plan["plan"] == "per-node"
+    assert {n["op"] for n in plan["nodes"]} == {"QLinearPSConv"}
+    x = test_images.x[:50]
+    for native in (True, False):
+        got = create_session(tuned, native=native).run(None, {"input": x})[0]
+        want = create_session(paths["int8"], native=native).run(None, {"input": x})[0]
+        assert np.max(np.abs(got - want)) <= 0.05 * np.abs(want).max()

@@ -56,15 +56,13 @@ PSCONV_DOMAIN = "ai.pscompress"
 # The same operators, which a runtime runs densely: `pscompress tune` moves a node here when the
 # dense Conv is faster for it (docs/operator.md, "The dense domain").
 DENSE_DOMAIN = "ai.pscompress.dense"
-PSCONV_OPERATORS = ("PSConv", "PSConvAdd")
-# The int8 operator (docs/operator.md, "QLinearPSConv"): PSConv's attributes without the clamp,
-# its packed weights at this input.
-QLINEAR_OPERATOR = "QLinearPSConv"
-WEIGHT_INPUT = {"PSConv": 1, "PSConvAdd": 1, QLINEAR_OPERATOR: 3}
+# QLinearPSConv is the int8 operator (docs/operator.md): PSConv's attributes without the clamp.
+PSCONV_OPERATORS = ("PSConv", "PSConvAdd", "QLinearPSConv")
+WEIGHT_INPUT = {"PSConv": 1, "PSConvAdd": 1, "QLinearPSConv": 3}  # where each holds its packed weights
 
 
 def is_psconv(node: Node) -> bool:
-    """Whether ``node`` is a PSConv/PSConvAdd node, in either domain."""
+    """Whether ``node`` is a PSConv/PSConvAdd/QLinearPSConv node, in either domain."""
     return node.domain in (PSCONV_DOMAIN, DENSE_DOMAIN) and node.op_type in PSCONV_OPERATORS
 
 

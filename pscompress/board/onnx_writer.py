@@ -19,7 +19,8 @@ _NODE, _INITIALIZER, _INPUT, _OUTPUT = 1, 5, 11, 12
 _NODE_INPUT, _NODE_OUTPUT, _OP_TYPE, _DOMAIN = 1, 2, 4, 7
 _FUNCTION_NAME, _FUNCTION_DOMAIN = 1, 10
 _TENSOR_NAME = 8
-_FLOAT = 1  # TensorProto.FLOAT
+# TensorProto.DataType of the element types PSConv and QLinearPSConv inputs have, by numpy dtype name
+ELEMENT_TYPES = {"float32": 1, "uint8": 2, "int8": 3, "int32": 6, "int64": 7}
 
 
 def set_plan(model: bytes, dense: Collection[int], metadata: Mapping[str, str] | None = None) -> bytes:
@@ -54,16 +55,18 @@ def set_plan(model: bytes, dense: Collection[int], metadata: Mapping[str, str] |
 
 
 def with_outputs(model: bytes, names: Iterable[str]) -> bytes:
-    """``model`` with float tensors ``names`` added to its graph outputs, so that a run returns them."""
+    """``model`` with tensors ``names`` added to its graph outputs, so that a run returns them. The
+    outputs carry no type: onnxruntime takes the tensors' own (float or, in int8 files, uint8)."""
     graph = _only(list(field_spans(model)), _GRAPH)
     present = {_entry(v).get(1, b"").decode() for n, _, v, _, _ in field_spans(graph) if n == _OUTPUT}
     extra = b"".join(_message(_OUTPUT, _value_info(name)) for name in dict.fromkeys(names) if name not in present)
     return _replace(model, _GRAPH, _message(_GRAPH, graph + extra))
 
 
-def node_model(model: bytes, index: int, shapes: Mapping[str, Sequence[int]]) -> bytes:
+def node_model(model: bytes, index: int, inputs: Mapping[str, tuple[Sequence[int], str]]) -> bytes:
     """A model of the graph node at position ``index`` alone: its initializer inputs copied, each other
-    input a graph input of the float shape ``shapes`` gives, its first output the graph's output.
+    input a graph input of the shape and numpy dtype name (ELEMENT_TYPES) ``inputs`` gives, its first
+    output the graph's output.
 
     The opsets and functions are the source's, so set_plan can move the node to the dense domain.
     """
@@ -78,7 +81,11 @@ def node_model(model: bytes, index: int, shapes: Mapping[str, Sequence[int]]) ->
                     for n, _, v, _, _ in graph if n == _INITIALIZER}
     body = _message(_NODE, node) + _string(2, "node")
     for name in dict.fromkeys(filter(None, parts[_NODE_INPUT])):
-        body += initializers[name] if name in initializers else _message(_INPUT, _value_info(name, shapes[name]))
+        if name in initializers:
+            body += initializers[name]
+        else:
+            shape, dtype = inputs[name]
+            body += _message(_INPUT, _value_info(name, shape, ELEMENT_TYPES[dtype]))
     body += _message(_OUTPUT, _value_info(parts[_NODE_OUTPUT][0]))
     out = bytearray()
     for number, _, _, start, end in fields:
@@ -108,10 +115,13 @@ def _retarget_graph(graph: bytes, dense: set[int]) -> tuple[bytes, set[str]]:
     return bytes(out), ops_dense
 
 
-def _value_info(name: str, shape: Sequence[int] | None = None) -> bytes:
-    """ValueInfoProto of a float tensor; TypeProto.tensor_type holds elem_type and the shape's dims."""
+def _value_info(name: str, shape: Sequence[int] | None = None, elem_type: int | None = None) -> bytes:
+    """ValueInfoProto of a tensor of ``elem_type`` and ``shape`` (TypeProto.tensor_type); only the name
+    when elem_type is None."""
+    if elem_type is None:
+        return _string(1, name)
     dims = b"".join(_message(1, _varint_field(1, d)) for d in shape) if shape is not None else None
-    tensor = _varint_field(1, _FLOAT) + (_message(2, dims) if dims is not None else b"")
+    tensor = _varint_field(1, elem_type) + (_message(2, dims) if dims is not None else b"")
     return _string(1, name) + _message(2, _message(1, tensor))
 
 

@@ -33,6 +33,9 @@ from pscompress.core.metadata import decode_onnx_metadata, encode_onnx_metadata
 NOISE = 0.02
 # The tuned file must compute what the original computes (float32 rounding apart).
 TOLERANCE = 1e-4
+# An int8 file's native and dense kernels may round an output differently by one step (docs/operator.md,
+# QLinearPSConv), and such steps add up through the layers: a few percent of the largest output.
+INT8_TOLERANCE = 0.05
 
 #: measure(label, runs) -> seconds per call of each run: label is a node's name or "model", runs
 #: maps "native", "dense" (and "per-node") to zero-argument calls. Injectable for tests.
@@ -101,7 +104,8 @@ def tune_model(path: str | Path, batch: int = 1, threads: int | None = None, mea
     model_times = dict(measure("model", {name: _call(s, feed) for name, s in variants.items()}))
     fastest = min(model_times, key=model_times.__getitem__)
     written = candidate if model_times[candidate] <= (1 + NOISE) * model_times[fastest] else fastest
-    _check_same(_run(base, feed)[0], _run(variants[written], feed)[0])
+    int8 = any(node.op_type == "QLinearPSConv" for _, node in nodes)
+    _check_same(_run(base, feed)[0], _run(variants[written], feed)[0], INT8_TOLERANCE if int8 else TOLERANCE)
 
     plan = {
         "plan": written, "fallback": written != candidate, "batch": batch, "threads": threads,
@@ -131,12 +135,20 @@ def _node_times(model: bytes, summary: OnnxSummary, nodes: list[tuple[int, Node]
         for position, name in enumerate(node.inputs):
             if name and name not in summary.initializers:
                 value = values[name]
-                # X and Z scale with the batch; random values time as the real ones do
-                inputs[name] = rng.random((batch, *value.shape[1:]), dtype=np.float32) if position in (0, 3) else value
-        one = node_model(model, index, {name: value.shape for name, value in inputs.items()})
+                # X and PSConvAdd's Z scale with the batch; random values time as the real ones do
+                scales = position == 0 or (position == 3 and node.op_type == "PSConvAdd")
+                inputs[name] = _random_like(rng, (batch, *value.shape[1:]), value.dtype) if scales else value
+        one = node_model(model, index, {name: (value.shape, value.dtype.name) for name, value in inputs.items()})
         runs = {"native": _call(session(one), inputs), "dense": _call(session(set_plan(one, {0})), inputs)}
         times[index] = measure(node.name, runs)
     return times
+
+
+def _random_like(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Random values of ``dtype``: floats in [0, 1), uint8 activations over their whole range."""
+    if dtype == np.uint8:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.random(shape, dtype=np.float32)
 
 
 def _node_inputs(model: bytes, summary: OnnxSummary, nodes: list[tuple[int, Node]], feed: dict[str, np.ndarray],
@@ -206,9 +218,9 @@ def _run(session, feed: Mapping[str, np.ndarray], names: list[str] | None = None
         raise UserError(f"onnxruntime cannot run the model: {runtime.first_line(exc)}") from exc
 
 
-def _check_same(expected: np.ndarray, got: np.ndarray) -> None:
+def _check_same(expected: np.ndarray, got: np.ndarray, tolerance: float) -> None:
     difference = float(np.max(np.abs(got - expected)) / max(float(np.max(np.abs(expected))), 1e-12))
-    if not difference <= TOLERANCE:
+    if not difference <= tolerance:
         raise RuntimeError(f"the tuned model disagrees with the original (relative difference {difference:.2e}): "
                            "please report this")
 
