@@ -51,17 +51,19 @@ def session(model: str | bytes, threads: int, native: bool) -> ort.InferenceSess
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def interleaved(sessions: dict[str, ort.InferenceSession], x: np.ndarray, repeats: int,
-                budget_s: float) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds per run of each session; rounds alternate the order."""
+def interleaved(sessions: dict[str, ort.InferenceSession], x: np.ndarray, repeats: int, budget_s: float,
+                checks: dict[str, tuple[str, float]] | None = None) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds per run of each session; rounds alternate the order. Before timing,
+    each session's output is compared with a reference session's: ``checks`` maps a session to
+    (reference, relative tolerance), by default every one to ("dense", 1e-3)."""
     feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
     outputs = {name: s.run(None, feeds[name])[0] for name, s in sessions.items()}  # warm-up, packs weights
-    reference = outputs["dense"]
-    scale = max(float(np.abs(reference).max()), 1e-12)
     for name, out in outputs.items():
-        diff = float(np.abs(out - reference).max()) / scale
-        if not diff <= 1e-3:
-            raise SystemExit(f"{name} disagrees with dense (relative difference {diff:.2e}): not timing a wrong model")
+        against, tolerance = (checks or {}).get(name, ("dense", 1e-3))
+        reference = outputs[against]
+        diff = float(np.abs(out - reference).max()) / max(float(np.abs(reference).max()), 1e-12)
+        if not diff <= tolerance:
+            raise SystemExit(f"{name} disagrees with {against} (relative difference {diff:.2e}): not timing a wrong model")
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in sessions}
     names = list(sessions)
     for r in range(repeats):
