@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import onnx
@@ -264,3 +265,31 @@ def test_without_the_native_library_tune_says_it_cannot_compare(model, tmp_path,
     assert err.startswith("Error: tune compares the native PSConv kernels with the dense Conv, but the native")
     with pytest.raises(UserError, match="not built"):
         tune_model(model, measure=forced(set()))
+
+
+@pytest.mark.parametrize("confirm, written", [
+    ({"per-node": 1.5, "dense": 1.0}, "dense"),     # the win did not hold on fresh rounds: every node dense
+    ({"per-node": 1.01, "dense": 1.0}, "per-node"),  # within noise of dense: the choice stands
+])
+def test_leaving_every_node_dense_needs_a_second_timing_that_agrees(model, confirm, written):
+    calls = []
+
+    def measure(label, runs):
+        for run in runs.values():
+            run()
+        if label != "model":
+            return {"native": 2.0, "dense": 1.0} if label in FORCED else {"native": 1.0, "dense": 2.0}
+        calls.append(set(runs))
+        return {"native": 2.0, "dense": 2.0, "per-node": 1.0} if len(calls) == 1 else confirm
+
+    tuned, plan = write_tuned(model, measure)
+    assert calls == [{"native", "dense", "per-node"}, {"per-node", "dense"}]
+    assert plan["plan"] == written and plan["fallback"] is (written != "per-node")
+    assert plan["confirm_ms"] == pytest.approx({name: ms * 1e3 for name, ms in confirm.items()})
+    assert sum(domain == DENSE_DOMAIN for domain in domains(tuned).values()) == (18 if written == "dense" else 3)
+
+
+def test_wall_clock_timings_take_the_lower_quartile_and_cpu_times_the_median():
+    times = [1.0, 1.1, 1.2, 5.0, 9.0]
+    assert Timer(clock=time.perf_counter).statistic(times) == pytest.approx(1.1)
+    assert Timer(clock=time.thread_time).statistic(times) == pytest.approx(1.2)

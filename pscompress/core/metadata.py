@@ -28,8 +28,10 @@ the code can trust them):
   (the per-node choices were slower as a whole model), ``batch``, ``threads`` (null: onnxruntime's
   default), ``cpu`` (model name), ``isa`` (pscompress.runtime.cpu_path()), ``onnxruntime``,
   ``pscompress`` (versions), ``clock``, ``date`` (ISO 8601, UTC), ``model_ms`` (whole-model
-  median per variant timed), ``nodes`` (per PSConv node: ``name``, ``op``, ``native_ms``,
-  ``dense_ms``, ``choice``: "native" or "dense", how the file runs it).
+  time per variant timed: median CPU time or lower-quartile wall time), ``confirm_ms`` (the
+  second timing of the variant chosen against every node dense, or null), ``nodes`` (per PSConv
+  node: ``name``, ``op``, ``native_ms``, ``dense_ms``, ``choice``: "native" or "dense", how the
+  file runs it).
 
 ONNX stores each field as a ``pscompress.<field>`` metadata property holding JSON; TFLite as one
 JSON object in the ``pscompress`` Model.metadata entry.
