@@ -28,9 +28,9 @@ from pscompress.core.metadata import encode_onnx_metadata, export_metadata, patt
 from pscompress.core.patterns import pattern_name
 from pscompress.exporters import psconv_onnx
 from pscompress.exporters.fuse import densify, fuse_psconv, packable
-from pscompress.exporters.pipeline import Prepared, prepare, verify
+from pscompress.exporters.pipeline import Prepared, at_other_size, not_fully_convolutional, prepare, verify
 from pscompress.exporters.summary import ExportSummary
-from pscompress.runtime import create_session
+from pscompress.runtime import create_session, first_line, onnxruntime_errors
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.layers import PSConv2d
 from pscompress.workstation.surgery import psconv_layers
@@ -44,18 +44,24 @@ VERIFY_TOLERANCE = 1e-4
 
 
 def export_onnx(loaded: LoadedModel, path: str | os.PathLike, *, dense: bool = False,
-                input_shape: Sequence[int] | None = None) -> ExportSummary:
+                input_shape: Sequence[int] | None = None, dynamic_hw: bool = False) -> ExportSummary:
     """Export ``loaded`` to ``path``; returns a summary (sizes, layer counts, verification).
 
     ``dense=True`` writes every convolution as a standard Conv (the baseline to compare with).
+    ``dynamic_hw=True`` makes the input's height and width symbolic, like the batch (a fully
+    convolutional model: one file for every image size); the file is verified at the input size
+    and at another one, and records ``dynamic_hw`` in its metadata.
     """
     job = prepare(loaded, input_shape)
+    other = at_other_size(job) if dynamic_hw else None  # before the slow export: a fixed-size head fails here
     layers = psconv_layers(loaded.module)
     if not layers and not dense:
         warnings.warn("the model has no pSConv layer: exporting it dense (run `pscompress convert` first)", stacklevel=2)
     with atomic_output(path) as tmp:
-        data, fused = _build(job, dense, layers)
+        data, fused = _build(job, dense, layers, dynamic_hw)
         diff = verify(data, job, _run_portable, VERIFY_TOLERANCE)
+        if other is not None:
+            diff = max(diff, _verify_other_size(data, other))
         tmp.write_bytes(data)
     kept, total = _weight_counts(loaded.module, packed=not dense)
     # Every dropped weight would be 4 more bytes in the dense file (within 1% of a real dense export).
@@ -64,22 +70,35 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike, *, dense: bool = F
                          kept_conv_weights=kept, conv_weights=total)
 
 
-def _build(job: Prepared, dense: bool, layers: dict) -> tuple[bytes, int]:
+def _verify_other_size(data: bytes, other: Prepared) -> float:
+    """``verify`` at the other size; a file that does not run there or disagrees: not fully convolutional."""
+    size = "x".join(map(str, other.input_shape[1:]))
+    try:
+        return verify(data, other, _run_portable, VERIFY_TOLERANCE)
+    except UserError as exc:
+        raise not_fully_convolutional(other.input_shape, f"at {size}, {exc}") from exc
+    except onnxruntime_errors() as exc:
+        raise not_fully_convolutional(other.input_shape, f"the export does not run at {size}: {first_line(exc)}") from exc
+
+
+def _build(job: Prepared, dense: bool, layers: dict, dynamic_hw: bool) -> tuple[bytes, int]:
     """The serialized model and how many PSConv nodes it has."""
     graph = job.graph
     if dense:
         densify(graph)
     fused = 0 if dense else fuse_psconv(graph, job.example)
-    model = _torch_export(graph, job.example, job.output_names)
+    model = _torch_export(graph, job.example, job.output_names, dynamic_hw)
     if fused:
         model.functions.extend(psconv_onnx.fallback_functions())
     _name_nodes_after_layers(model)
+    if dynamic_hw:
+        _name_input_dims(model, ("batch", None, "height", "width"))
     _set_opsets(model)
     if fused and psconv_onnx.residual_shapes_proven(model):
         # Proven here, so the file needs no run-time check of Z: its dense form fuses like Conv + Add.
         del model.functions[:]
         model.functions.extend(psconv_onnx.fallback_functions(residual_proven=True))
-    _set_metadata(model, job, layers)
+    _set_metadata(model, job, layers, dynamic_hw)
     onnx.checker.check_model(model)
     return model.SerializeToString(), fused
 
@@ -89,19 +108,22 @@ def _run_portable(data: bytes, x: np.ndarray) -> list[np.ndarray]:
     return create_session(data, native=False).run(None, {INPUT_NAME: x})
 
 
-def _torch_export(graph: nn.Module, example: torch.Tensor, output_names: list[str]) -> onnx.ModelProto:
+def _torch_export(graph: nn.Module, example: torch.Tensor, output_names: list[str],
+                  dynamic_hw: bool) -> onnx.ModelProto:
     psconv_onnx.register_schemas()
     # The ops exporters.torch_ops registers, which fuse_psconv's FusedPSConv modules call.
     table = {torch.ops.pscompress.psconv.default: _translate_psconv,
              torch.ops.pscompress.psconv_add.default: _translate_psconv_add}
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    dims = {0: torch.export.Dim("batch", min=1, max=65536)}
+    if dynamic_hw:  # AUTO: torch.export finds the sizes the model allows (a stride-2 residual may need even ones)
+        dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
     quiet = io.StringIO()
     try:
         with warnings.catch_warnings(), _quiet_loggers(), contextlib.redirect_stdout(quiet):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=output_names,
-                opset_version=psconv_onnx.OPSET, dynamic_shapes=({0: batch},),
+                opset_version=psconv_onnx.OPSET, dynamic_shapes=(dims,),
                 custom_translation_table=table, verbose=False, external_data=False,
             )
     except Exception as exc:  # the exporter wraps every failure; name the layer when it says which
@@ -168,6 +190,19 @@ def _name_nodes_after_layers(model: onnx.ModelProto) -> None:
                 node.name = layer
 
 
+def _name_input_dims(model: onnx.ModelProto, names: tuple[str | None, ...]) -> None:
+    """Give the input's symbolic dims readable names (torch.export calls them s0, s53, ...), wherever they appear."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    renamed = {dim.dim_param: name for dim, name in zip(dims, names) if name and dim.dim_param}
+    if not renamed:
+        return
+    symbol = re.compile(r"\b(" + "|".join(map(re.escape, renamed)) + r")\b")
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:  # outputs' sizes are expressions of the input's ("((height - 1)//2) + 1")
+                dim.dim_param = symbol.sub(lambda match: renamed[match.group(1)], dim.dim_param)
+
+
 def _set_opsets(model: onnx.ModelProto) -> None:
     used = {d.domain or "" for d in model.opset_import}
     wanted = dict(psconv_onnx.opset_imports()) if model.functions else {"": psconv_onnx.OPSET}
@@ -177,10 +212,11 @@ def _set_opsets(model: onnx.ModelProto) -> None:
     model.ir_version = IR_VERSION
 
 
-def _set_metadata(model: onnx.ModelProto, job: Prepared, layers: dict) -> None:
+def _set_metadata(model: onnx.ModelProto, job: Prepared, layers: dict, dynamic_hw: bool) -> None:
     meta = export_metadata(job.loaded.meta, job.loaded.arch, job.input_shape, pattern=pattern_summary(layers.values()),
                            operator=f"{psconv_onnx.DOMAIN} v{psconv_onnx.VERSION}",
-                           outputs=[{"name": name, "shape": list(value.shape[1:])} for name, value in job.expected.items()])
+                           outputs=[{"name": name, "shape": list(value.shape[1:])} for name, value in job.expected.items()],
+                           dynamic_hw=dynamic_hw or None)  # None: not written
     del model.metadata_props[:]
     for key, value in encode_onnx_metadata(meta).items():
         model.metadata_props.add(key=key, value=value)

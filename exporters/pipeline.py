@@ -6,7 +6,7 @@ builds its bytes, ``verify``-s them in the format's runtime and writes them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from pscompress.core.errors import UserError
+from pscompress.core.limits import check_input_shape
 from pscompress.exporters.fold import fold_batchnorm
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.model_io import model_input_shape, named_outputs
@@ -39,11 +40,45 @@ def prepare(loaded: LoadedModel, input_shape: Sequence[int] | None = None) -> Pr
     """``loaded`` ready to export: ``input_shape`` (C, H, W) or the checkpoint's, BN folded, an example batch."""
     shape = model_input_shape(loaded, input_shape)
     loaded.module.eval()
+    example, expected = _reference(loaded, shape)
+    return Prepared(loaded, shape, fold_batchnorm(loaded.module), example, expected)
+
+
+def _reference(loaded: LoadedModel, shape: tuple[int, int, int]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """A seeded batch of two images of ``shape`` and PyTorch's outputs on it, by name."""
     # Seeded, so an export and its verification are the same on every run.
     example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = {name: value.numpy() for name, value in named_outputs(loaded.module(example)).items()}
-    return Prepared(loaded, shape, fold_batchnorm(loaded.module), example, expected)
+    return example, expected
+
+
+def at_other_size(prepared: Prepared) -> Prepared:
+    """``prepared`` at another H x W (H+8 x W+16, else twice each), to verify an export whose H and W are dynamic.
+
+    UserError when PyTorch's model runs at neither: it takes one image size only (a Flatten + Linear head).
+    """
+    channels, height, width = prepared.input_shape
+    sizes = [(height + 8, width + 16), (2 * height, 2 * width)]
+    reasons = []
+    for size in sizes:
+        try:
+            shape = check_input_shape((channels, *size))
+            example, expected = _reference(prepared.loaded, shape)
+        except (RuntimeError, ValueError) as exc:  # a layer that needs the recorded size; UserError included
+            reasons.append(str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__)
+            continue
+        if list(expected) == prepared.output_names:
+            return replace(prepared, input_shape=shape, example=example, expected=expected)
+    tried = " or ".join(f"{h}x{w}" for h, w in sizes)
+    raise not_fully_convolutional(prepared.input_shape, f"PyTorch's model does not run at {tried}: "
+                                  f"{reasons[0] if reasons else 'its outputs change'}")
+
+
+def not_fully_convolutional(shape: Sequence[int], reason: str) -> UserError:
+    """The one line `dynamic_hw` gives for a model that takes one image size only."""
+    return UserError(f"`dynamic_hw` needs a fully convolutional model, one that runs at any H x W; this one takes "
+                     f"{shape[1]}x{shape[2]} only ({reason[:200]}): export it without `dynamic_hw`", "dynamic_hw")
 
 
 def verify(data: bytes, prepared: Prepared, run: Runner, tolerance: float, what: str = "model") -> float:

@@ -8,8 +8,9 @@
     outputs = p.predict_all(images)         # every output by name: {"logits": ...} or {"output0": ..., ...}
 
 ``predict``, ``topk`` and ``predict_all`` take images in [0, 1] (in the model's channel order, at
-its size) and apply the recorded ``preprocess`` mean and std themselves, once: never normalise
-images before passing them. ``load_input`` (pscompress.core.inputs) makes such images from a
+its size, or any H x W when the file was exported with ``--dynamic-hw``: ``p.dynamic_hw``) and
+apply the recorded ``preprocess`` mean and std themselves, once: never normalise images before
+passing them. ``load_input`` (pscompress.core.inputs) makes such images from a
 file, applying the recorded resize and channel order.
 
 A model with several outputs needs ``output="NAME"`` (the classifier) for ``predict`` and ``topk``.
@@ -46,6 +47,8 @@ class OnnxPredictor(PredictorProtocol):
         model_input = self.session.get_inputs()[0]
         self._input_name = model_input.name
         self.input_shape = self._resolve_input_shape(model_input.shape)
+        #: whether the graph takes any H x W (``export --dynamic-hw``); ``input_shape`` is then the default size
+        self.dynamic_hw = bool(self.meta.get("dynamic_hw"))
         classes = self.meta.get("classes")
         self.classes: list[str] | None = [str(c) for c in classes] if classes else None
         self.preprocess = dict(self.meta.get("preprocess") or {})
@@ -66,6 +69,12 @@ class OnnxPredictor(PredictorProtocol):
             raise UserError(f"{self.path} does not say what input it takes (no input_shape metadata, input {onnx_shape})")
         return check_input_shape(dims, f"{self.path}: the graph's input")
 
+    def takes(self, shape: tuple[int, ...]) -> bool:
+        """Whether the model runs on images of ``shape`` (C, H, W): its input's, or any H x W when dynamic."""
+        if len(shape) != 3:
+            return False
+        return tuple(shape) == tuple(self.input_shape) or (self.dynamic_hw and shape[0] == self.input_shape[0])
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, classes] (the classifier output) for float32 images [N, C, H, W] in [0, 1] (mean/std applied here)."""
         if self.output is None:
@@ -75,8 +84,11 @@ class OnnxPredictor(PredictorProtocol):
     def predict_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the model by name, in its order, for float32 images [N, C, H, W] in [0, 1]."""
         x = np.asarray(x)
-        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
+        if not self.takes(x.shape[1:] if x.ndim == 4 else ()):
             want = "x".join(map(str, self.input_shape))
+            if self.dynamic_hw:
+                raise UserError(f"the model takes images of shape [N, {self.input_shape[0]}, H, W], "
+                                f"got an array of shape {list(x.shape)}")
             raise UserError(f"the model takes images of shape [N, {', '.join(map(str, self.input_shape))}] "
                             f"(C x H x W = {want}), got an array of shape {list(x.shape)}")
         x = np.ascontiguousarray(normalize(x, self.preprocess), dtype=np.float32)

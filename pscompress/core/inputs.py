@@ -28,7 +28,8 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from pscompress.core.errors import UserError
-from pscompress.core.limits import check_bytes, check_pixels, check_ratio, max_image_pixels, shape_bytes, too_many_pixels
+from pscompress.core.limits import (check_bytes, check_input_shape, check_pixels, check_ratio, max_image_pixels,
+                                    shape_bytes, too_many_pixels)
 
 _IMAGE_MODES = {1: "L", 3: "RGB"}
 
@@ -36,8 +37,9 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def check_zip(path: str | os.PathLike, what: str | None = None) -> None:
-    """Refuse a zip archive that would inflate beyond the limits; nothing is decompressed."""
+def check_zip(path: str | os.PathLike | IO[bytes], what: str | None = None) -> None:
+    """Refuse a zip archive (a path or a seekable binary file) that would inflate beyond the limits; nothing
+    is decompressed."""
     what = what or str(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -48,6 +50,18 @@ def check_zip(path: str | os.PathLike, what: str | None = None) -> None:
     check_bytes(what, sum(m.file_size for m in members))
     for member in members:
         check_ratio(f"{what}: member {member.filename}", member.compress_size, member.file_size)
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """'C,H,W' or 'CxHxW' -> (C, H, W)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"bad input shape {text!r}: expected C,H,W with positive integers, such as 3,32,32")
+    return check_input_shape(shape)
 
 
 def load_npy(path: str | os.PathLike) -> np.ndarray:

@@ -5,7 +5,9 @@ the code can trust them):
 
 - ``schema``: the version of this schema (``SCHEMA``); ``version``: the pscompress version
   that wrote the file.
-- ``input_shape`` [C, H, W]; ``input_layout`` ("NCHW" or "NHWC", the exported graph's);
+- ``input_shape`` [C, H, W]; ``dynamic_hw`` (ONNX, true when the graph's H and W are symbolic,
+  ``export --dynamic-hw``: the model runs at any image size, ``input_shape`` is the default one);
+  ``input_layout`` ("NCHW" or "NHWC", the exported graph's);
   ``classes`` (names); ``accuracy``, ``dense_accuracy`` (fractions); ``arch``.
 - ``pattern`` (the layers' pattern families, "4of9", at most ``MAX_PATTERN_TEXT`` characters:
   ``pattern_text``, ``patterns_text``); ``operator`` (ONNX: the custom operator
@@ -140,6 +142,8 @@ def check_metadata(meta: Any, source: str) -> dict[str, Any]:
         value = meta.get(key)
         if value is not None and not (_is_number(value) and 0 <= value <= 1):
             raise UserError(f"{source}: {key} must be a fraction in [0, 1], got {value!r}")
+    if meta.get("dynamic_hw") is not None and not isinstance(meta["dynamic_hw"], bool):
+        raise UserError(f"{source}: dynamic_hw must be true or false, got {short_repr(meta['dynamic_hw'])}")
     for key in _MAPPINGS:
         if meta.get(key) is not None and not isinstance(meta[key], Mapping):
             raise UserError(f"{source}: {key} must be a mapping, got {type(meta[key]).__name__}")

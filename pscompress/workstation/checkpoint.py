@@ -13,6 +13,13 @@ place of ``arch``, ``arch_kwargs`` and ``state_dict`` (``{"format": "pscompress"
 "module": <nn.Module>, "meta": {...}}``), so its metadata (input shape, preprocessing) travels
 with it; a bare pickled module (torch.save(model)) loads too, with no metadata.
 
+A torch.export program (``.pt2``, pscompress.workstation.program) loads without any class or
+pickle: its graph is rewritten into nn.Conv2d / nn.BatchNorm2d layers. Its checkpoint holds the
+program's bytes (a uint8 tensor) in place of ``arch``, beside the state dict of the rewritten
+(and converted) module: ``{"format": "pscompress", "version": 1, "program": <uint8 tensor>,
+"state_dict": {...}, "meta": {...}}``; loading rebuilds the same layers from the program, then
+loads the state dict as for a built-in architecture.
+
 A full pickled nn.Module can run arbitrary code when loaded, so it is read only when the
 caller passes ``trust_pickle=True`` (the CLI's ``--trust-pickle``). Every field of a
 checkpoint is checked, with bounds, before anything is built from it; a zip archive's sizes
@@ -20,6 +27,7 @@ are checked before torch inflates it (pscompress.core.inputs).
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -33,14 +41,16 @@ from torch import nn
 from pscompress.core.errors import UserError, short_repr
 from pscompress.core.files import atomic_output
 from pscompress.core.inputs import check_zip
-from pscompress.core.limits import MAX_CHANNELS, MAX_CLASSES, check_count, is_int
+from pscompress.core.limits import MAX_CHANNELS, MAX_CLASSES, check_bytes, check_count, is_int
 from pscompress.core.metadata import check_metadata
 from pscompress.core.patterns import MAX_PERIOD, PatternSet
 from pscompress.workstation import archs
 from pscompress.workstation.layers import PSConv2d
+from pscompress.workstation.program import is_program_archive, load_program, program_module
 from pscompress.workstation.surgery import has_submodule, replace_module
 
 FORMAT = "pscompress"
+PROGRAM_ARCH = "torch.export"  # the architecture of a model rebuilt from a .pt2 program
 VERSION = 1
 _EXTRA_STATE = "._extra_state"
 # The keyword arguments every built-in architecture takes, with their bounds.
@@ -49,12 +59,18 @@ _ARCH_KWARGS = {"in_channels": MAX_CHANNELS, "num_classes": MAX_CLASSES}
 
 @dataclass
 class LoadedModel:
-    """A model with what is needed to save it again: its architecture and metadata."""
+    """A model with what is needed to save it again: its architecture and metadata.
+
+    ``arch`` is a built-in architecture's name, ``PROGRAM_ARCH`` for a model rebuilt from a
+    torch.export program (then ``program`` holds its bytes), None for a pickled module.
+    """
 
     module: nn.Module
     arch: str | None = None
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    program: bytes | None = None  # the torch.export program (.pt2 bytes) the module was rebuilt from
+    notes: list[str] = field(default_factory=list)  # what loading left as it was, and why (for the report)
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
@@ -64,6 +80,11 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: b
         raise UserError(f"cannot read {path}: {'it is a directory' if path.is_dir() else 'no such file'}")
     if not os.access(path, os.R_OK):
         raise UserError(f"cannot read {path}: permission denied")
+    if zipfile.is_zipfile(path) and is_program_archive(path):
+        check_bytes(str(path), path.stat().st_size)  # before its bytes are read whole (load_program checks the rest)
+        loaded = _from_program(path.read_bytes(), str(path))
+        _check_finite(loaded.module, path)
+        return loaded
     obj = _torch_load(path, trust_pickle)
     if isinstance(obj, nn.Module):
         loaded = LoadedModel(obj.eval())
@@ -101,15 +122,21 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
 
 
 def save_checkpoint(model: LoadedModel, path: str | os.PathLike) -> None:
-    """Write a checkpoint atomically; a model of no built-in architecture holds its module pickled."""
+    """Write a checkpoint atomically; a model of no built-in architecture and no program holds its module pickled."""
     payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "meta": dict(model.meta)}
-    if model.arch is None:
+    if model.program is not None:
+        payload.update({"program": torch.frombuffer(bytearray(model.program), dtype=torch.uint8),
+                        "state_dict": _cpu_state(model.module)})
+    elif model.arch is None:
         payload["module"] = model.module
     else:
-        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.module.state_dict().items()}
-        payload.update({"arch": model.arch, "arch_kwargs": dict(model.arch_kwargs), "state_dict": state})
+        payload.update({"arch": model.arch, "arch_kwargs": dict(model.arch_kwargs), "state_dict": _cpu_state(model.module)})
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, Any]:
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in module.state_dict().items()}
 
 
 def _is_extra(value: Any) -> bool:
@@ -146,6 +173,10 @@ def _from_checkpoint(obj: dict, path: Path) -> LoadedModel:
         if not isinstance(obj["module"], nn.Module):
             raise UserError(f"{path}: module is a {type(obj['module']).__name__}, not a PyTorch module")
         return LoadedModel(obj["module"].eval(), meta=meta)
+    if "program" in obj:
+        loaded = _from_program(_program_bytes(obj["program"], path), f"{path}: program")
+        _load_state(loaded.module, _state_dict(obj.get("state_dict"), path), path)
+        return LoadedModel(loaded.module.eval(), PROGRAM_ARCH, meta=meta, program=loaded.program)
     arch = obj.get("arch")
     if not isinstance(arch, str) or arch not in archs.ARCHITECTURES:
         raise UserError(f"{path}: arch {arch!r} is not a built-in architecture ({', '.join(sorted(archs.ARCHITECTURES))})")
@@ -154,6 +185,20 @@ def _from_checkpoint(obj: dict, path: Path) -> LoadedModel:
     module = archs.build(arch, **kwargs)
     _load_state(module, state, path)
     return LoadedModel(module.eval(), arch, kwargs, meta)
+
+
+def _from_program(data: bytes, what: str) -> LoadedModel:
+    """A torch.export program's bytes, rebuilt into layers; its example input's shape recorded."""
+    rebuilt = program_module(load_program(io.BytesIO(data), what), what)
+    meta = {} if rebuilt.input_shape is None else {"input_shape": list(rebuilt.input_shape)}
+    return LoadedModel(rebuilt.module, PROGRAM_ARCH, meta=meta, program=data, notes=rebuilt.notes)
+
+
+def _program_bytes(value: Any, path: Path) -> bytes:
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.dim() != 1:
+        raise UserError(f"{path}: program must be the bytes of a .pt2 file (a 1-D uint8 tensor), "
+                        f"got {type(value).__name__}")
+    return value.numpy().tobytes()
 
 
 def _from_state_dict(state: dict, arch: str | None, path: Path) -> LoadedModel:

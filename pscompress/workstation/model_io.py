@@ -82,18 +82,6 @@ def _check_classes(module: nn.Module, shape: Sequence[int], classes: list[str]) 
     return classes
 
 
-def parse_input_shape(text: str) -> tuple[int, int, int]:
-    """'C,H,W' or 'CxHxW' -> (C, H, W)."""
-    parts = text.replace("x", ",").split(",")
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise UserError(f"bad input shape {text!r}: expected C,H,W with positive integers, such as 3,32,32")
-    return check_input_shape(shape)
-
-
 SINGLE_OUTPUT = "logits"  # the name of a model's only output (every single-output export uses it)
 
 

@@ -43,15 +43,17 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
             channel_order: str | None, resize: int | None, output: Path | None, report_json: Path | None) -> None:
     """Convert MODEL's convolutions (all but the first) of each kernel size a --pattern is for to pSConv layers.
 
-    MODEL is a pscompress checkpoint, a state dict (with --arch) or, with --trust-pickle, a
-    pickled nn.Module. Layers whose weights are already periodic sparse keep their pattern
-    exactly; the others get the order and shift of --pattern that keep the most weight energy.
+    MODEL is a pscompress checkpoint, a state dict (with --arch), a torch.export program (.pt2,
+    no class needed) or, with --trust-pickle, a pickled nn.Module. Layers whose weights are
+    already periodic sparse keep their pattern exactly; the others get the order and shift of
+    --pattern that keep the most weight energy.
     Prints parameters, non-zeros and MACs per layer, dense against pSConv, and writes a checkpoint.
     """
     from pscompress.core.errors import UserError
     from pscompress.core.files import atomic_output
+    from pscompress.core.inputs import parse_input_shape
     from pscompress.workstation.checkpoint import load_model, save_checkpoint
-    from pscompress.workstation.model_io import default_input_shape, input_meta, parse_input_shape
+    from pscompress.workstation.model_io import default_input_shape, input_meta
     from pscompress.workstation.sparsify import SparsifyConfig, sparsify
 
     output = output or model.with_name(f"{model.stem}-psconv.pt")
@@ -63,6 +65,7 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
     config = SparsifyConfig(patterns[0] if len(patterns) == 1 else patterns, period=period, dense_kernel=dense_kernel,
                             include=include, exclude=exclude, align=not no_align)
     report = sparsify(loaded.module, config, input_shape=shape)
+    report.notes = [*loaded.notes, *report.notes]  # what loading a .pt2 program left dense, then by kernel size
     recorded = input_meta(loaded, shape, classes, {"mean": mean, "std": std, "channel_order": channel_order,
                                                    "resize": resize})
     # The measured accuracy belonged to the dense weights; keep it under a name that says so.

@@ -23,21 +23,25 @@ _SUFFIXES = " or ".join(f.suffix for f in FORMATS.values())
 @click.option("--fp16", is_flag=True, help="TFLite only: store weights as float16 (half the size).")
 @click.option("--dense", is_flag=True,
               help="ONNX only: write every convolution as a standard dense Conv (a baseline to compare with).")
+@click.option("--dynamic-hw", is_flag=True,
+              help="ONNX only: make the input's height and width symbolic, like the batch, so one file runs any "
+                   "image size (a fully convolutional model; verified at the input size and at another); "
+                   "pscompress run --input-shape then picks the size.")
 @input_shape_option("Input size of the model.  [default: the one its checkpoint records]")
 @arch_option()
 @trust_pickle_option()
-def export(model: Path, output: Path, fmt: str | None, fp16: bool, dense: bool, input_shape: str | None,
-           arch: str | None, trust_pickle: bool) -> None:
+def export(model: Path, output: Path, fmt: str | None, fp16: bool, dense: bool, dynamic_hw: bool,
+           input_shape: str | None, arch: str | None, trust_pickle: bool) -> None:
     """Export MODEL (a pscompress checkpoint) for deployment and print a size summary.
 
     ONNX: batch norm is folded into the convolutions; each pSConv layer, with the residual
     add and ReLU that follow it, becomes one ai.pscompress PSConv/PSConvAdd node holding only
     the kept weights. The file runs in plain onnxruntime (portable functions) and fast with
-    the pscompress kernel library. See docs/export.md.
+    the pscompress kernel library. MODEL may also be a torch.export program (.pt2). See docs/export.md.
     """
     from pscompress.core.errors import UserError
+    from pscompress.core.inputs import parse_input_shape
     from pscompress.workstation.checkpoint import load_model
-    from pscompress.workstation.model_io import parse_input_shape
 
     chosen = FORMATS[fmt] if fmt else format_of(output)
     if chosen is None:
@@ -46,12 +50,15 @@ def export(model: Path, output: Path, fmt: str | None, fp16: bool, dense: bool, 
     for name, given in flags.items():
         if given and name not in chosen.options:
             raise UserError(f"--{name} applies to {format_taking(name).label} export only")
+    if dynamic_hw and chosen.name != "onnx":
+        raise UserError("--dynamic-hw applies to ONNX export only")
+    options = {name: flags[name] for name in chosen.options} | ({"dynamic_hw": True} if dynamic_hw else {})
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     shape = parse_input_shape(input_shape) if input_shape else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         exporter = chosen.load()
-        summary = exporter(loaded, output, input_shape=shape, **{name: flags[name] for name in chosen.options})
+        summary = exporter(loaded, output, input_shape=shape, **options)
     for w in caught:
         if issubclass(w.category, UserWarning):
             click.echo(f"Warning: {w.message}", err=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from pscompress.cli.options import native_option, threads_option
+from pscompress.cli.options import input_shape_option, native_option, threads_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,9 +17,13 @@ from pscompress.cli.options import native_option, threads_option
                    "in the model's channel order; the recorded mean/std are applied to it too).")
 @click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(min=1),
               help="How many classes to print per image.")
+@input_shape_option("The size to resize an image to, or that a .npy array has: a model exported with "
+                    "--dynamic-hw runs any H and W (C must be the model's); another model takes only its own.  "
+                    "[default: the input shape the model records]")
 @threads_option()
 @native_option()
-def run(model: Path, input_path: Path, top_k: int, threads: int | None, native: bool | None) -> None:
+def run(model: Path, input_path: Path, top_k: int, input_shape: str | None, threads: int | None,
+        native: bool | None) -> None:
     """Run MODEL (.onnx) on an input FILE and print the top classes of each image with their probabilities.
 
     A model with several outputs prints each one: the top classes of a 2-D output [N, classes],
@@ -27,12 +31,18 @@ def run(model: Path, input_path: Path, top_k: int, threads: int | None, native: 
     """
     from pscompress.board.onnx_predictor import OnnxPredictor
     from pscompress.core.errors import UserError
-    from pscompress.core.inputs import load_input
+    from pscompress.core.inputs import load_input, parse_input_shape
 
     if model.suffix.lower() != ".onnx":
         raise UserError(f"{model.name}: run takes an exported .onnx model (see `pscompress export`)")
     predictor = OnnxPredictor(model, threads=threads, native=native)
-    images = load_input(input_path, predictor.input_shape, predictor.preprocess)  # predict applies mean/std
+    shape = parse_input_shape(input_shape) if input_shape else predictor.input_shape
+    if not predictor.takes(shape):
+        size = "x".join(map(str, predictor.input_shape))
+        kind = f"{predictor.input_shape[0]}-channel images of any size" if predictor.dynamic_hw else \
+            f"{size} images only (export it with --dynamic-hw for other sizes)"
+        raise UserError(f"--input-shape {input_shape}: {model.name} takes {kind}")
+    images = load_input(input_path, shape, predictor.preprocess)  # predict applies mean/std
     outputs = predictor.predict_all(images)
     kernel = "native PSConv kernels" if predictor.native else "portable ONNX functions"
     click.echo(f"{model.name} on {input_path.name}: {len(images)} image(s), {kernel}")
