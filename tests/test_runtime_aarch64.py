@@ -16,7 +16,7 @@ def test_neon_microkernel_cross_compiles_and_matches_reference() -> None:
     library = build / "libpscompress_ort.so"
     header = library.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
-    for tester in ("ukernel_tester", "dwconv_tester"):  # the GEMM and the depthwise kernels
+    for tester in ("ukernel_tester", "dwconv_tester", "qgemm_tester"):  # fp32 GEMM, depthwise, int8 GEMM
         done = subprocess.run(["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", str(build / tester)],
                               capture_output=True, text=True, timeout=300,
                               env={**os.environ, "QEMU_CPU": "cortex-a72"})

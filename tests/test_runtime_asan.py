@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # every test here needs the sanitizer tree, the f
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("tester", ["ukernel_tester", "dwconv_tester"])  # GEMM and depthwise kernels
+@pytest.mark.parametrize("tester", ["ukernel_tester", "dwconv_tester", "qgemm_tester"])  # GEMM, depthwise, int8 GEMM
 def test_simd_microkernels_match_reference(asan_build: Path, tester: str) -> None:
     done = subprocess.run([str(asan_build / tester)], capture_output=True, text=True,
                           env=sanitizer_env(), timeout=120)

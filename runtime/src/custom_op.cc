@@ -1,10 +1,11 @@
-// onnxruntime glue: registers ai.pscompress PSConv and PSConvAdd (opset 1) and maps the
-// ORT kernel API onto pscompress::PSConv. Links no onnxruntime: the API table comes from
+// onnxruntime glue: registers ai.pscompress PSConv, PSConvAdd and QLinearPSConv (opset 1) and
+// maps the ORT kernel API onto pscompress::PSConv and pscompress::QLinearPSConv. Links no onnxruntime: the API table comes from
 // RegisterCustomOps' argument.
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <memory>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -14,6 +15,7 @@
 
 #include "dispatch.h"
 #include "psconv.h"
+#include "qlinear_psconv.h"
 
 namespace pscompress {
 namespace {
@@ -38,9 +40,19 @@ T attribute(Ort::ConstKernelInfo info, const char* name, T fallback, bool requir
   }
 }
 
-Attributes read_attributes(Ort::ConstKernelInfo info) {
+bool has_attribute(Ort::ConstKernelInfo info, const char* name) {
+  try {
+    info.GetAttribute<float>(name);
+    return true;
+  } catch (const Ort::Exception& e) {
+    return std::string(e.what()).find("No attribute") == std::string::npos;  // present, of another type
+  }
+}
+
+// The layer attributes of every operator here.
+LayerAttributes read_layer_attributes(Ort::ConstKernelInfo info) {
   using Ints = std::vector<int64_t>;
-  Attributes a;
+  LayerAttributes a;
   a.kernel_shape = attribute<Ints>(info, "kernel_shape", {}, true, "a list of ints");
   a.strides = attribute<Ints>(info, "strides", a.strides, false, "a list of ints");
   a.pads = attribute<Ints>(info, "pads", a.pads, false, "a list of ints");
@@ -50,29 +62,64 @@ Attributes read_attributes(Ort::ConstKernelInfo info) {
   a.out_channels = attribute<int64_t>(info, "out_channels", 0, true, "an int");
   a.patterns = attribute<Ints>(info, "patterns", {}, true, "a list of ints");
   a.shift = attribute<int64_t>(info, "shift", 0, false, "an int");
+  return a;
+}
+
+Attributes read_attributes(Ort::ConstKernelInfo info) {
+  Attributes a;
+  static_cast<LayerAttributes&>(a) = read_layer_attributes(info);
   a.clip_min = attribute<float>(info, "clip_min", a.clip_min, false, "a float");
   a.clip_max = attribute<float>(info, "clip_max", a.clip_max, false, "a float");
   return a;
 }
 
+// QLinearPSConv's output range is set by y_scale and y_zero_point: a clamp would be ignored.
+LayerAttributes read_quantized_attributes(Ort::ConstKernelInfo info) {
+  for (const char* name : {"clip_min", "clip_max"})
+    if (has_attribute(info, name))
+      throw std::invalid_argument(std::string(name) +
+                                  ": not an attribute of QLinearPSConv (y_scale and y_zero_point set the output range)");
+  return read_layer_attributes(info);
+}
+
+template <class T> constexpr ONNXTensorElementDataType kElementType = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+template <> constexpr ONNXTensorElementDataType kElementType<float> = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+template <> constexpr ONNXTensorElementDataType kElementType<uint8_t> = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+template <> constexpr ONNXTensorElementDataType kElementType<int8_t> = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+template <> constexpr ONNXTensorElementDataType kElementType<int32_t> = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+template <class T> constexpr const char* kTypeName = "";
+template <> constexpr const char* kTypeName<float> = "float32";
+template <> constexpr const char* kTypeName<uint8_t> = "uint8";
+template <> constexpr const char* kTypeName<int8_t> = "int8";
+template <> constexpr const char* kTypeName<int32_t> = "int32";
+
+template <class T = float>
 struct TensorView {
   bool present = false;  // an absent optional input has no value at all
   std::vector<int64_t> shape;
-  const float* data = nullptr;
+  const T* data = nullptr;
   size_t elements = 0;
+  TensorRef<T> ref() const { return {shape.data(), shape.size(), data}; }
 };
 
-TensorView view(const Ort::ConstValue& value, const char* name) {
-  TensorView v;
+template <class T = float>
+TensorView<T> view(const Ort::ConstValue& value, const char* name) {
+  TensorView<T> v;
   if (!value) return v;
   v.present = true;
   auto info = value.GetTensorTypeAndShapeInfo();
-  if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-    throw std::invalid_argument(std::string(name) + ": expected float32");
+  if (info.GetElementType() != kElementType<T>) throw std::invalid_argument(std::string(name) + ": expected " + kTypeName<T>);
   v.shape = info.GetShape();
   v.elements = info.GetElementCount();
-  v.data = value.GetTensorData<float>();
+  v.data = value.GetTensorData<T>();
   return v;
+}
+
+Parallel parallel_of(Ort::KernelContext& ctx) {
+  return {[](void* self, void (*fn)(void*, size_t), size_t total, void* data) {
+            static_cast<Ort::KernelContext*>(self)->ParallelFor(fn, total, 0, data);
+          },
+          &ctx};
 }
 
 OrtStatusPtr to_status(const OrtApi& api, const char* op, const std::exception& e) {
@@ -87,7 +134,7 @@ class Kernel {
     int is_constant = 0;
     Ort::ConstValue w = info.GetTensorConstantInput(1, &is_constant);
     if (is_constant) {
-      TensorView wv = view(w, "W");
+      TensorView<> wv = view(w, "W");
       if (wv.shape.size() != 1) throw std::invalid_argument("W: expected a 1-D tensor");
       conv_.prepack(wv.data, wv.elements);
       w_constant_ = true;
@@ -107,10 +154,10 @@ class Kernel {
   void compute(OrtKernelContext* raw) {
     Ort::KernelContext ctx(raw);
     const size_t inputs = ctx.GetInputCount();
-    TensorView x = view(ctx.GetInput(0), "X");
-    TensorView w = view(ctx.GetInput(1), "W");
-    TensorView b = inputs > 2 ? view(ctx.GetInput(2), "B") : TensorView{};
-    TensorView z = inputs > 3 ? view(ctx.GetInput(3), "Z") : TensorView{};
+    TensorView<> x = view(ctx.GetInput(0), "X");
+    TensorView<> w = view(ctx.GetInput(1), "W");
+    TensorView<> b = inputs > 2 ? view(ctx.GetInput(2), "B") : TensorView<>{};
+    TensorView<> z = inputs > 3 ? view(ctx.GetInput(3), "Z") : TensorView<>{};
     if (!x.data && x.elements) throw std::invalid_argument("X: missing");
     if (!w_constant_ && w.shape.size() != 1) throw std::invalid_argument("W: expected a 1-D tensor");
     Inputs in{x.shape.data(), x.shape.size(), x.data,
@@ -120,17 +167,116 @@ class Kernel {
     const std::vector<int64_t> y_shape = conv_.output_shape(in, residual_);
     float* y = ctx.GetOutput(0, y_shape).GetTensorMutableData<float>();
     if (y_shape[0] == 0) return;
-    Parallel parallel{[](void* self, void (*fn)(void*, size_t), size_t total, void* data) {
-                        static_cast<Ort::KernelContext*>(self)->ParallelFor(fn, total, 0, data);
-                      },
-                      &ctx};
-    conv_.run(in, y, path_.ukernel, path_.dwconv, parallel);
+    conv_.run(in, y, path_.ukernel, path_.dwconv, parallel_of(ctx));
   }
 
   bool residual_;
   const CpuPath& path_;
   PSConv conv_;
   bool w_constant_ = false;
+};
+
+// QLinearPSConv(X, x_scale, x_zero_point, W, w_scale, y_scale, y_zero_point, [B]) -> Y.
+class QKernel {
+ public:
+  static constexpr const char* kName = "QLinearPSConv";
+  explicit QKernel(const OrtKernelInfo* raw)
+      : path_(require_path()), conv_(read_quantized_attributes(Ort::ConstKernelInfo(raw))) {
+    Ort::ConstKernelInfo info(raw);
+    int is_constant = 0;
+    Ort::ConstValue w = info.GetTensorConstantInput(kW, &is_constant);
+    if (is_constant) {
+      TensorView<int8_t> wv = view<int8_t>(w, "W");
+      if (wv.shape.size() != 1) throw std::invalid_argument("W: expected a 1-D tensor");
+      conv_.prepack(wv.data, wv.elements);
+      w_constant_ = true;
+    }
+    // Constant scales and zero points (the usual case): checked and combined once, at load.
+    bool all_constant = true;
+    std::vector<Ort::ConstValue> values;
+    for (int index : {kXScale, kXZeroPoint, kWScale, kYScale, kYZeroPoint}) {
+      values.push_back(info.GetTensorConstantInput(index, &is_constant));
+      all_constant = all_constant && is_constant;
+    }
+    if (all_constant) requantization_ = std::make_unique<Requantization>(requantization(values));
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    try {
+      compute(raw);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return to_status(Ort::GetApi(), kName, e);
+    }
+  }
+
+ private:
+  enum Input { kX, kXScale, kXZeroPoint, kW, kWScale, kYScale, kYZeroPoint, kB };
+
+  // values: x_scale, x_zero_point, w_scale, y_scale, y_zero_point.
+  Requantization requantization(const std::vector<Ort::ConstValue>& values) const {
+    const TensorView<float> x_scale = view<float>(values[0], "x_scale"), w_scale = view<float>(values[2], "w_scale");
+    const TensorView<float> y_scale = view<float>(values[3], "y_scale");
+    const TensorView<uint8_t> x_zero_point = view<uint8_t>(values[1], "x_zero_point");
+    const TensorView<uint8_t> y_zero_point = view<uint8_t>(values[4], "y_zero_point");
+    return conv_.requantization({x_scale.ref(), x_zero_point.ref(), w_scale.ref(), y_scale.ref(), y_zero_point.ref()});
+  }
+
+  void compute(OrtKernelContext* raw) {
+    Ort::KernelContext ctx(raw);
+    TensorView<uint8_t> x = view<uint8_t>(ctx.GetInput(kX), "X");
+    TensorView<int8_t> w = view<int8_t>(ctx.GetInput(kW), "W");
+    TensorView<int32_t> b = ctx.GetInputCount() > kB ? view<int32_t>(ctx.GetInput(kB), "B") : TensorView<int32_t>{};
+    if (!x.data && x.elements) throw std::invalid_argument("X: missing");
+    if (!w_constant_ && w.shape.size() != 1) throw std::invalid_argument("W: expected a 1-D tensor");
+    std::unique_ptr<Requantization> per_run;
+    if (!requantization_) {
+      per_run = std::make_unique<Requantization>(requantization(
+          {ctx.GetInput(kXScale), ctx.GetInput(kXZeroPoint), ctx.GetInput(kWScale), ctx.GetInput(kYScale),
+           ctx.GetInput(kYZeroPoint)}));
+    }
+    const QInputs in{x.shape.data(), x.shape.size(), x.data, w.elements, w.data,
+                     b.present, b.shape.data(), b.shape.size(), b.data};
+    const std::vector<int64_t> y_shape = conv_.output_shape(in);
+    uint8_t* y = ctx.GetOutput(0, y_shape).GetTensorMutableData<uint8_t>();
+    if (y_shape[0] == 0) return;
+    conv_.run(in, requantization_ ? *requantization_ : *per_run, y, path_.qgemm, parallel_of(ctx));
+  }
+
+  const CpuPath& path_;
+  QLinearPSConv conv_;
+  bool w_constant_ = false;
+  std::unique_ptr<Requantization> requantization_;  // when every scale and zero point is constant
+};
+
+struct QOp : Ort::CustomOpBase<QOp, QKernel, true> {
+  QOp() {
+    start_ver_ = 1;
+    end_ver_ = 1;
+  }
+  const char* GetName() const { return QKernel::kName; }
+  size_t GetInputTypeCount() const { return 8; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    static constexpr ONNXTensorElementDataType types[] = {
+        kElementType<uint8_t>, kElementType<float>, kElementType<uint8_t>, kElementType<int8_t>,
+        kElementType<float>,   kElementType<float>, kElementType<uint8_t>, kElementType<int32_t>};
+    return types[index];
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 7 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                      : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return kElementType<uint8_t>; }
+
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new QKernel(info);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return to_status(api, GetName(), e);
+    }
+  }
 };
 
 struct Op : Ort::CustomOpBase<Op, Kernel, true> {
@@ -163,6 +309,7 @@ struct Op : Ort::CustomOpBase<Op, Kernel, true> {
 struct Registration {
   Op conv{false};
   Op conv_add{true};
+  QOp qlinear_conv;
   std::vector<Ort::CustomOpDomain> domains;
 };
 std::mutex registration_mutex;
@@ -188,6 +335,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     Ort::CustomOpDomain domain(pscompress::kDomain);
     domain.Add(&reg.conv);
     domain.Add(&reg.conv_add);
+    domain.Add(&reg.qlinear_conv);
     Ort::UnownedSessionOptions(options).Add(domain);
     reg.domains.push_back(std::move(domain));  // ORT keeps pointers to it for the sessions' lifetime
     return nullptr;

@@ -1,10 +1,13 @@
 // Picks the fastest microkernels this CPU supports, once per process: a path is one ISA's
-// GEMM kernel (ukernel.h) and depthwise kernel (dwconv.h), always chosen together.
+// GEMM kernel (ukernel.h), depthwise kernel (dwconv.h) and int8 GEMM kernel (qgemm.h), always
+// chosen together. A later int8 kernel (AVX-VNNI, ARMv8.2 sdot) would become a path's qgemm
+// where the CPU has it.
 #pragma once
 
 #include <vector>
 
 #include "dwconv.h"
+#include "qgemm.h"
 #include "ukernel.h"
 
 namespace pscompress {
@@ -13,6 +16,7 @@ struct CpuPath {
   const char* name;  // "avx512f", "avx2-fma", "neon", "scalar", or "unsupported:<forced name>"
   Ukernel ukernel;   // null for an unsupported forced name
   Dwconv dwconv;     // the same ISA's depthwise kernel; null likewise
+  QGemm qgemm;       // the same ISA family's int8 GEMM kernel; null likewise
 };
 
 // The paths this build can run on this CPU, fastest first; "scalar" is always there.

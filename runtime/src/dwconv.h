@@ -7,8 +7,8 @@
 //   acc[r][x] = sum_t w[t] * b[b_offsets[t] + r * b_row_stride + x]      (r < rows, x < n)
 //   y[r * y_row_stride + x] = clamp(acc + bias + z[same index], lo, hi)
 // b addresses one output's window: tap t of output pixel (r, x) reads b_offsets[t] floats
-// further, and consecutive pixels of a row read consecutive floats (the phase planes of
-// psconv.cc make every stride so). A kernel works on tiles of up to kDwRows rows x 8 pixels
+// further, and consecutive pixels of a row read consecutive floats (the phase planes,
+// sparse_layer.h, make every stride so). A kernel works on tiles of up to kDwRows rows x 8 pixels
 // (fewer at a row's end), one accumulator register (or pair) per row: the rows split into
 // ceil(rows / kDwRows) groups of near-equal height, so that no tile is left with one row.
 // B reads: every half reads 8 floats per tap, so a row's last half reads up to 7 floats past

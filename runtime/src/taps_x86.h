@@ -1,7 +1,10 @@
-// The reduction loop of the x86 GEMM kernels (avx2_fma, avx512f): step(k) for every tap k of a
-// tile, prefetching the B row a few taps ahead. B rows are scattered over the image (one per
-// kept tap), which the hardware prefetcher cannot predict; the offset table can. In an
-// anonymous namespace, as the per-ISA operations are (see ukernel_tile.h).
+// The reduction loop of the x86 GEMM kernels (avx2_fma, avx512f, int8 avx2): step(k) for
+// every kTaps-th tap k of a tile (a step takes taps k to k + kTaps - 1; with k_end not a
+// multiple of kTaps, the last step's taps past k_end - 1 are the step's to skip), prefetching
+// the B rows a few taps ahead. B rows are scattered over the image (one per kept tap), which
+// the hardware prefetcher cannot predict; the offset table can. One call site of step, so that
+// its accumulators stay in registers. In an anonymous namespace, as the per-ISA operations are
+// (see ukernel_tile.h).
 #pragma once
 
 #include <immintrin.h>
@@ -12,19 +15,25 @@
 namespace pscompress {
 namespace {
 
-template <class Step>
-__attribute__((always_inline)) inline void for_each_tap(const float* b_base, const int64_t* offsets, size_t split,
+template <class T>
+__attribute__((always_inline)) inline void prefetch_row(const T* row, size_t split) {
+  _mm_prefetch(reinterpret_cast<const char*>(row), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(row + split + 7), _MM_HINT_T0);
+}
+
+template <size_t kTaps = 1, class T, class Step>
+__attribute__((always_inline)) inline void for_each_tap(const T* b_base, const int64_t* offsets, size_t split,
                                                          size_t k_end, Step&& step) {
+  static_assert(kTaps == 1 || kTaps == 2, "single taps or pairs");
   constexpr size_t kAhead = 6;
   size_t k = 0;
 #pragma GCC unroll 2
-  for (; k + kAhead < k_end; ++k) {
-    const float* ahead = b_base + offsets[k + kAhead];
-    _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + split + 7), _MM_HINT_T0);
+  for (; k + kAhead + (kTaps - 1) < k_end; k += kTaps) {
+    prefetch_row(b_base + offsets[k + kAhead], split);
+    if constexpr (kTaps == 2) prefetch_row(b_base + offsets[k + kAhead + 1], split);
     step(k);
   }
-  for (; k < k_end; ++k) step(k);
+  for (; k < k_end; k += kTaps) step(k);
 }
 
 }  // namespace

@@ -13,7 +13,7 @@
 // upper half's valid pixels overwrite the lower half's unused lanes. b_split = 0 (the upper
 // half rereads the lower) serves a tile with no second row: n <= 8, nothing there to read.
 // Both halves of every B row must have 8 readable floats even when n < kNR (lanes past n are
-// discarded); the caller guarantees it (psconv.cc, "B reads"). Y and Z are touched only at
+// discarded); the caller guarantees it (gemm_tiles.h, "B reads"). Y and Z are touched only at
 // the first min(n, 8) pixels of the lower half and the first n - 8 of the upper.
 //
 // The second line, the epilogue, is written once for every path: store_tile in ukernel_tile.h
@@ -48,6 +48,12 @@ struct UkernelArgs {
 };
 
 using Ukernel = void (*)(const UkernelArgs&);
+
+// A's layout, one panel of kMR rows (SparseLayer::pack): tap i of row m at i * kMR + m.
+struct UkernelPacking {
+  static size_t slots(size_t k) { return k; }
+  static size_t at(size_t i, size_t m) { return i * kMR + m; }
+};
 
 void ukernel_6x16_scalar(const UkernelArgs& args);
 #if defined(PSCOMPRESS_HAVE_AVX2)

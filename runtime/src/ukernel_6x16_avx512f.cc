@@ -15,7 +15,7 @@ namespace pscompress {
 namespace {
 
 // A B row: pixels 0..7 at p, 8..15 at p + split (ukernel.h). Two 8-float loads, as the AVX2
-// kernel reads, so the same floats must be readable ("B reads" in psconv.cc). Here and in
+// kernel reads, so the same floats must be readable ("B reads" in gemm_tiles.h). Here and in
 // half_row the masked forms name every lane: GCC 12 warns on the undefined pass-through of the
 // unmasked insert and extract (and of the 512-to-256 cast, an extract).
 inline __m512 load_row(const float* p, size_t split) {

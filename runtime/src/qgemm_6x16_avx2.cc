@@ -1,0 +1,96 @@
+// AVX2 int8 microkernel (qgemm.h): up to 6 rows x 16 pixels in 12 ymm int32 accumulators.
+// Compiled with -mavx2 for this file only and chosen at run time (see dispatch.cc).
+// Each step takes two taps: their B rows interleaved per pixel (vpunpcklwd / vpunpckhwd) meet
+// a row's broadcast weight pair in vpmaddwd, int16 x int16 pair sums into int32, exact for
+// |x - zp| <= 255 and |w| <= 128. Not vpmaddubsw (u8 x s8 pairs summed into int16, as
+// onnxruntime's AVX2 path does): two products of 255 x 127 overflow int16 and saturate.
+// Lanes: lo holds pixels 0-3 | 8-11, hi 4-7 | 12-15 (unpack works within 128-bit lanes).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "qgemm_tile.h"
+#include "taps_x86.h"
+
+namespace pscompress {
+namespace {
+
+struct Avx2Int8 {
+  using Int = __m256i;
+  using Real = __m256;
+  static __m256i splat_int(int32_t x) { return _mm256_set1_epi32(x); }
+  static __m256 splat_real(float x) { return _mm256_set1_ps(x); }
+  static __m256i add(__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }
+  static __m256 to_real(__m256i a) { return _mm256_cvtepi32_ps(a); }
+  static __m256 mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
+  static __m256 clamp(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+  static __m256i round(__m256 v) { return _mm256_cvtps_epi32(v); }  // MXCSR's mode: to nearest even
+  static void store_first(uint8_t* p, __m256i v, size_t count) {
+    const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    const __m128i bytes = _mm_packus_epi16(words, words);
+    if (count == 8) return _mm_storel_epi64(reinterpret_cast<__m128i*>(p), bytes);
+    uint8_t part[16];
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(part), bytes);
+    std::memcpy(p, part, count);
+  }
+};
+
+// A B row, pixels 0-7 in the lower 128 bits and 8-15 (at p + split) in the upper.
+inline __m256i load_row(const int16_t* p, size_t split) {
+  const __m128i lower = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i upper = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + split));
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(lower), upper, 1);
+}
+
+inline __m256i weight_pair(const int16_t* a) {
+  int32_t pair;
+  std::memcpy(&pair, a, sizeof pair);
+  return _mm256_set1_epi32(pair);
+}
+
+template <size_t R>
+void tile(const QGemmArgs& args) {
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const int16_t* a = args.a;
+  const int16_t* const b_base = args.b_base;
+  const int64_t* const offsets = args.b_offsets;
+  const size_t k_end = args.k, split = args.b_split;
+  // Taps k and k + 1; an odd k's last tap pairs with itself, its partner weight being 0.
+  auto step = [&](size_t k) {
+    const size_t partner = k + 1 < k_end ? k + 1 : k;
+    const __m256i row0 = load_row(b_base + offsets[k], split), row1 = load_row(b_base + offsets[partner], split);
+    const __m256i lo = _mm256_unpacklo_epi16(row0, row1), hi = _mm256_unpackhi_epi16(row0, row1);
+#define PSC_ROW(m, c_lo, c_hi)                                   \
+    if constexpr (R > m) {                                       \
+      const __m256i w = weight_pair(a + 2 * m);                  \
+      c_lo = _mm256_add_epi32(c_lo, _mm256_madd_epi16(lo, w));   \
+      c_hi = _mm256_add_epi32(c_hi, _mm256_madd_epi16(hi, w));   \
+    }
+    PSC_ROW(0, c00, c01)
+    PSC_ROW(1, c10, c11)
+    PSC_ROW(2, c20, c21)
+    PSC_ROW(3, c30, c31)
+    PSC_ROW(4, c40, c41)
+    PSC_ROW(5, c50, c51)
+#undef PSC_ROW
+    a += 2 * kMR;
+  };
+  for_each_tap<2>(b_base, offsets, split, k_end, step);
+  // Pixels 0-7 are the lower lanes of lo and hi, 8-15 their upper lanes.
+#define PSC_HALVES(c_lo, c_hi) \
+  {_mm256_permute2x128_si256(c_lo, c_hi, 0x20), _mm256_permute2x128_si256(c_lo, c_hi, 0x31)}
+  const __m256i acc[kMR][2] = {PSC_HALVES(c00, c01), PSC_HALVES(c10, c11), PSC_HALVES(c20, c21),
+                               PSC_HALVES(c30, c31), PSC_HALVES(c40, c41), PSC_HALVES(c50, c51)};
+#undef PSC_HALVES
+  requantize_tile<Avx2Int8>(acc, R, args);
+}
+
+}  // namespace
+
+void qgemm_6x16_avx2(const QGemmArgs& args) {
+  static_assert(kMR == 6 && kNR == 16, "the file name says the tile");
+  with_rows(args.m, [&](auto rows) { tile<decltype(rows)::value>(args); });
+}
+
+}  // namespace pscompress

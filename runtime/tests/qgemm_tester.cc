@@ -1,0 +1,183 @@
+// Table-driven check of every int8 GEMM microkernel this CPU can run (qgemm.h): the scalar
+// reference against an exact evaluation of qgemm.h's formula (int64 sums, then the float32
+// requantization), every SIMD path against the scalar one, byte for byte.
+//   layouts:  every m (1 to kMR) x n (1 to kNR) x y_split (1 to 8 where n > 8 stores an upper
+//             half) x b_split (0: reread, 6: halves overlapping in B as in two rows of 6,
+//             8: contiguous, 29: a row further) x k (0, 1, 2, odd and even around the AVX2
+//             prefetch distance and its steps of two taps, long), with bias;
+//   epilogue: every m x n x bias (none, stride 1, 3) x y_zero_point (0, 128, 255) x values
+//             (random, or extreme: x - zp = +-255, w = -128 / 127, |bias| = 2^30, scales that
+//             round halves), in a row and a two-row layout;
+//   limits:   k = 32767 and 32768 taps of extreme values with |bias| = 2^30, the largest
+//             accumulations the operator admits (qlinear_psconv.cc).
+// Every byte of Y outside the tile's pixels holds a guard (random per case) that must survive;
+// B lanes that feed only discarded pixels hold other in-range values. B, bias and scale end at
+// the last element the tile may read, so that an ASan build reports any read past them.
+// Prints a line per path; exit status 1 on any mismatch.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dispatch.h"
+#include "kernel_check.h"
+#include "qgemm.h"
+
+using namespace pscompress;
+
+namespace {
+
+constexpr size_t kRowStride = 19;  // Y bytes per tile row: 16 and a gap of guards
+constexpr size_t kLead = 8, kTrail = 8;  // guards before row 0 and after row kMR - 1
+constexpr int32_t kBiasLimit = 1 << 30;
+
+enum class Values { kRandom, kExtreme, kHalves };  // kHalves: scales 0.5 and 0.25, small sums
+
+struct Case {
+  size_t m, n, k, b_split, y_split;
+  size_t bias_stride;  // 0: no bias
+  int32_t y_zero_point;
+  Values values;
+
+  std::string describe() const {
+    static const char* const names[] = {"random", "extreme", "halves"};
+    char text[160];
+    std::snprintf(text, sizeof text, "m=%zu n=%zu k=%zu b_split=%zu y_split=%zu bias_stride=%zu y_zp=%d %s", m, n,
+                  k, b_split, y_split, bias_stride, y_zero_point, names[static_cast<int>(values)]);
+    return text;
+  }
+  size_t place(size_t row, size_t pixel) const { return row * kRowStride + (pixel < 8 ? pixel : y_split + pixel - 8); }
+  size_t lane(size_t pixel) const { return pixel < 8 ? pixel : b_split + pixel - 8; }
+};
+
+// One case's buffers; B, bias and scale exactly as long as the tile may read.
+struct Tile {
+  std::vector<int16_t> a, b;
+  std::vector<int32_t> bias;
+  std::vector<float> scale;
+  std::vector<uint8_t> y;  // guards everywhere
+  std::vector<int64_t> offsets;
+  std::vector<bool> pixel;  // which bytes of y the tile stores
+
+  int32_t weight(size_t k, size_t m) const { return a[QGemmPacking::at(k, m)]; }
+
+  QGemmArgs args(const Case& c, uint8_t* out) const {
+    QGemmArgs args{};
+    args.k = c.k;
+    args.a = a.data();
+    args.b_base = b.data();
+    args.b_offsets = offsets.data();
+    args.b_split = c.b_split;
+    args.y = out + kLead;
+    args.y_split = c.y_split;
+    args.y_row_stride = kRowStride;
+    args.bias = c.bias_stride ? bias.data() : nullptr;
+    args.scale = scale.data();
+    args.channel_stride = c.bias_stride ? c.bias_stride : 2;  // without bias, scales still have a stride
+    args.y_zero_point = c.y_zero_point;
+    args.m = c.m;
+    args.n = c.n;
+    return args;
+  }
+};
+
+size_t channel_stride(const Case& c) { return c.bias_stride ? c.bias_stride : 2; }
+
+Tile make_tile(const Case& c, std::mt19937& rng) {
+  std::uniform_int_distribution<int> x(-255, 255), w(-128, 127), sign(0, 1), byte(0, 255);
+  std::uniform_int_distribution<int32_t> bias(-kBiasLimit, kBiasLimit);
+  std::uniform_real_distribution<float> u(0.2f, 3.0f);
+  const bool extreme = c.values == Values::kExtreme;
+  auto pick_x = [&] { return static_cast<int16_t>(extreme ? (sign(rng) ? 255 : -255) : x(rng)); };
+  auto pick_w = [&] { return static_cast<int16_t>(extreme ? (sign(rng) ? 127 : -128) : w(rng)); };
+  Tile t;
+  t.a.assign(QGemmPacking::slots(c.k) * kMR, 0);  // rows past m and an odd k's last partner stay zero
+  for (size_t k = 0; k < c.k; ++k)
+    for (size_t m = 0; m < c.m; ++m) t.a[QGemmPacking::at(k, m)] = pick_w();
+  const size_t row = std::max<size_t>(8, c.b_split + 8);  // both halves' 8 elements
+  t.b.resize(c.k * row);
+  for (int16_t& v : t.b) v = static_cast<int16_t>(x(rng));  // read into discarded lanes only
+  for (size_t k = 0; k < c.k; ++k) {
+    t.offsets.push_back(static_cast<int64_t>((c.k - 1 - k) * row));  // backwards: row 0 ends B
+    for (size_t n = 0; n < c.n; ++n) t.b[t.offsets[k] + c.lane(n)] = pick_x();
+  }
+  const size_t stride = channel_stride(c), rows_len = (c.m - 1) * stride + 1;
+  t.scale.resize(rows_len);
+  for (size_t m = 0; m < rows_len; ++m) {
+    if (c.values == Values::kHalves) {
+      t.scale[m] = m % 2 ? 0.25f : 0.5f;
+    } else {  // outputs spread over the range, some clamped
+      t.scale[m] = u(rng) * 100.0f / (1.0f + std::sqrt(static_cast<float>(c.k)) * 255.0f * 64.0f);
+      if (extreme) t.scale[m] *= 0.02f;  // the bias dominates: keep some outputs unclamped
+    }
+  }
+  if (c.bias_stride) {
+    t.bias.resize(rows_len);
+    for (size_t m = 0; m < rows_len; ++m)
+      t.bias[m] = extreme ? (sign(rng) ? kBiasLimit : -kBiasLimit) : c.values == Values::kHalves ? x(rng) : bias(rng) / 4096;
+  }
+  t.y.assign(kLead + kMR * kRowStride + kTrail, static_cast<uint8_t>(byte(rng)));
+  t.pixel.assign(t.y.size(), false);
+  for (size_t m = 0; m < c.m; ++m)
+    for (size_t n = 0; n < c.n; ++n) t.pixel[kLead + c.place(m, n)] = true;
+  return t;
+}
+
+// qgemm.h's formula: exact int64 sums (which must fit int32 with the bias), then the float32
+// requantization, pixels stored in order.
+void reference(const Case& c, const Tile& t, std::vector<uint8_t>& y, std::vector<double>& magnitude) {
+  y = t.y;
+  magnitude.assign(y.size(), 0.0);
+  const size_t stride = channel_stride(c);
+  for (size_t m = 0; m < c.m; ++m) {
+    for (size_t n = 0; n < c.n; ++n) {
+      int64_t acc = c.bias_stride ? t.bias[m * stride] : 0;
+      for (size_t k = 0; k < c.k; ++k) acc += int64_t{t.weight(k, m)} * t.b[t.offsets[k] + c.lane(n)];
+      if (acc < INT32_MIN || acc > INT32_MAX) std::printf("reference: %s overflows int32\n", c.describe().c_str());
+      float v = static_cast<float>(static_cast<int32_t>(acc)) * t.scale[m * stride];
+      v = std::fmin(static_cast<float>(255 - c.y_zero_point), std::fmax(static_cast<float>(-c.y_zero_point), v));
+      y[kLead + c.place(m, n)] = static_cast<uint8_t>(std::nearbyint(v) + c.y_zero_point);
+    }
+  }
+}
+
+constexpr size_t kKs[] = {0, 1, 2, 5, 6, 7, 8, 12, 13, 14, 15, 64, 257};
+constexpr size_t kBSplits[] = {0, 6, 8, 29};
+
+std::vector<Case> cases() {
+  std::vector<Case> all;
+  for (size_t m = 1; m <= kMR; ++m) {
+    for (size_t n = 1; n <= kNR; ++n) {
+      for (size_t y_split = n > 8 ? 1 : 8; y_split <= 8; ++y_split)
+        for (size_t b_split : kBSplits)
+          for (size_t k : kKs) all.push_back({m, n, k, b_split, y_split, 3, 128, Values::kRandom});
+      const size_t two_rows_b_split = n > 8 ? 29 : 0;  // no second row: reread the first
+      for (size_t bias_stride : {0, 1, 3})
+        for (int32_t zp : {0, 128, 255})
+          for (Values values : {Values::kRandom, Values::kExtreme, Values::kHalves})
+            for (size_t k : {13, 14}) {
+              all.push_back({m, n, k, 8, 8, bias_stride, zp, values});
+              all.push_back({m, n, k, two_rows_b_split, 6, bias_stride, zp, values});
+            }
+    }
+  }
+  for (size_t k : {32767, 32768})
+    for (int32_t zp : {0, 255}) {
+      all.push_back({6, 16, k, 8, 8, 1, zp, Values::kExtreme});
+      all.push_back({5, 13, k, 29, 6, 3, zp, Values::kExtreme});
+    }
+  return all;
+}
+
+}  // namespace
+
+int main() {
+  std::vector<std::pair<const char*, QGemm>> kernels;
+  const std::vector<CpuPath> paths = supported_paths();  // "scalar" last
+  for (const CpuPath& path : paths) kernels.emplace_back(path.name, path.qgemm);  // avx512f runs avx2's
+  const bool ok = check_paths(kernels, qgemm_6x16_scalar, cases(), 4321, kLead, make_tile, reference, "exact");
+  std::printf("dispatch picks: %s\n", cpu_path().name);
+  return ok ? 0 : 1;
+}
