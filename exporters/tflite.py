@@ -2,9 +2,10 @@
 
 The model is traced with torch.fx after batch norm is folded into the convolutions, then each
 node is lowered to TFLite builtins in NHWC layout. pSConv filters are stored as sparse
-constants expanded once at load by DENSIFY; with ``fp16`` every weight is stored in float16 and
-turned back into float32 by DEQUANTIZE. The model's input is NHWC [1, H, W, C] float32 in
-[0, 1] (the same images as PyTorch's NCHW input, transposed); its output is the logits.
+constants expanded once at load by DENSIFY. How numbers are stored is the lowering's
+``Numerics``: float32 here, ``Float16`` (every weight float16, turned back into float32 by
+DEQUANTIZE) and ``tflite_int8.Int8`` (full-integer). The model's input is NHWC [1, H, W, C]
+float32 in [0, 1] (the same images as PyTorch's NCHW input, transposed); its output is the logits.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from pscompress.exporters.padding import pair, tflite_padding
 from pscompress.exporters.pipeline import Prepared, prepare, verify
 from pscompress.exporters.summary import ExportSummary
 from pscompress.exporters.tflite_sparse import smallest_encoding
-from pscompress.exporters.tflite_writer import TFLiteGraph, enum
+from pscompress.exporters.tflite_writer import Quantization, TFLiteGraph, enum
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.layers import PSConv2d
 from pscompress.workstation.surgery import psconv_layers
@@ -41,46 +42,68 @@ VERIFY_TOLERANCE = {False: 1e-4, True: 1e-2}
 _RELUS: dict[Any, str] = {nn.ReLU: "RELU", nn.ReLU6: "RELU6", F.relu: "RELU", torch.relu: "RELU", F.relu6: "RELU6", "relu": "RELU"}
 
 
-def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = False,
+def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = False, int8: bool = False,
+                  data: str | None = None, calibration: int | None = None,
                   input_shape: Sequence[int] | None = None) -> ExportSummary:
     """Write ``loaded`` as a .tflite file at ``path`` (atomically) and return a size report.
 
     ``input_shape`` is (C, H, W); by default it comes from the checkpoint's meta. The report
     holds the file size, the size of the same export with every filter dense and, when a TFLite
     interpreter is installed, how far its output is from PyTorch's (export fails beyond
-    ``VERIFY_TOLERANCE``).
+    ``VERIFY_TOLERANCE``). ``int8``: a full-integer file calibrated on ``calibration`` images
+    (None: 100) of data set ``data`` (exporters/tflite_int8.py).
     """
+    if int8:
+        return _export_int8(loaded, path, fp16, data, calibration, input_shape)
     job = prepare(loaded, input_shape)
-    if len(job.output_names) > 1:
-        # The lowering writes one output and the board's TFLite predictor reads one.
-        raise UserError(f"TFLite export takes models with one output; this one has {len(job.output_names)} "
-                        f"({', '.join(job.output_names)}): export it to ONNX instead")
+    check_one_output(job)
+    numerics = Float16() if fp16 else Numerics()
     with atomic_output(path) as tmp:
-        data = _serialize(job, fp16=fp16, sparse=True)
-        dense = _serialize(job, fp16=fp16, sparse=False)
+        data = serialize(job, numerics, sparse=True)
+        dense = serialize(job, numerics, sparse=False)
         # Exporting needs no interpreter; checking does.
-        diff = verify(data, job, _run_tflite, VERIFY_TOLERANCE[fp16], "TFLite model") if _interpreter_installed() else None
+        diff = verify(data, job, _run_tflite, VERIFY_TOLERANCE[fp16], "TFLite model") if interpreter_installed() else None
         tmp.write_bytes(data)
     return ExportSummary(path=str(path), bytes=len(data), input_shape=job.input_shape,
                          psconv_layers=len(psconv_layers(loaded.module)), max_rel_diff=diff,
                          dense_bytes=len(dense), fp16=fp16)
 
 
+def _export_int8(loaded: LoadedModel, path: str | os.PathLike, fp16: bool, data: str | None,
+                 calibration: int | None, input_shape: Sequence[int] | None) -> ExportSummary:
+    from pscompress.exporters.tflite_int8 import DEFAULT_CALIBRATION, export_tflite_int8  # it imports this module
+
+    if fp16:
+        raise UserError("choose one of --fp16 and --int8")
+    if not data:
+        raise UserError("int8 TFLite export needs calibration images: give a data set (--data)")
+    return export_tflite_int8(loaded, path, data, DEFAULT_CALIBRATION if calibration is None else calibration, input_shape)
+
+
 def build_tflite(loaded: LoadedModel, input_shape: Sequence[int], *, fp16: bool = False, sparse: bool = True) -> bytes:
     """The bytes of the .tflite model; ``sparse=False`` stores pSConv filters dense (for size comparisons)."""
-    return _serialize(prepare(loaded, input_shape), fp16=fp16, sparse=sparse)
+    return serialize(prepare(loaded, input_shape), Float16() if fp16 else Numerics(), sparse=sparse)
 
 
-def _serialize(job: Prepared, fp16: bool, sparse: bool) -> bytes:
+def check_one_output(job: Prepared) -> None:
+    """UserError for a model with several outputs."""
+    if len(job.output_names) > 1:
+        # The lowering writes one output and the board's TFLite predictor reads one.
+        raise UserError(f"TFLite export takes models with one output; this one has {len(job.output_names)} "
+                        f"({', '.join(job.output_names)}): export it to ONNX instead")
+
+
+def serialize(job: Prepared, numerics: Numerics, sparse: bool = True, **metadata_fields: Any) -> bytes:
+    """The .tflite bytes of the prepared model with numbers stored as ``numerics`` says."""
     with torch.no_grad():  # batch 1: the shapes the file declares (its batch dimension is dynamic)
         ShapeProp(job.graph).propagate(torch.zeros(1, *job.input_shape))
     graph = TFLiteGraph()
-    _Lowering(job.graph, graph, fp16=fp16, sparse=sparse).run()
-    metadata = _metadata(job.loaded, job.input_shape, fp16)
+    _Lowering(job.graph, graph, numerics, sparse=sparse).run()
+    metadata = _metadata(job.loaded, job.input_shape, fp16=isinstance(numerics, Float16), **metadata_fields)
     return graph.serialize(description="pscompress TFLite export", metadata={TFLITE_ENTRY: metadata})
 
 
-def _interpreter_installed() -> bool:
+def interpreter_installed() -> bool:
     try:
         interpreter_module()
     except UserError:
@@ -92,12 +115,63 @@ def _run_tflite(data: bytes, x: np.ndarray) -> list[np.ndarray]:
     return [TFLitePredictor.from_bytes(data).predict_normalized(x)]  # the graph itself: no preprocessing
 
 
-def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool) -> bytes:
+def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool, **fields: Any) -> bytes:
     layers = {name: {"kernel_size": list(m.pattern.kernel_size), "patterns": m.pattern.bitmasks, "shift": m.shift,
                      "density": m.pattern.density()}
               for name, m in psconv_layers(loaded.module).items()}
     return encode_tflite_metadata(export_metadata(loaded.meta, loaded.arch, input_shape, input_layout="NHWC",
-                                                  fp16=fp16, psconv_layers=layers, meta=loaded.meta))
+                                                  fp16=fp16, psconv_layers=layers, meta=loaded.meta, **fields))
+
+
+class Numerics:
+    """How the lowering stores numbers: float32 activations, weights and biases (Float16 and
+    tflite_int8.Int8 store them otherwise)."""
+
+    def graph_input(self, graph: TFLiteGraph, tensor: int, name: str) -> int:
+        """The tensor operators read for the float32 model input ``tensor`` (fx node ``name``)."""
+        return tensor
+
+    def graph_output(self, graph: TFLiteGraph, tensor: int) -> int:
+        """The float32 tensor the model returns for the last operator's output ``tensor``."""
+        return tensor
+
+    def activation(self, graph: TFLiteGraph, name: str, shape: tuple[int, ...], like: int | None = None) -> int:
+        """The output tensor of the fx node ``name``; ``like``: an input whose quantization it must share."""
+        return graph.activation(name, shape)
+
+    def weight(self, graph: TFLiteGraph, name: str, array: np.ndarray, sparse: bool, channel_axis: int) -> int:
+        """A weight operators read as float32; ``channel_axis`` indexes its output channels."""
+        return stored_constant(graph, name, array.astype(np.float32), sparse)
+
+    def bias(self, graph: TFLiteGraph, name: str, bias: np.ndarray, x: int, weight: int) -> int:
+        """The bias of an operator reading ``x`` with ``weight``."""
+        return graph.constant(name, bias.astype(np.float32))
+
+    def check_softmax(self, node: fx.Node) -> None:
+        """UserError when these numerics cannot lower ``node``, a softmax."""
+
+
+class Float16(Numerics):
+    """Weights stored float16 and turned back into float32 by DEQUANTIZE; computation stays float32."""
+
+    def weight(self, graph: TFLiteGraph, name: str, array: np.ndarray, sparse: bool, channel_axis: int) -> int:
+        half = stored_constant(graph, name, array.astype(np.float16), sparse)
+        tensor = graph.activation(f"{name}/float32", array.shape, batch_dynamic=False)
+        graph.op("DEQUANTIZE", [half], [tensor])
+        return tensor
+
+
+def stored_constant(graph: TFLiteGraph, name: str, data: np.ndarray, sparse: bool,
+                    quantization: Quantization | None = None) -> int:
+    """A constant operators read dense: with ``sparse``, stored in TFLite's sparse format and expanded
+    by DENSIFY when that is smaller."""
+    encoding = smallest_encoding(data) if sparse else None
+    if encoding is None:
+        return graph.constant(name, data, quantization)
+    stored = graph.sparse_constant(f"{name}/sparse", encoding, quantization)
+    tensor = graph.activation(f"{name}/dense", data.shape, dtype=data.dtype, batch_dynamic=False, quantization=quantization)
+    graph.op("DENSIFY", [stored], [tensor])
+    return tensor
 
 
 @dataclass
@@ -109,8 +183,8 @@ class _Value:
 class _Lowering:
     """Walks the fx graph once, emitting TFLite operators for each node."""
 
-    def __init__(self, gm: fx.GraphModule, graph: TFLiteGraph, fp16: bool, sparse: bool) -> None:
-        self.gm, self.graph, self.fp16, self.sparse = gm, graph, fp16, sparse
+    def __init__(self, gm: fx.GraphModule, graph: TFLiteGraph, numerics: Numerics, sparse: bool) -> None:
+        self.gm, self.graph, self.numerics, self.sparse = gm, graph, numerics, sparse
         self.modules = dict(gm.named_modules())
         self.values: dict[fx.Node, _Value] = {}
 
@@ -137,7 +211,7 @@ class _Lowering:
         n, c, h, w = self._shape(node)
         tensor = self.graph.activation("input", (n, h, w, c))
         self.graph.inputs.append(tensor)
-        self.values[node] = _Value(tensor, True)
+        self.values[node] = _Value(self.numerics.graph_input(self.graph, tensor, node.name), True)
 
     def _output(self, node: fx.Node) -> None:
         result = node.args[0]
@@ -148,8 +222,9 @@ class _Lowering:
         value = self.values[result]
         if value.nhwc or value.tensor in self.graph.inputs:
             raise UserError("the model must end in logits of shape [N, classes] to be exported to TFLite")
-        self.graph.tensors[value.tensor].name = "logits"
-        self.graph.outputs.append(value.tensor)
+        tensor = self.numerics.graph_output(self.graph, value.tensor)
+        self.graph.tensors[tensor].name = "logits"
+        self.graph.outputs.append(tensor)
 
     # -- dispatch
 
@@ -205,15 +280,16 @@ class _Lowering:
             x = self._pad(x, node, pads)
             padding = "VALID"
         if conv.groups == 1:
-            opcode, table = "CONV_2D", "Conv2DOptions"
+            opcode, table, channel_axis = "CONV_2D", "Conv2DOptions", 0
             filt, extra = weight.transpose(0, 2, 3, 1), {}  # [O, KH, KW, I]
         elif conv.groups == c and out_c % c == 0:
-            opcode, table = "DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions"
+            opcode, table, channel_axis = "DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", 3
             filt, extra = weight[:, 0].transpose(1, 2, 0)[None], {"DepthMultiplier": out_c // c}  # [1, KH, KW, O]
         else:
             raise UserError(f"layer {node.target}: grouped convolution (groups={conv.groups}) cannot be exported to TFLite")
-        filt_tensor = self._weight(f"{node.name}/filter", filt, sparse=self.sparse and isinstance(conv, PSConv2d))
-        bias_tensor = self.graph.constant(f"{node.name}/bias", bias.astype(np.float32))
+        filt_tensor = self.numerics.weight(self.graph, f"{node.name}/filter", filt,
+                                           sparse=self.sparse and isinstance(conv, PSConv2d), channel_axis=channel_axis)
+        bias_tensor = self.numerics.bias(self.graph, f"{node.name}/bias", bias, x, filt_tensor)
         out, fused = self._result(node, (1, oh, ow, out_c))
         self.graph.op(opcode, [x, filt_tensor, bias_tensor], [out], table, Padding=enum("Padding", padding),
                       StrideH=conv.stride[0], StrideW=conv.stride[1], DilationHFactor=conv.dilation[0],
@@ -223,9 +299,10 @@ class _Lowering:
         x = self.values[node.args[0]]
         if x.nhwc or len(self._shape(node.args[0])) != 2:
             raise UserError(f"layer {node.target}: TFLite export supports Linear on flattened [N, features] inputs only")
-        weight = self._weight(f"{node.name}/weight", linear.weight.detach().numpy(), sparse=False)
+        weight = self.numerics.weight(self.graph, f"{node.name}/weight", linear.weight.detach().numpy(), sparse=False,
+                                      channel_axis=0)
         bias = linear.bias.detach().numpy() if linear.bias is not None else np.zeros(linear.out_features, np.float32)
-        bias_tensor = self.graph.constant(f"{node.name}/bias", bias.astype(np.float32))
+        bias_tensor = self.numerics.bias(self.graph, f"{node.name}/bias", bias, x.tensor, weight)
         out, fused = self._result(node, (1, linear.out_features), nhwc=False)
         self.graph.op("FULLY_CONNECTED", [x.tensor, weight, bias_tensor], [out], "FullyConnectedOptions",
                       FusedActivationFunction=fused, KeepNumDims=False)
@@ -240,7 +317,7 @@ class _Lowering:
 
     def _activation(self, node: fx.Node, opcode: str) -> None:
         x = self.values[node.args[0]]
-        out = self.graph.activation(node.name, self._tflite_shape(node, x.nhwc))
+        out = self.numerics.activation(self.graph, node.name, self._tflite_shape(node, x.nhwc))
         self.graph.op(opcode, [x.tensor], [out])
         self.values[node] = _Value(out, x.nhwc)
 
@@ -255,7 +332,7 @@ class _Lowering:
         # TFLite's SAME average pool leaves padding out of the count where PyTorch may not: VALID only.
         if padding is None or dilation != (1, 1) or (not is_max and padding != "VALID"):
             raise UserError(f"layer {node.target}: this pooling window, stride and padding have no TFLite equivalent")
-        out = self.graph.activation(node.name, (1, oh, ow, c))
+        out = self.numerics.activation(self.graph, node.name, (1, oh, ow, c), like=x)  # int8 pools keep the scale
         self.graph.op("MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D", [x], [out], "Pool2DOptions",
                       Padding=enum("Padding", padding), StrideH=stride[0], StrideW=stride[1],
                       FilterHeight=kernel[0], FilterWidth=kernel[1])
@@ -265,11 +342,12 @@ class _Lowering:
         x = self._nhwc(node.args[0], node)
         _, _, h, w = self._shape(node.args[0])
         _, c, oh, ow = self._shape(node)
-        out = self.graph.activation(node.name, (1, oh, ow, c))
         if (oh, ow) == (1, 1):
+            out = self.numerics.activation(self.graph, node.name, (1, oh, ow, c))
             axes = self.graph.constant(f"{node.name}/axes", np.array([1, 2], np.int32))
             self.graph.op("MEAN", [x, axes], [out], "ReducerOptions", KeepDims=True)
         elif h % oh == 0 and w % ow == 0:
+            out = self.numerics.activation(self.graph, node.name, (1, oh, ow, c), like=x)
             self.graph.op("AVERAGE_POOL_2D", [x], [out], "Pool2DOptions", Padding=enum("Padding", "VALID"),
                           StrideH=h // oh, StrideW=w // ow, FilterHeight=h // oh, FilterWidth=w // ow)
         else:
@@ -284,7 +362,7 @@ class _Lowering:
         if x.nhwc and self._shape(source)[2:] != (1, 1):  # PyTorch flattens C, H, W in that order
             tensor = self._transpose(tensor, (0, 3, 1, 2), f"{node.name}/nchw")
         shape = self.graph.constant(f"{node.name}/shape", np.array([-1, features], np.int32))
-        out = self.graph.activation(node.name, (1, features))
+        out = self.numerics.activation(self.graph, node.name, (1, features), like=tensor)
         self.graph.op("RESHAPE", [tensor, shape], [out])
         self.values[node] = _Value(out, False)
 
@@ -292,26 +370,12 @@ class _Lowering:
         x = self.values[node.args[0]]
         if x.nhwc or len(self._shape(node)) != 2:
             raise UserError(f"operation {node.name}: TFLite export supports softmax over [N, classes] only")
-        out = self.graph.activation(node.name, self._shape(node))
+        self.numerics.check_softmax(node)
+        out = self.numerics.activation(self.graph, node.name, self._shape(node))
         self.graph.op("SOFTMAX", [x.tensor], [out], "SoftmaxOptions", Beta=1.0)
         self.values[node] = _Value(out, False)
 
     # -- helpers
-
-    def _weight(self, name: str, array: np.ndarray, sparse: bool) -> int:
-        """A float32 weight tensor: stored sparse + DENSIFY and/or float16 + DEQUANTIZE as asked."""
-        data = array.astype(np.float16 if self.fp16 else np.float32)
-        encoding = smallest_encoding(data) if sparse else None
-        if encoding is None:
-            tensor = self.graph.constant(name, data)
-        else:
-            stored = self.graph.sparse_constant(f"{name}/sparse", encoding)
-            tensor = self.graph.activation(f"{name}/dense", data.shape, dtype=data.dtype, batch_dynamic=False)
-            self.graph.op("DENSIFY", [stored], [tensor])
-        if self.fp16:
-            stored, tensor = tensor, self.graph.activation(f"{name}/float32", data.shape, batch_dynamic=False)
-            self.graph.op("DEQUANTIZE", [stored], [tensor])
-        return tensor
 
     def _result(self, node: fx.Node, shape: tuple[int, ...], nhwc: bool = True) -> tuple[int, int]:
         """The output tensor of ``node``, with a single following ReLU fused into it."""
@@ -319,7 +383,7 @@ class _Lowering:
         users = list(node.users)
         if len(users) == 1 and self._relu_kind(users[0]) is not None and users[0].args[0] is node:
             fused, produced_by = self._relu_kind(users[0]), users[0]
-        out = self.graph.activation(produced_by.name, shape)
+        out = self.numerics.activation(self.graph, produced_by.name, shape)
         self.values[node] = self.values[produced_by] = _Value(out, nhwc)
         return out, enum("ActivationFunctionType", fused)
 
@@ -341,13 +405,13 @@ class _Lowering:
         n, h, w, c = self.graph.shape_of(x)
         top, left, bottom, right = pads
         widths = self.graph.constant(f"{node.name}/pads", np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32))
-        out = self.graph.activation(f"{node.name}/padded", (n, h + top + bottom, w + left + right, c))
+        out = self.numerics.activation(self.graph, f"{node.name}/padded", (n, h + top + bottom, w + left + right, c), like=x)
         self.graph.op("PAD", [x, widths], [out])
         return out
 
     def _transpose(self, x: int, perm: tuple[int, ...], name: str) -> int:
         shape = self.graph.shape_of(x)
-        out = self.graph.activation(name, tuple(shape[p] for p in perm))
+        out = self.numerics.activation(self.graph, name, tuple(shape[p] for p in perm), like=x)
         self.graph.op("TRANSPOSE", [x, self.graph.constant(f"{name}/perm", np.array(perm, np.int32))], [out])
         return out
 

@@ -19,9 +19,17 @@ _SCHEMA_VERSION = 3
 _FILE_IDENTIFIER = b"TFL3"
 _ALIGN = 16
 _INDEX_VECTOR_TYPES = {np.dtype(np.int32): "Int32Vector", np.dtype(np.uint16): "Uint16Vector", np.dtype(np.uint8): "Uint8Vector"}
-_TENSOR_TYPES = {np.dtype(np.float32): "FLOAT32", np.dtype(np.float16): "FLOAT16", np.dtype(np.int32): "INT32"}
-# Builtin operators whose inputs in our graphs need a version above 1 to be resolved.
-_OP_VERSIONS = {"DEQUANTIZE": 3}  # version 3 reads float16
+_TENSOR_TYPES = {np.dtype(np.float32): "FLOAT32", np.dtype(np.float16): "FLOAT16", np.dtype(np.int32): "INT32",
+                 np.dtype(np.int8): "INT8"}
+# Operator versions above 1, by (operator, type of its first input), as TFLite's op_version.cc
+# assigns them: runtimes that predate a version refuse the model instead of misreading it.
+_INT8 = np.dtype(np.int8)
+_OP_VERSIONS = {
+    ("DEQUANTIZE", np.dtype(np.float16)): 3, ("DEQUANTIZE", _INT8): 2,
+    ("CONV_2D", _INT8): 3, ("DEPTHWISE_CONV_2D", _INT8): 3, ("FULLY_CONNECTED", _INT8): 4,
+    ("ADD", _INT8): 2, ("MEAN", _INT8): 2, ("MAX_POOL_2D", _INT8): 2, ("AVERAGE_POOL_2D", _INT8): 2,
+    ("PAD", _INT8): 2, ("TRANSPOSE", _INT8): 2, ("RELU", _INT8): 2, ("RELU6", _INT8): 2,
+}
 
 
 def schema(name: str) -> Any:
@@ -33,6 +41,19 @@ def enum(name: str, member: str) -> int:
     return getattr(getattr(schema(name), name), member)
 
 
+@dataclass(frozen=True)
+class Quantization:
+    """real = scale * (q - zero_point): one scale and zero point per tensor, or one per index of ``axis``."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int = 0
+
+    @classmethod
+    def per_tensor(cls, scale: float, zero_point: int) -> "Quantization":
+        return cls(np.array([scale], np.float32), np.array([zero_point], np.int64))
+
+
 @dataclass
 class _Tensor:
     name: str
@@ -41,6 +62,7 @@ class _Tensor:
     data: np.ndarray | None = None
     sparse: SparseTensor | None = None
     batch_dynamic: bool = False
+    quantization: Quantization | None = None
 
 
 @dataclass
@@ -61,22 +83,31 @@ class TFLiteGraph:
         self.inputs: list[int] = []
         self.outputs: list[int] = []
 
-    def activation(self, name: str, shape: tuple[int, ...], dtype=np.float32, batch_dynamic: bool = True) -> int:
+    def activation(self, name: str, shape: tuple[int, ...], dtype=np.float32, batch_dynamic: bool = True,
+                   quantization: Quantization | None = None) -> int:
         """A tensor computed at run time; with ``batch_dynamic`` its first dimension is the batch."""
-        self.tensors.append(_Tensor(name, tuple(int(d) for d in shape), np.dtype(dtype), batch_dynamic=batch_dynamic))
+        self.tensors.append(_Tensor(name, tuple(int(d) for d in shape), np.dtype(dtype), batch_dynamic=batch_dynamic,
+                                    quantization=quantization))
         return len(self.tensors) - 1
 
-    def constant(self, name: str, data: np.ndarray) -> int:
+    def constant(self, name: str, data: np.ndarray, quantization: Quantization | None = None) -> int:
         data = np.ascontiguousarray(data)
-        self.tensors.append(_Tensor(name, data.shape, data.dtype, data=data))
+        self.tensors.append(_Tensor(name, data.shape, data.dtype, data=data, quantization=quantization))
         return len(self.tensors) - 1
 
-    def sparse_constant(self, name: str, sparse: SparseTensor) -> int:
-        self.tensors.append(_Tensor(name, sparse.shape, sparse.values.dtype, data=sparse.values, sparse=sparse))
+    def sparse_constant(self, name: str, sparse: SparseTensor, quantization: Quantization | None = None) -> int:
+        self.tensors.append(_Tensor(name, sparse.shape, sparse.values.dtype, data=sparse.values, sparse=sparse,
+                                    quantization=quantization))
         return len(self.tensors) - 1
 
     def shape_of(self, tensor: int) -> tuple[int, ...]:
         return self.tensors[tensor].shape
+
+    def dtype_of(self, tensor: int) -> np.dtype:
+        return self.tensors[tensor].dtype
+
+    def quantization_of(self, tensor: int) -> Quantization | None:
+        return self.tensors[tensor].quantization
 
     def op(self, opcode: str, inputs: list[int], outputs: list[int], options_table: str | None = None, **options: Any) -> None:
         """Append an operator; ``inputs`` may hold -1 for an omitted optional input."""
@@ -107,7 +138,7 @@ class _Serializer:
         opcode_offsets = [self._table("OperatorCode", {
             "DeprecatedBuiltinCode": min(enum("BuiltinOperator", name), 127),  # 127: "see builtin_code"
             "BuiltinCode": enum("BuiltinOperator", name),
-            "Version": _OP_VERSIONS.get(name, 1),
+            "Version": self._version(name),
         }) for name in opcodes]
         metadata_offsets = []
         for name, payload in metadata.items():
@@ -140,7 +171,22 @@ class _Serializer:
             fields["ShapeSignature"] = self._ints((-1,) + t.shape[1:], np.int32)
         if t.sparse is not None:
             fields["Sparsity"] = self._sparsity(t.sparse)
+        if t.quantization is not None:
+            fields["Quantization"] = self._quantization(t.quantization)
         return self._table("Tensor", fields)
+
+    def _quantization(self, q: Quantization) -> int:
+        return self._table("QuantizationParameters", {
+            "Scale": self._ints(q.scale, np.float32),
+            "ZeroPoint": self._ints(q.zero_point, np.int64),
+            "QuantizedDimension": q.axis,
+        })
+
+    def _version(self, opcode: str) -> int:
+        """The highest version any operator with this opcode needs."""
+        tensors = self.graph.tensors
+        return max(_OP_VERSIONS.get((op.opcode, tensors[op.inputs[0]].dtype), 1)
+                   for op in self.graph.operators if op.opcode == opcode)
 
     def _sparsity(self, s: SparseTensor) -> int:
         levels = []
