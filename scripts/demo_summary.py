@@ -11,12 +11,14 @@ from pscompress.core.metadata import decode_onnx_metadata
 
 def main(out: Path) -> None:
     conversion = json.loads((out / "convert.json").read_text())["total"]
-    results = {name: json.loads((out / f"eval-{name}.json").read_text()) for name in ("dense", "4of9", "4of9-tuned")}
+    results = {name: json.loads((out / f"eval-{name}.json").read_text()) for name in ("dense", "4of9", "4of9-tuned",
+                                                                                       "4of9-int8-tuned")}
     rows = []
     for label, name, macs, nonzero in (
         ("dense ResNet-20", "dense", conversion["macs_dense"], conversion["params"]),
         ("4-of-9 pSConv ResNet-20", "4of9", conversion["macs"], conversion["nonzero"]),
         ("  the same, tuned for this CPU", "4of9-tuned", conversion["macs"], conversion["nonzero"]),
+        ("  the same in int8, tuned", "4of9-int8-tuned", conversion["macs"], conversion["nonzero"]),
     ):
         result = results[name]
         rows.append((label, f"{result['top1']:.2%}", f"{result['model']['size_bytes'] / 1024:.0f} KB",
@@ -26,22 +28,24 @@ def main(out: Path) -> None:
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
     print(f"\nMACs {conversion['mac_reduction']:.2f}x fewer; outputs in {out}/")
-    print(speed_line(out / "resnet20-4of9-tuned.onnx"))
+    print(speed_line(out / "resnet20-4of9-tuned.onnx", "dense kernels", "the untuned pSConv export"))
+    print(speed_line(out / "resnet20-4of9-int8-tuned.onnx", "onnxruntime's int8 dense kernels (what quantize_static "
+                     "gives)", "the untuned int8 pSConv file"))
+    print("The latency column comes from separate eval runs, so the machine's load moves it too.")
 
 
-def speed_line(tuned_path: Path) -> str:
+def speed_line(tuned_path: Path, dense: str, native: str) -> str:
     """What tune measured here, in interleaved runs: the tuned model against every layer dense
-    (the dense export's kernels, docs/tune.md) and every layer native (the untuned export)."""
+    (the ``dense`` kernels, docs/tune.md) and every layer native (the ``native`` file)."""
     plan = decode_onnx_metadata(read_onnx(tuned_path).metadata, str(tuned_path))["tune"]
     times = plan["model_ms"]
     tuned = times[plan["plan"]]
     dense_layers = sum(node["choice"] == "dense" for node in plan["nodes"])
     threads = plan["threads"] or "onnxruntime's default"
-    return (f"speed on this {plan['cpu']} ({plan['isa']} kernels, onnxruntime {plan['onnxruntime']}, batch "
-            f"{plan['batch']}, threads: {threads}), from tune's interleaved runs: the tuned model runs "
-            f"{times['dense'] / tuned:.2f}x the speed of dense kernels and {times['native'] / tuned:.2f}x that of "
-            f"the untuned pSConv export, with {dense_layers} of {len(plan['nodes'])} layers dense (> 1 is faster).\n"
-            "The latency column comes from separate eval runs, so the machine's load moves it too.")
+    return (f"{tuned_path.name} on this {plan['cpu']} ({plan['isa']} kernels, onnxruntime {plan['onnxruntime']}, "
+            f"batch {plan['batch']}, threads: {threads}), from tune's interleaved runs: {times['dense'] / tuned:.2f}x "
+            f"the speed of {dense} and {times['native'] / tuned:.2f}x that of {native}, with {dense_layers} of "
+            f"{len(plan['nodes'])} layers dense (> 1 is faster).")
 
 
 if __name__ == "__main__":
