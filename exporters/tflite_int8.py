@@ -93,7 +93,9 @@ def calibration_images(loaded: LoadedModel, input_shape: tuple[int, int, int], s
     count = min(count, len(dataset))
     if count == 0:
         raise UserError("no calibration images: the data set is empty")
-    indices = np.sort(np.random.default_rng(0).choice(len(dataset), size=count, replace=False))
+    from pscompress.workstation.quantize import calibration_indices
+
+    indices = calibration_indices(len(dataset), count)
     return np.concatenate([normalize(x, preprocess).astype(np.float32)
                            for x, _ in dataset.batches(CALIBRATION_BATCH, indices)])
 

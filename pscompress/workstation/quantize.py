@@ -313,7 +313,7 @@ def quantize_file(path: str | Path, spec: str, output: str | Path, calibration: 
     data = load_dataset(spec, split).in_channel_order(preprocess.get("channel_order"))
     check_compatible(data, shape[0], len(meta["classes"]) if meta.get("classes") else len(data.classes), shape[1:])
     count = min(calibration, len(data))
-    indices = np.sort(np.random.default_rng(0).choice(len(data), size=count, replace=False))
+    indices = calibration_indices(len(data), count)
     batches = (normalize(x, preprocess).astype(np.float32) for x, _ in data.batches(CALIBRATION_BATCH, indices))
     with atomic_output(output) as tmp:
         with tqdm(total=count, desc="calibrating", unit="img", leave=False,
@@ -331,6 +331,11 @@ def quantize_file(path: str | Path, spec: str, output: str | Path, calibration: 
     return QuantizeSummary(path=str(output), bytes=len(data_bytes),
                            fp32_bytes=_dense_equivalent(model).ByteSize(), int8_layers=int8_layers,
                            dense_layers=left_dense, calibration_images=count)
+
+
+def calibration_indices(length: int, count: int) -> np.ndarray:
+    """The seeded sample of ``count`` of ``length`` images that every int8 export calibrates on, in order."""
+    return np.sort(np.random.default_rng(0).choice(length, size=count, replace=False))
 
 
 def _verify(model: bytes, reference: bytes, feed: dict[str, np.ndarray]) -> None:
