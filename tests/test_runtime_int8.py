@@ -113,6 +113,8 @@ FIXED = [
           patterns=(0x1FFFFFF, 0b1000110001000110001)),
     QCase(n=0, c=4, m=6, h=5, w=5),                                      # empty batch
     QCase(n=1, c=20, m=14, h=15, w=8, x_zero_point=255, y_zero_point=255, inputs=("W", "w_scale", "B")),
+    # 19 channels a group: a dot kernel's four-channel elements, then three with one channel each
+    QCase(n=2, c=38, m=20, h=9, w=11, group=2, shift=1, x_zero_point=3),
 ]
 CASES = FIXED + ow_cases() + random_cases(60, seed=5)
 

@@ -2,7 +2,8 @@
 // (2 * m * n * k per call) and the ratio to the scalar path measured in the same run. B rows
 // are scattered over a buffer as a layer's taps are over its phase planes. Then the same for
 // the depthwise kernels (dwconv.h), one output channel of MobileNetV2's depthwise shapes per
-// call (2 * rows * n * k). Not a test.
+// call (2 * rows * n * k), and for the int8 kernels (qgemm.h), pair and dot alike, on the GEMM
+// shapes (2 * m * n * weights per row: k taps of one channel, or k / 4 elements of four). Not a test.
 //   ukernel_bench [seconds per measurement, default 0.2]
 #include <algorithm>
 #include <chrono>
@@ -11,10 +12,12 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dispatch.h"
 #include "dwconv.h"
+#include "qgemm.h"
 #include "ukernel.h"
 
 using namespace pscompress;
@@ -83,6 +86,53 @@ double seconds_per_call(Kernel kernel, const Args& args, double budget) {
   return best;
 }
 
+// The int8 kernels of one layout (pick(path): null where a path has none) on shape s, k
+// weights per row; GOP/s against the same layout's scalar kernel. A dot kernel takes its
+// kDotTiles tiles (of the same B here) per call.
+template <class Args, class Packing, class Pick>
+void time_int8(const char* layout, const Shape& s, Pick pick, double budget) {
+  constexpr size_t kRowStride = 1156;
+  const size_t k = s.k / Packing::kLanes;
+  std::vector<typename Args::Weight> a(Packing::slots(k) * kMR, 3);
+  std::vector<typename Args::Element> b(k * kRowStride + kNR);
+  std::vector<int32_t> bias(kMR, 100);
+  std::vector<float> scale(kMR, 1e-4f);
+  std::vector<uint8_t> y(kMR * kNR);
+  std::vector<int64_t> offsets(k);
+  for (size_t i = 0; i < k; ++i) offsets[i] = static_cast<int64_t>((i * 37 % k) * kRowStride + i % 3);
+  Args args{};
+  args.k = k;
+  args.a = a.data();
+  args.b_base = b.data();
+  args.b_offsets = offsets.data();
+  args.b_split = s.b_split;
+  args.y = y.data();
+  args.y_split = s.y_split;
+  args.y_row_stride = kNR;
+  args.bias = bias.data();
+  args.scale = scale.data();
+  args.channel_stride = 1;
+  args.y_zero_point = 128;
+  args.m = s.m;
+  args.n = s.n;
+  std::vector<std::pair<const char*, double>> times;
+  const Args tiles[kDotTiles] = {args, args, args, args};
+  size_t per_call = 1;
+  for (const CpuPath& path : supported_paths()) {
+    const auto kernel = pick(path);
+    if (!kernel) continue;
+    if constexpr (std::is_same_v<Args, QDotArgs>) {
+      per_call = kDotTiles;
+      times.emplace_back(path.name, seconds_per_call([&](const Args*) { kernel(tiles, kDotTiles); }, tiles, budget));
+    } else {
+      times.emplace_back(path.name, seconds_per_call(kernel, args, budget));
+    }
+  }
+  for (const auto& [name, t] : times)
+    std::printf("%-20s %-5s %-11s %8.2f %9.2fx\n", s.what, layout, name, 2e-9 * s.m * s.n * s.k * per_call / t,
+                times.back().second / t);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -115,6 +165,11 @@ int main(int argc, char** argv) {
     for (size_t p = 0; p < paths.size(); ++p)
       std::printf("%-20s %-9s %8.2f %9.2fx\n", s.what, paths[p].name, 2e-9 * s.m * s.n * s.k / times[p],
                   times.back() / times[p]);
+  }
+  std::printf("\n%-20s %-5s %-11s %8s %10s\n", "int8 shape", "kind", "path", "GOP/s", "vs scalar");
+  for (const Shape& s : kShapes) {
+    time_int8<QGemmArgs, QGemmPacking>("pairs", s, [](const CpuPath& p) { return p.qgemm; }, budget);
+    time_int8<QDotArgs, QDotPacking>("dots", s, [](const CpuPath& p) { return p.qdot; }, budget);
   }
   std::printf("\n%-20s %-9s %8s %10s\n", "depthwise channel", "path", "GFLOP/s", "vs scalar");
   for (const DwShape& s : kDwShapes) {

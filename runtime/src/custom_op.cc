@@ -181,7 +181,7 @@ class QKernel {
  public:
   static constexpr const char* kName = "QLinearPSConv";
   explicit QKernel(const OrtKernelInfo* raw)
-      : path_(require_path()), conv_(read_quantized_attributes(Ort::ConstKernelInfo(raw))) {
+      : path_(require_path()), conv_(read_quantized_attributes(Ort::ConstKernelInfo(raw)), {path_.qgemm, path_.qdot}) {
     Ort::ConstKernelInfo info(raw);
     int is_constant = 0;
     Ort::ConstValue w = info.GetTensorConstantInput(kW, &is_constant);
@@ -240,7 +240,7 @@ class QKernel {
     const std::vector<int64_t> y_shape = conv_.output_shape(in);
     uint8_t* y = ctx.GetOutput(0, y_shape).GetTensorMutableData<uint8_t>();
     if (y_shape[0] == 0) return;
-    conv_.run(in, requantization_ ? *requantization_ : *per_run, y, path_.qgemm, parallel_of(ctx));
+    conv_.run(in, requantization_ ? *requantization_ : *per_run, y, parallel_of(ctx));
   }
 
   const CpuPath& path_;

@@ -1,7 +1,6 @@
 // Picks the fastest microkernels this CPU supports, once per process: a path is one ISA's
 // GEMM kernel (ukernel.h), depthwise kernel (dwconv.h) and int8 GEMM kernel (qgemm.h), always
-// chosen together. A later int8 kernel (AVX-VNNI, ARMv8.2 sdot) would become a path's qgemm
-// where the CPU has it.
+// chosen together, with the int8 dot kernel (qgemm.h, "Dots") where the CPU has one.
 #pragma once
 
 #include <vector>
@@ -13,10 +12,11 @@
 namespace pscompress {
 
 struct CpuPath {
-  const char* name;  // "avx512f", "avx2-fma", "neon", "scalar", or "unsupported:<forced name>"
+  const char* name;  // "avx512-vnni", "avx512f", "avx2-fma", "neon", "scalar", or "unsupported:<forced name>"
   Ukernel ukernel;   // null for an unsupported forced name
   Dwconv dwconv;     // the same ISA's depthwise kernel; null likewise
-  QGemm qgemm;       // the same ISA family's int8 GEMM kernel; null likewise
+  QGemm qgemm;       // the same ISA family's int8 pair kernel; null likewise
+  QDot qdot;         // its int8 dot kernel; null where the ISA has no dot product the path may use
 };
 
 // The paths this build can run on this CPU, fastest first; "scalar" is always there.

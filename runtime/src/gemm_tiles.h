@@ -50,7 +50,7 @@ void gemm_tile_block(const SparseLayer& cv, const Plan& plan, const E* planes, s
   const Panels panels(ceil_div(cv.mg_ - j, cv.p_));
   const size_t k = cv.class_k(r);
   const int64_t* rel = plan.rel[r].data();
-  const E* group_image = planes + n * geo.image + g * cv.cg_ * geo.channel;
+  const E* group_image = planes + n * geo.image + g * cv.cq_ * geo.channel;
 
   // B reads. Every half row a tile reads starts inside the planes, on a plane row that one of
   // the tile's valid outputs reads: a row tile's at most 15 elements and a two-row tile's at
@@ -98,8 +98,8 @@ void gemm_tile_block(const SparseLayer& cv, const Plan& plan, const E* planes, s
   }
 }
 
-// Per chunk of images (Geometry::chunk; the first is image n0): fill(n0, task, planes) copies
-// (image, channel) `task` of the chunk into its planes, whose padding is zeroed already, then
+// Per chunk of images (Geometry::chunk; the first is image n0): fill(n0, task, planes) fills
+// (image, plane channel) `task` of the chunk, its planes, padding included, then
 // kernel(n0, call, tiles, count) computes every panel of the chunk on its tiles (gemm_tile_block), then
 // done(n0, images). The planes are followed by kNR spare elements that complete the last rows'
 // whole-vector reads ("B reads"); uninitialised on purpose, as fill writes every plane element.
@@ -111,11 +111,7 @@ void run_gemm(const SparseLayer& layer, const Plan& plan, const Parallel& parall
   std::unique_ptr<E[]> xph(new E[chunk * geo.image + kNR]);
   std::fill_n(xph.get() + chunk * geo.image, kNR, E{0});
   size_t n0 = 0;
-  auto fill_task = [&](size_t task) {
-    E* const planes = xph.get() + task * geo.channel;
-    zero_padding(plan, planes);
-    fill(n0, task, planes);
-  };
+  auto fill_task = [&](size_t task) { fill(n0, task, xph.get() + task * geo.channel); };
   auto gemm_task = [&](size_t task) {
     gemm_tile_block(layer, plan, xph.get(), task, [&](const PanelCall& call, const TileSource<E>* tiles, size_t count) {
       kernel(n0, call, tiles, count);
@@ -123,7 +119,7 @@ void run_gemm(const SparseLayer& layer, const Plan& plan, const Parallel& parall
   };
   for (; n0 < geo.n; n0 += chunk) {
     const size_t images = std::min(chunk, geo.n - n0);
-    parallel_for(parallel, images * layer.c_, fill_task);
+    parallel_for(parallel, images * layer.plane_channels(), fill_task);
     parallel_for(parallel, images * gemm_tasks_per_image(layer, plan), gemm_task);
     done(n0, images);
   }

@@ -1,6 +1,7 @@
 // Filling the phase planes (sparse_layer.h, Geometry) of one input channel, for any element
 // type: Convert says how an input value becomes a plane element. fp32 PSConv copies floats and
-// notes Inf and NaN (psconv.cc); QLinearPSConv stores x - x_zero_point as int16 (qlinear_psconv.cc).
+// notes Inf and NaN (psconv.cc); QLinearPSConv stores x - x_zero_point as int16, or x in one
+// lane of a Quad (qlinear_psconv.cc).
 // Convert has In and Out (the input's and the planes' element types) and
 //   uint32_t put(Out* dst, const In* src) const:  *dst from *src, returning flags that the
 //   copy ORs together (copy_image returns them).
@@ -15,20 +16,20 @@
 
 namespace pscompress {
 
-// Zeroes the padding of one channel's planes (geo.channel elements): the rows and columns that
-// hold no image value. It lies at the same places for every channel of a run.
+// Sets the padding of one channel's planes (geo.channel elements), the rows and columns that
+// hold no image value, to `pad`. It lies at the same places for every channel of a run.
 template <class Out>
-void zero_padding(const Plan& plan, Out* planes) {
+void fill_padding(const Plan& plan, Out* planes, Out pad = Out{}) {
   const Geometry& geo = plan.geo;
   for (size_t ph = 0; ph < geo.phases; ++ph) {
     const PhaseColumns& c = plan.columns[ph];
     for (size_t s = 0; s < geo.hs; ++s) {
       Out* const row = planes + ph * geo.plane + s * geo.ws;
       if (plan.image_rows[s] == kPadding) {
-        std::fill_n(row, geo.ws, Out{0});
+        std::fill_n(row, geo.ws, pad);
       } else {
-        std::fill_n(row, c.lo, Out{0});
-        std::fill_n(row + c.hi, geo.ws - c.hi, Out{0});
+        std::fill_n(row, c.lo, pad);
+        std::fill_n(row + c.hi, geo.ws - c.hi, pad);
       }
     }
   }
@@ -64,7 +65,7 @@ uint32_t split_pairs(typename Convert::Out* even, typename Convert::Out* odd, co
 }
 
 // Copies the image values of one channel (image: its H x W values) into its planes
-// (geo.channel elements, padding written by zero_padding), reading each image row once;
+// (geo.channel elements, padding written by fill_padding), reading each image row once;
 // returns the flags of the values that some window reads.
 template <class Convert>
 uint32_t copy_image(const SparseLayer& layer, const Plan& plan, const typename Convert::In* image,

@@ -99,7 +99,7 @@ void PSConv::compute_depthwise(const Run& run, size_t task) {
   thread_local Planes planes;
   if (planes.padded_for != run.id) {
     if (planes.floats.size() < geo.channel + kNR) planes.floats.resize(geo.channel + kNR);
-    zero_padding(plan, planes.floats.data());
+    fill_padding(plan, planes.floats.data());
     planes.padded_for = run.id;
   }
   run.non_finite[task] = copy_checked(layer, plan, run.x + task * geo.h * geo.w, planes.floats.data());
@@ -184,6 +184,7 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, con
   const float* const a = prepacked_.empty() ? a_local.data() : prepacked_.data();
   const float* const bias = in.has_b ? in.b : nullptr;
   auto fill = [&](size_t n0, size_t task, float* planes) {
+    fill_padding(plan, planes);
     non_finite[task] = copy_checked(layer_, plan, in.x + n0 * x_image + task * geo.h * geo.w, planes);
   };
   // Per panel the fields of all its tiles, per tile the others (as ukernel.h orders them).

@@ -4,7 +4,7 @@
 //   mul(Real, Real), clamp(Real v, lo, hi) = min(hi, max(lo, v)), round(Real) -> Int (to
 //   nearest even), store_first(uint8_t* p, Int v, count): the first count (0 to 8) lanes, each
 //   0 to 255, as bytes, touching nothing else.
-// Included only by the qgemm_6x16_<isa>.cc files, each with its own Isa (see ukernel_tile.h on
+// Included only by the qgemm_6x16_<isa>.cc and qdot_6x16_<isa>.cc files, each with its own Isa (see ukernel_tile.h on
 // why the operations live in anonymous namespaces).
 #pragma once
 
@@ -26,8 +26,8 @@ inline typename Isa::Int requantize(typename Isa::Int acc, typename Isa::Int bia
 // Rows m < `rows` of the accumulated tile (pixels 0..7 of row m in acc[m][0], 8..15 in
 // acc[m][1]) to Y, at the places qgemm.h gives: rows in order, in each the lower half before
 // the upper, so that when the halves overlap in Y the upper half's pixels are the ones left.
-template <class Isa>
-inline void requantize_tile(const typename Isa::Int (&acc)[kMR][2], size_t rows, const QGemmArgs& args) {
+template <class Isa, class Args>
+inline void requantize_tile(const typename Isa::Int (&acc)[kMR][2], size_t rows, const Args& args) {
   static_assert(kNR == 16, "two halves of 8 pixels");
   using Real = typename Isa::Real;
   const size_t n0 = args.n < 8 ? args.n : 8, n1 = args.n - n0;

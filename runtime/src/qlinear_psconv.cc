@@ -41,18 +41,97 @@ float scale(const TensorRef<float>& t, const char* name) {
   return s;
 }
 
+// The planes of the dot kernels hold x itself, four channels to a Quad: a whole Quad from
+// the four channels' images (`stride` bytes apart) in one pass, or one lane of it.
+struct CopyQuad {
+  using In = uint8_t;
+  using Out = Quad;
+  size_t stride;
+  uint32_t put(Quad* dst, const uint8_t* src) const {
+    *dst = {{src[0], src[stride], src[2 * stride], src[3 * stride]}};
+    return 0;
+  }
+};
+struct CopyToLane {
+  using In = uint8_t;
+  using Out = Quad;
+  size_t lane;
+  uint32_t put(Quad* dst, const uint8_t* src) const {
+    dst->lane[lane] = *src;
+    return 0;
+  }
+};
+
+// A block's tiles to a kernel: the pair kernels one at a time, the dot kernels kDotTiles at a
+// time, as long as the tiles share b_split (only the last two-row tile of an odd OH differs).
+void run_kernel(QGemm kernel, const QGemmArgs* tiles, size_t count) {
+  for (size_t t = 0; t < count; ++t) kernel(tiles[t]);
+}
+void run_kernel(QDot kernel, const QDotArgs* tiles, size_t count) {
+  for (size_t t = 0, end; t < count; t = end) {
+    for (end = t + 1; end < count && end - t < kDotTiles && tiles[end].b_split == tiles[t].b_split;) ++end;
+    kernel(tiles + t, end - t);
+  }
+}
+
+// Runs `kernel` on every tile of the run, fill(n0, task, planes) filling the planes first
+// (run_gemm); a holds the weights as Packing packs them, bias the per-output bias (nullable).
+template <class Packing, class Args, class Kernel, class Fill>
+void run_tiles(const SparseLayer& layer, const Plan& plan, const Requantization& rq, const int32_t* bias,
+               const typename Args::Weight* a, Kernel kernel, uint8_t* y, Fill&& fill, const Parallel& parallel) {
+  const std::vector<size_t> offsets = layer.pair_offsets<Packing>();
+  const size_t m = layer.m_, p = layer.p_, ohw = plan.geo.ohw;
+  auto tiles_kernel = [&](size_t n0, const PanelCall& call, const TileSource<typename Args::Element>* tiles,
+                          size_t count) {
+    Args args[kMaxTileBlock];
+    uint8_t* const y_panel = y + ((n0 + call.n) * m + call.o) * ohw;
+    for (size_t t = 0; t < count; ++t) {
+      args[t] = Args{};
+      args[t].k = call.k;
+      args[t].a = a + offsets[call.q] + call.panel * kMR * Packing::slots(call.k);
+      args[t].b_base = tiles[t].b_base;
+      args[t].b_offsets = tiles[t].b_offsets;
+      args[t].b_split = tiles[t].b_split;
+      args[t].y = y_panel + tiles[t].y_offset;
+      args[t].y_split = tiles[t].y_split;
+      args[t].y_row_stride = p * ohw;
+      args[t].bias = bias ? bias + call.o : nullptr;
+      args[t].scale = rq.scale.data() + call.o;
+      args[t].channel_stride = p;
+      args[t].y_zero_point = rq.y_zero_point;
+      args[t].m = call.rows;
+      args[t].n = tiles[t].valid;
+    }
+    run_kernel(kernel, args, count);
+  };
+  run_gemm<typename Args::Element>(layer, plan, parallel, fill, tiles_kernel, [](size_t, size_t) {});
+}
+
 }  // namespace
 
-QLinearPSConv::QLinearPSConv(const LayerAttributes& a) : layer_(a) {
+QLinearPSConv::QLinearPSConv(const LayerAttributes& a, QKernels kernels)
+    : layer_(a, kernels.dot ? QDotPacking::kLanes : 1), kernels_(kernels) {
   for (size_t o = 0; o < std::min(layer_.m_, layer_.p_); ++o)  // the classes that have outputs
-    if (layer_.class_k(layer_.class_of(o)) > kMaxTaps)
-      fail("in_channels: an output keeps " + std::to_string(layer_.class_k(layer_.class_of(o))) +
+    if (layer_.class_taps(layer_.class_of(o)) > kMaxTaps)
+      fail("in_channels: an output keeps " + std::to_string(layer_.class_taps(layer_.class_of(o))) +
            " taps, over the 32768 that int32 accumulation allows");
+}
+
+void QLinearPSConv::pack(const int8_t* w, Packed& packed) const {
+  if (!uses_dot()) return layer_.pack<QGemmPacking>(w, layer_.pair_offsets<QGemmPacking>(), packed.pairs);
+  layer_.pack<QDotPacking>(w, layer_.pair_offsets<QDotPacking>(), packed.dots);
+  packed.sums.assign(layer_.m_, 0);  // |sum| <= 128 * 32768
+  for (size_t o = 0, start = 0; o < layer_.m_; ++o) {
+    const size_t taps = layer_.class_taps(layer_.class_of(o));
+    for (size_t i = 0; i < taps; ++i) packed.sums[o] += w[start + i];
+    start += taps;
+  }
 }
 
 void QLinearPSConv::prepack(const int8_t* w, size_t w_len) {
   layer_.check_w_length(w_len);
-  layer_.pack<QGemmPacking>(w, layer_.pair_offsets<QGemmPacking>(), prepacked_);
+  pack(w, prepacked_);
+  is_prepacked_ = true;
 }
 
 Requantization QLinearPSConv::requantization(const QuantizationInputs& q) const {
@@ -74,7 +153,7 @@ Requantization QLinearPSConv::requantization(const QuantizationInputs& q) const 
 
 std::vector<int64_t> QLinearPSConv::output_shape(const QInputs& in) const {
   const std::vector<int64_t> y = layer_.output_shape(in.x_shape, in.x_rank);
-  if (prepacked_.empty()) layer_.check_w_length(in.w_len);
+  if (!is_prepacked_) layer_.check_w_length(in.w_len);
   if (in.has_b) {
     layer_.check_per_output(in.b_shape, in.b_rank, "B");
     for (size_t o = 0; o < layer_.m_; ++o)
@@ -83,42 +162,56 @@ std::vector<int64_t> QLinearPSConv::output_shape(const QInputs& in) const {
   return y;
 }
 
-void QLinearPSConv::run(const QInputs& in, const Requantization& rq, uint8_t* y, QGemm qgemm,
-                        const Parallel& parallel) const {
+void QLinearPSConv::run(const QInputs& in, const Requantization& rq, uint8_t* y, const Parallel& parallel) const {
   if (in.x_shape[0] == 0) return;
+  Packed local;
+  if (!is_prepacked_) pack(in.w, local);
+  const Packed& packed = is_prepacked_ ? prepacked_ : local;
+  if (uses_dot()) return run_dots(in, rq, y, packed, parallel);
+  run_pairs(in, rq, y, packed.pairs.data(), parallel);
+}
+
+void QLinearPSConv::run_pairs(const QInputs& in, const Requantization& rq, uint8_t* y, const int16_t* a,
+                              const Parallel& parallel) const {
   const Plan plan = layer_.plan(in.x_shape);
-  const Geometry& geo = plan.geo;
-  const std::vector<size_t> offsets = layer_.pair_offsets<QGemmPacking>();
-  std::vector<int16_t> a_local;
-  if (prepacked_.empty()) layer_.pack<QGemmPacking>(in.w, offsets, a_local);
-  const int16_t* const a = prepacked_.empty() ? a_local.data() : prepacked_.data();
-  const size_t m = layer_.m_, p = layer_.p_, ohw = geo.ohw, x_image = layer_.c_ * geo.h * geo.w;
+  const size_t x_image = layer_.c_ * plan.geo.h * plan.geo.w;
   const SubtractZeroPoint convert{static_cast<int16_t>(rq.x_zero_point)};
   auto fill = [&](size_t n0, size_t task, int16_t* planes) {
-    copy_image(layer_, plan, in.x + n0 * x_image + task * geo.h * geo.w, planes, convert);
+    fill_padding(plan, planes);
+    copy_image(layer_, plan, in.x + n0 * x_image + task * plan.geo.h * plan.geo.w, planes, convert);
   };
-  auto kernel = [&](size_t n0, const PanelCall& call, const TileSource<int16_t>* tiles, size_t count) {
-    QGemmArgs args{};
-    args.k = call.k;
-    args.a = a + offsets[call.q] + call.panel * kMR * QGemmPacking::slots(call.k);
-    args.y_row_stride = p * ohw;
-    args.bias = in.has_b ? in.b + call.o : nullptr;
-    args.scale = rq.scale.data() + call.o;
-    args.channel_stride = p;
-    args.y_zero_point = rq.y_zero_point;
-    args.m = call.rows;
-    uint8_t* const y_panel = y + ((n0 + call.n) * m + call.o) * ohw;
-    for (const TileSource<int16_t>* tile = tiles; tile < tiles + count; ++tile) {
-      args.b_base = tile->b_base;
-      args.b_offsets = tile->b_offsets;
-      args.b_split = tile->b_split;
-      args.y = y_panel + tile->y_offset;
-      args.y_split = tile->y_split;
-      args.n = tile->valid;
-      qgemm(args);
+  run_tiles<QGemmPacking, QGemmArgs>(layer_, plan, rq, in.has_b ? in.b : nullptr, a, kernels_.gemm, y, fill, parallel);
+}
+
+void QLinearPSConv::run_dots(const QInputs& in, const Requantization& rq, uint8_t* y, const Packed& packed,
+                             const Parallel& parallel) const {
+  const Plan plan = layer_.plan(in.x_shape);
+  const size_t channel = plan.geo.h * plan.geo.w, x_image = layer_.c_ * channel;
+  const size_t p = layer_.p_, cg = layer_.cg_, cq = layer_.cq_, per_image = layer_.plane_channels();
+  // sum W * (x - zp) = sum W * x - zp * sum W; within int32 as |B| <= 2^30 and |zp * sum W| < 2^23.
+  std::vector<int32_t> bias(layer_.m_);
+  for (size_t o = 0; o < layer_.m_; ++o)
+    bias[o] = (in.has_b ? in.b[o] : 0) - rq.x_zero_point * packed.sums[o];
+  const uint8_t zp = static_cast<uint8_t>(rq.x_zero_point);
+  const Quad pad{{zp, zp, zp, zp}};  // padding counts as x_zero_point, as in QLinearConv
+  auto fill = [&](size_t n0, size_t task, Quad* planes) {
+    const size_t n = n0 + task / per_image, g = task % per_image / cq, q = task % per_image % cq;
+    const size_t first = q / p * QDotPacking::kLanes * p + q % p;  // lane 0's channel in the group
+    const size_t lanes = std::min(QDotPacking::kLanes, (cg - first + p - 1) / p);
+    if (lanes < QDotPacking::kLanes) {
+      std::fill_n(planes, plan.geo.channel, pad);  // lanes without a channel: any value, zero weights
+    } else {
+      fill_padding(plan, planes, pad);
     }
+    const uint8_t* const x = in.x + n * x_image + (g * cg + first) * channel;
+    if (lanes == QDotPacking::kLanes) {
+      copy_image(layer_, plan, x, planes, CopyQuad{p * channel});
+      return;
+    }
+    for (size_t lane = 0; lane < lanes; ++lane)
+      copy_image(layer_, plan, x + lane * p * channel, planes, CopyToLane{lane});
   };
-  run_gemm<int16_t>(layer_, plan, parallel, fill, kernel, [](size_t, size_t) {});
+  run_tiles<QDotPacking, QDotArgs>(layer_, plan, rq, bias.data(), packed.dots.data(), kernels_.dot, y, fill, parallel);
 }
 
 }  // namespace pscompress

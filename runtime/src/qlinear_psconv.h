@@ -3,6 +3,9 @@
 // outputs are onnxruntime's QLinearConv's on the dense masked weights (w_zero_point 0):
 //   acc = sum Wd * (X - x_zero_point), padding counting as x_zero_point;
 //   Y = clamp(nearbyint(float(acc + B) * ((x_scale * w_scale[o]) / y_scale)) + y_zero_point, 0, 255).
+// With a dot kernel (qgemm.h, "Dots") and channels enough to fill its lanes, the planes hold
+// X itself, four channels to an element, padding x_zero_point, and the bias carries
+// -x_zero_point * sum W[o]: the same acc. Else the pair kernel runs on X - x_zero_point.
 // The layer itself (attributes, planes, tiles, tasks) is the shared SparseLayer's. Every
 // violation of the contract throws std::invalid_argument naming the attribute or input,
 // before any tensor memory is written.
@@ -47,11 +50,18 @@ struct QInputs {
   const int64_t* b_shape; size_t b_rank; const int32_t* b;
 };
 
+// One CPU path's int8 kernels: the pair kernel always, the dot kernel where the CPU has one.
+struct QKernels {
+  QGemm gemm;
+  QDot dot;  // nullable
+};
+
 class QLinearPSConv {
  public:
   // Validates every attribute, and that int32 accumulators cannot overflow: at most 32768
-  // kept taps per output (then |acc| < 2^30).
-  explicit QLinearPSConv(const LayerAttributes& attrs);
+  // kept taps per output (then |acc| < 2^30). Chooses the kernel and the planes' layout.
+  QLinearPSConv(const LayerAttributes& attrs, QKernels kernels);
+  bool uses_dot() const { return layer_.lanes() > 1; }
 
   size_t packed_length() const { return layer_.packed_length(); }
   // Packs constant weights once; later runs then ignore their W input.
@@ -60,12 +70,26 @@ class QLinearPSConv {
   Requantization requantization(const QuantizationInputs& q) const;
   // Checks X, W and B (shape, and |B[o]| <= 2^30 so that acc + B fits int32); returns Y's shape.
   std::vector<int64_t> output_shape(const QInputs& in) const;
-  // Computes Y (shape from output_shape) with the int8 GEMM microkernel of one path.
-  void run(const QInputs& in, const Requantization& rq, uint8_t* y, QGemm qgemm, const Parallel& parallel) const;
+  // Computes Y (shape from output_shape).
+  void run(const QInputs& in, const Requantization& rq, uint8_t* y, const Parallel& parallel) const;
 
  private:
+  // Packed weights for one kernel: pairs (int16) or dots (int8, with each output's weight sum).
+  struct Packed {
+    std::vector<int16_t> pairs;
+    std::vector<int8_t> dots;
+    std::vector<int32_t> sums;
+  };
+  void pack(const int8_t* w, Packed& packed) const;
+  void run_pairs(const QInputs& in, const Requantization& rq, uint8_t* y, const int16_t* a,
+                 const Parallel& parallel) const;
+  void run_dots(const QInputs& in, const Requantization& rq, uint8_t* y, const Packed& packed,
+                const Parallel& parallel) const;
+
   SparseLayer layer_;
-  std::vector<int16_t> prepacked_;
+  QKernels kernels_;
+  Packed prepacked_;
+  bool is_prepacked_ = false;
 };
 
 }  // namespace pscompress

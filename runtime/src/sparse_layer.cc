@@ -41,7 +41,7 @@ constexpr size_t kScratchBudget = size_t{1} << 22;
 
 }  // namespace
 
-SparseLayer::SparseLayer(const LayerAttributes& a) {
+SparseLayer::SparseLayer(const LayerAttributes& a, size_t max_lanes) {
   require_ints(a.kernel_shape, 2, 1, 63, "kernel_shape");
   kh_ = static_cast<size_t>(a.kernel_shape[0]);
   kw_ = static_cast<size_t>(a.kernel_shape[1]);
@@ -89,25 +89,46 @@ SparseLayer::SparseLayer(const LayerAttributes& a) {
   std::vector<size_t> pop(p_);
   size_t period_sum = 0;
   for (size_t j = 0; j < p_; ++j) period_sum += pop[j] = __builtin_popcountll(patterns_[j]);
+  // Taps over the first n channels (or plane channels) of class r: periods, then the rest.
+  auto taps_over = [&](size_t n, size_t r) {
+    size_t k = mul(n / p_, period_sum, "in_channels");
+    for (size_t i = 0; i < n % p_; ++i) k += pop[(r + i) % p_];
+    return k;
+  };
+  auto plane_channels = [&](size_t lanes) { return cg_ / (lanes * p_) * p_ + std::min(p_, cg_ % (lanes * p_)); };
+  lanes_ = max_lanes > 1 && plane_channels(max_lanes) * max_lanes <= 2 * cg_ ? max_lanes : 1;
+  cq_ = plane_channels(lanes_);
+  class_taps_.resize(p_);
   class_k_.resize(p_);
   for (size_t r = 0; r < p_; ++r) {
-    size_t k = mul(cg_ / p_, period_sum, "in_channels");
-    for (size_t i = 0; i < cg_ % p_; ++i) k += pop[(r + i) % p_];
-    class_k_[r] = k;
+    class_taps_[r] = taps_over(cg_, r);
+    class_k_[r] = taps_over(cq_, r);
     const size_t outputs = m_ / p_ + ((r + p_ - shift_) % p_ < m_ % p_ ? 1 : 0);
-    packed_len_ = add(packed_len_, mul(outputs, k, "W"), "W");
+    packed_len_ = add(packed_len_, mul(outputs, class_taps_[r], "W"), "W");
   }
   if (packed_len_ > kMaxElements) fail("W: the layer is too large for the native kernel");
   pairs_per_group_ = std::min(mg_, p_);
-  // Depthwise, output o keeps class_k_[(o + shift) mod P] weights: W repeats a period of P outputs.
+  // Depthwise, output o keeps class_taps_[(o + shift) mod P] weights: W repeats a period of P outputs.
   if (depthwise()) {
     period_starts_.assign(p_ + 1, 0);
-    for (size_t o = 0; o < p_; ++o) period_starts_[o + 1] = period_starts_[o] + class_k_[class_of(o)];
+    for (size_t o = 0; o < p_; ++o) period_starts_[o + 1] = period_starts_[o] + class_taps_[class_of(o)];
   }
 }
 
 size_t SparseLayer::depthwise_weights(size_t o) const {
   return o / p_ * period_starts_[p_] + period_starts_[o % p_];
+}
+
+std::vector<size_t> SparseLayer::weight_slots(size_t r) const {
+  std::vector<size_t> first(cq_ + 1, 0);  // plane channel q's first tap in the class's reduction
+  for (size_t q = 0; q < cq_; ++q) first[q + 1] = first[q] + pattern_taps_[(r + q) % p_].size();
+  std::vector<size_t> slots;
+  slots.reserve(class_taps_[r]);
+  for (size_t i = 0; i < cg_; ++i) {
+    const size_t q = i / (lanes_ * p_) * p_ + i % p_, lane = i / p_ % lanes_;
+    for (size_t t = 0; t < pattern_taps_[(r + i) % p_].size(); ++t) slots.push_back((first[q] + t) * lanes_ + lane);
+  }
+  return slots;
 }
 
 SparseLayer::Place SparseLayer::place(size_t o) const {
@@ -135,7 +156,7 @@ Geometry SparseLayer::geometry(const int64_t* x_shape) const {
   g.phases = std::min(sw_, kw_);
   g.plane = mul(g.hs, g.ws, "X");
   g.channel = mul(g.phases, g.plane, "X");
-  g.image = mul(c_, g.channel, "X");
+  g.image = mul(plane_channels(), g.channel, "X");
   return g;
 }
 
@@ -191,7 +212,7 @@ Plan SparseLayer::plan(const int64_t* x_shape) const {
     if (!rel.empty()) continue;
     max_k = std::max(max_k, class_k_[r]);
     rel.reserve(class_k_[r]);
-    for (size_t i = 0, j = r; i < cg_; ++i, j = j + 1 == p_ ? 0 : j + 1) {  // j = (r + i) mod P
+    for (size_t i = 0, j = r; i < cq_; ++i, j = j + 1 == p_ ? 0 : j + 1) {  // j = (r + i) mod P
       for (const Tap& tap : pattern_taps_[j])
         rel.push_back(static_cast<int64_t>(i * geo.channel + tap.phase * geo.plane + tap.row * geo.ws + tap.col));
     }

@@ -64,11 +64,12 @@ struct Panels {
 // padded column idx * SW + phase. Plane row s is padded row (s / RS) * SH + s % RS with
 // RS = min(SH, KH): every row where windows overlap (SH <= KH), else only the KH rows of each
 // output row. Unread bottom and right padding is not stored. Sizes count elements, whatever
-// their type (fp32 PSConv stores floats, QLinearPSConv int16).
+// their type (fp32 PSConv stores floats, QLinearPSConv int16 or Quads). With lanes L > 1
+// (SparseLayer, "Lanes") a plane channel holds L input channels, element by element.
 struct Geometry {
   size_t n, h, w, oh, ow, ohw;
   size_t rs, hs, ws, phases, plane, channel, image;  // plane = hs * ws, channel = phases * plane,
-                                                     // image = C * channel elements
+                                                     // image = plane channels * channel elements
 
   // Images per chunk: as many as the scratch budget holds, at least one.
   size_t chunk() const;
@@ -94,10 +95,18 @@ struct Plan {
   size_t tiles, tile_block;  // GEMM: pixel tiles per image, tiles per task (<= kMaxTileBlock)
 };
 
+// Lanes. Input channels i and i + P of a group keep the same taps (the support repeats with
+// period P), so a plane channel may hold L of them, i, i + P, ..., i + (L - 1) P, as the L
+// lanes of each element: a kernel with an L-way dot product (qgemm.h, "Dots") then takes a
+// whole element per tap. Plane channel q of a group holds the channels
+//   i = (q / P) * L * P + q % P + l * P   for lanes l < L with i < Cg,
+// q % P = i % P, so q keeps channel i's taps; a lane without a channel has zero weights. A
+// group has (Cg / (L P)) P + min(P, Cg mod (L P)) plane channels. L = 1: one channel each.
 class SparseLayer {
  public:
-  // Validates every attribute; throws std::invalid_argument on the first violation.
-  explicit SparseLayer(const LayerAttributes& attrs);
+  // Validates every attribute; throws std::invalid_argument on the first violation. Packs
+  // max_lanes channels per plane channel where that wastes at most half the lanes, else one.
+  explicit SparseLayer(const LayerAttributes& attrs, size_t max_lanes = 1);
 
   // Number of weights W must hold.
   size_t packed_length() const { return packed_len_; }
@@ -111,8 +120,9 @@ class SparseLayer {
   Plan plan(const int64_t* x_shape) const;
 
   // Packing, the microkernel's layout of a panel of kMR rows (ukernel.h, qgemm.h), has
-  // slots(k): entries per row for k taps, and at(i, m): where tap i of row m goes; the other
-  // entries stay zero.
+  // slots(k): entries per row for a reduction of k plane-channel taps, at(i, m): where weight
+  // slot i (lane i % L of plane-channel tap i / L) of row m goes, and kLanes = lanes(); the
+  // other entries stay zero.
   //
   // Per (group, residue class) pair with outputs, numbered q = g * pairs_per_group + j (its
   // first output is g * Mg + j): where its panels start in the packed weights; the last entry
@@ -126,7 +136,12 @@ class SparseLayer {
   void pack(const In* w, const std::vector<size_t>& offsets, std::vector<Out>& a) const;
 
   size_t class_of(size_t o) const { return (o + shift_) % p_; }
+  // Per residue class: the weights an output keeps (W's), and the plane-channel taps a
+  // kernel reduces over (the same with one lane).
+  size_t class_taps(size_t r) const { return class_taps_[r]; }
   size_t class_k(size_t r) const { return class_k_[r]; }
+  size_t lanes() const { return lanes_; }
+  size_t plane_channels() const { return groups_ * cq_; }
   // Output o's panel: its pair, the panel within the pair and its row there.
   struct Place {
     size_t pair, panel, row;
@@ -139,13 +154,18 @@ class SparseLayer {
   // Read-only after construction.
   size_t kh_, kw_, sh_, sw_, pt_, pl_, pb_, pr_, groups_, c_, m_, cg_, mg_, p_, shift_;
   size_t pairs_per_group_;  // (group, residue class) pairs with outputs, per group: min(Mg, P)
+  size_t lanes_, cq_;       // input channels per plane channel; plane channels per group
   std::vector<uint64_t> patterns_;
 
  private:
   struct Tap {                 // where a kept tap of a pattern reads its input channel's planes
     uint32_t phase, row, col;  // kw mod stride_w, kh, kw / stride_w
   };
-  std::vector<size_t> class_k_;  // per residue class r = (o + shift) mod P: kept taps per output
+  // Weight slot (Packing's i) of each of class r's kept taps, in W's order.
+  std::vector<size_t> weight_slots(size_t r) const;
+
+  std::vector<size_t> class_taps_;  // per residue class r = (o + shift) mod P: kept taps per output
+  std::vector<size_t> class_k_;     // per residue class: plane-channel taps
   std::vector<std::vector<Tap>> pattern_taps_;  // per pattern, its kept taps in W's order
   std::vector<size_t> period_starts_;  // depthwise: where output o's weights start in W, for o < P, then P
   size_t packed_len_ = 0;
@@ -157,21 +177,25 @@ std::vector<size_t> SparseLayer::pair_offsets() const {
   std::vector<size_t> offsets(pairs + 1, 0);
   for (size_t q = 0; q < pairs; ++q) {
     const size_t j = q % pairs_per_group_, first = q / pairs_per_group_ * mg_ + j;
-    offsets[q + 1] = offsets[q] + Panels(ceil_div(mg_ - j, p_)).panels * kMR * Packing::slots(class_k_[class_of(first)]);
+    offsets[q + 1] =
+        offsets[q] + Panels(ceil_div(mg_ - j, p_)).panels * kMR * Packing::slots(class_k_[class_of(first)]);
   }
   return offsets;
 }
 
 template <class Packing, class In, class Out>
 void SparseLayer::pack(const In* w, const std::vector<size_t>& offsets, std::vector<Out>& a) const {
+  if (Packing::kLanes != lanes_) fail("internal: weights packed for another lane count");
   a.assign(offsets.back(), Out{0});
+  std::vector<std::vector<size_t>> slots(p_);  // per class, once it has an output
   size_t start = 0;  // W offset of output o's first weight
   for (size_t o = 0; o < m_; ++o) {
-    const size_t k = class_k_[class_of(o)];
+    const size_t r = class_of(o), taps = class_taps_[r];
+    if (slots[r].empty()) slots[r] = weight_slots(r);
     const Place at = place(o);
-    Out* dst = a.data() + offsets[at.pair] + at.panel * kMR * Packing::slots(k);
-    for (size_t i = 0; i < k; ++i) dst[Packing::at(i, at.row)] = static_cast<Out>(w[start + i]);
-    start += k;
+    Out* dst = a.data() + offsets[at.pair] + at.panel * kMR * Packing::slots(class_k_[r]);
+    for (size_t i = 0; i < taps; ++i) dst[Packing::at(slots[r][i], at.row)] = static_cast<Out>(w[start + i]);
+    start += taps;
   }
 }
 

@@ -51,6 +51,7 @@ using Ukernel = void (*)(const UkernelArgs&);
 
 // A's layout, one panel of kMR rows (SparseLayer::pack): tap i of row m at i * kMR + m.
 struct UkernelPacking {
+  static constexpr size_t kLanes = 1;
   static size_t slots(size_t k) { return k; }
   static size_t at(size_t i, size_t m) { return i * kMR + m; }
 };
