@@ -9,11 +9,12 @@ float32 in [0, 1] (the same images as PyTorch's NCHW input, transposed); its out
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +41,15 @@ from pscompress.workstation.surgery import psconv_layers
 VERIFY_TOLERANCE = {False: 1e-4, True: 1e-2}
 
 _RELUS: dict[Any, str] = {nn.ReLU: "RELU", nn.ReLU6: "RELU6", F.relu: "RELU", torch.relu: "RELU", F.relu6: "RELU6", "relu": "RELU"}
+# One-input activations with a TFLite builtin (keyed by module class, function or method name).
+# F.sigmoid traces as the method "sigmoid"; F.prelu is torch.prelu.
+_ACTIVATIONS: dict[Any, str] = {**_RELUS, nn.Hardswish: "HARD_SWISH", F.hardswish: "HARD_SWISH", nn.Sigmoid: "LOGISTIC",
+                                torch.sigmoid: "LOGISTIC", "sigmoid": "LOGISTIC"}
+_BINARY: dict[Any, str] = {operator.add: "ADD", torch.add: "ADD", "add": "ADD", operator.mul: "MUL", torch.mul: "MUL",
+                           "mul": "MUL"}
+_CATS = (torch.cat, torch.concat, torch.concatenate)
+# NCHW dimension -> NHWC axis.
+_NHWC_AXIS = (0, 3, 1, 2)
 
 
 def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = False, int8: bool = False,
@@ -147,6 +157,22 @@ class Numerics:
         """The bias of an operator reading ``x`` with ``weight``."""
         return graph.constant(name, bias.astype(np.float32))
 
+    def operand(self, graph: TFLiteGraph, name: str, array: np.ndarray) -> int:
+        """A constant an elementwise operator reads (PRELU's alpha), one quantization for the whole tensor."""
+        return graph.constant(name, array.astype(np.float32))
+
+    def logistic(self, graph: TFLiteGraph, name: str, shape: tuple[int, ...]) -> int:
+        """The output tensor of a LOGISTIC (whose int8 form has fixed output parameters)."""
+        return graph.activation(name, shape)
+
+    def lowest(self, graph: TFLiteGraph, name: str, like: int) -> int:
+        """A scalar holding the smallest value ``like``'s numbers hold: what PADV2 pads with before a max pool."""
+        return graph.constant(name, np.array(np.finfo(np.float32).min, np.float32))
+
+    def requantize(self, graph: TFLiteGraph, tensor: int, like: int, name: str) -> int:
+        """``tensor`` in ``like``'s quantization (CONCATENATION's inputs must share its output's)."""
+        return tensor
+
     def check_softmax(self, node: fx.Node) -> None:
         """UserError when these numerics cannot lower ``node``, a softmax."""
 
@@ -200,8 +226,7 @@ class _Lowering:
                 self._module(node, self.modules[node.target])
             elif node.op in ("call_function", "call_method"):
                 self._function(node)
-            else:
-                raise UserError(f"cannot export {node.name} ({node.op} {node.target}) to TFLite")
+            # get_attr: a model parameter, stored as a constant by the operator that reads it (F.prelu's weight)
 
     # -- graph boundary
 
@@ -219,7 +244,7 @@ class _Lowering:
             result = result[0]  # a one-element tuple is the model's one output (model_io.named_outputs)
         if not isinstance(result, fx.Node):
             raise UserError("TFLite export supports models that return one tensor")
-        value = self.values[result]
+        value = self._value(result, node)
         if value.nhwc or value.tensor in self.graph.inputs:
             raise UserError("the model must end in logits of shape [N, classes] to be exported to TFLite")
         tensor = self.numerics.graph_output(self.graph, value.tensor)
@@ -233,18 +258,24 @@ class _Lowering:
             self._conv(node, m)
         elif isinstance(m, nn.Linear):
             self._linear(node, m)
-        elif type(m) in _RELUS:
-            self._activation(node, _RELUS[type(m)])
+        elif type(m) in _ACTIVATIONS:
+            self._activation(node, _ACTIVATIONS[type(m)])
+        elif isinstance(m, nn.SiLU):
+            self._silu(node)
+        elif isinstance(m, nn.PReLU):
+            self._prelu(node, m.weight)
         elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             self._pool(node, m)
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             self._adaptive_avg_pool(node)
+        elif isinstance(m, nn.Upsample):
+            self._resize_nearest(node, m)
         elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             self._flatten(node)
         elif isinstance(m, nn.Softmax) and m.dim in (1, -1):
             self._softmax(node)
         elif isinstance(m, (nn.Identity, nn.Dropout)):
-            self.values[node] = self.values[node.args[0]]
+            self.values[node] = self._value(node.args[0], node)
         elif isinstance(m, nn.BatchNorm2d):
             raise UserError(f"layer {node.target}: a batch norm that does not directly follow a convolution cannot be exported to TFLite")
         else:
@@ -252,10 +283,20 @@ class _Lowering:
 
     def _function(self, node: fx.Node) -> None:
         target = node.target
-        if target in (operator.add, torch.add) and len(node.args) == 2 and not node.kwargs:
-            self._add(node)
-        elif target in _RELUS:
-            self._activation(node, _RELUS[target])
+        if target in _BINARY and len(node.args) == 2 and not node.kwargs:
+            self._binary(node, _BINARY[target])
+        elif target in _ACTIVATIONS:
+            self._activation(node, _ACTIVATIONS[target])
+        elif target is F.silu:
+            self._silu(node)
+        elif target is torch.prelu:
+            self._prelu(node, self._parameter(node.args[1] if len(node.args) > 1 else node.kwargs.get("weight"), node))
+        elif target in _CATS:
+            self._concat(node)
+        elif target in (torch.mean, "mean"):
+            self._mean(node)
+        elif target is F.interpolate:
+            self._resize_nearest(node, lambda x: F.interpolate(x, *node.args[1:], **node.kwargs))
         elif target in (torch.flatten, "flatten") and tuple(node.args[1:]) == (1,) and not node.kwargs:
             self._flatten(node)
         elif target in (F.softmax, torch.softmax, "softmax") and (node.args[1:] or (node.kwargs.get("dim"),))[0] in (1, -1):
@@ -272,6 +313,7 @@ class _Lowering:
         x = self._nhwc(node.args[0], node)
         _, c, h, w = self._shape(node.args[0])
         _, out_c, oh, ow = self._shape(node)
+        # A pSConv filter is its masked weight, whatever the groups: sparse storage sees the zeros.
         weight = (conv.masked_weight() if isinstance(conv, PSConv2d) else conv.weight).detach().numpy()
         bias = conv.bias.detach().numpy() if conv.bias is not None else np.zeros(out_c, np.float32)
         pads = layer_pads(conv)
@@ -279,24 +321,48 @@ class _Lowering:
         if padding is None:  # PyTorch's padding is not what SAME would pad: pad explicitly
             x = self._pad(x, node, pads)
             padding = "VALID"
-        if conv.groups == 1:
-            opcode, table, channel_axis = "CONV_2D", "Conv2DOptions", 0
-            filt, extra = weight.transpose(0, 2, 3, 1), {}  # [O, KH, KW, I]
-        elif conv.groups == c and out_c % c == 0:
-            opcode, table, channel_axis = "DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", 3
-            filt, extra = weight[:, 0].transpose(1, 2, 0)[None], {"DepthMultiplier": out_c // c}  # [1, KH, KW, O]
-        else:
-            raise UserError(f"layer {node.target}: grouped convolution (groups={conv.groups}) cannot be exported to TFLite")
-        filt_tensor = self.numerics.weight(self.graph, f"{node.name}/filter", filt,
-                                           sparse=self.sparse and isinstance(conv, PSConv2d), channel_axis=channel_axis)
-        bias_tensor = self.numerics.bias(self.graph, f"{node.name}/bias", bias, x, filt_tensor)
         out, fused = self._result(node, (1, oh, ow, out_c))
-        self.graph.op(opcode, [x, filt_tensor, bias_tensor], [out], table, Padding=enum("Padding", padding),
-                      StrideH=conv.stride[0], StrideW=conv.stride[1], DilationHFactor=conv.dilation[0],
-                      DilationWFactor=conv.dilation[1], FusedActivationFunction=fused, **extra)
+        options = {"Padding": enum("Padding", padding), "StrideH": conv.stride[0], "StrideW": conv.stride[1],
+                   "DilationHFactor": conv.dilation[0], "DilationWFactor": conv.dilation[1],
+                   "FusedActivationFunction": fused}
+        sparse = self.sparse and isinstance(conv, PSConv2d)
+        if conv.groups == 1:
+            self._conv_op("CONV_2D", node.name, x, weight.transpose(0, 2, 3, 1), bias, out, sparse, options)  # [O, KH, KW, I]
+        elif conv.groups == c:
+            self._conv_op("DEPTHWISE_CONV_2D", node.name, x, weight[:, 0].transpose(1, 2, 0)[None], bias, out, sparse,
+                          {**options, "DepthMultiplier": out_c // c})  # [1, KH, KW, O]
+        else:
+            self._grouped_conv(node.name, x, weight, bias, out, conv.groups, sparse, options)
+
+    def _conv_op(self, opcode: str, name: str, x: int, filt: np.ndarray, bias: np.ndarray, out: int, sparse: bool,
+                 options: dict[str, Any]) -> None:
+        """One CONV_2D ([O, KH, KW, I] filter) or DEPTHWISE_CONV_2D ([1, KH, KW, O]) from ``x`` into ``out``."""
+        depthwise = opcode == "DEPTHWISE_CONV_2D"
+        filt_tensor = self.numerics.weight(self.graph, f"{name}/filter", filt, sparse=sparse, channel_axis=3 if depthwise else 0)
+        bias_tensor = self.numerics.bias(self.graph, f"{name}/bias", bias, x, filt_tensor)
+        self.graph.op(opcode, [x, filt_tensor, bias_tensor], [out],
+                      "DepthwiseConv2DOptions" if depthwise else "Conv2DOptions", **options)
+
+    def _grouped_conv(self, name: str, x: int, weight: np.ndarray, bias: np.ndarray, out: int, groups: int, sparse: bool,
+                      options: dict[str, Any]) -> None:
+        # TFLite's CONV_2D takes a grouped filter (C / groups input channels) only from operator version 6
+        # (TensorFlow 2.9), which older runtimes, TFLite Micro and the GPU and NNAPI delegates do not run:
+        # a SPLIT, one CONV_2D per group and a CONCATENATION run everywhere, XNNPACK included.
+        n, oh, ow, out_c = self.graph.shape_of(out)
+        per_group = out_c // groups
+        results = []
+        for g, part in enumerate(self._split(x, groups, name)):
+            rows = slice(g * per_group, (g + 1) * per_group)
+            # int8: CONCATENATION needs its inputs in its output's quantization.
+            result = self.numerics.activation(self.graph, f"{name}/group{g}", (n, oh, ow, per_group), like=out)
+            self._conv_op("CONV_2D", f"{name}/group{g}", part, weight[rows].transpose(0, 2, 3, 1), bias[rows], result, sparse, options)
+            results.append(result)
+        # The ReLU is fused into each group's CONV_2D: CONCATENATION runs no activation in every runtime.
+        self.graph.op("CONCATENATION", results, [out], "ConcatenationOptions", Axis=3,
+                      FusedActivationFunction=enum("ActivationFunctionType", "NONE"))
 
     def _linear(self, node: fx.Node, linear: nn.Linear) -> None:
-        x = self.values[node.args[0]]
+        x = self._value(node.args[0], node)
         if x.nhwc or len(self._shape(node.args[0])) != 2:
             raise UserError(f"layer {node.target}: TFLite export supports Linear on flattened [N, features] inputs only")
         weight = self.numerics.weight(self.graph, f"{node.name}/weight", linear.weight.detach().numpy(), sparse=False,
@@ -307,19 +373,55 @@ class _Lowering:
         self.graph.op("FULLY_CONNECTED", [x.tensor, weight, bias_tensor], [out], "FullyConnectedOptions",
                       FusedActivationFunction=fused, KeepNumDims=False)
 
-    def _add(self, node: fx.Node) -> None:
+    def _binary(self, node: fx.Node, opcode: str) -> None:
         a, b = node.args
-        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or self._shape(a) != self._shape(b):
-            raise UserError(f"operation {node.name}: TFLite export supports adding two tensors of the same shape only")
-        left, right = self.values[a], self.values[b]  # same shape, so the same layout
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or len(self._shape(a)) != len(self._shape(b)):
+            raise UserError(f"operation {node.name}: TFLite export supports {opcode.lower()} of two tensors of the same rank only")
+        left, right = self._value(a, node), self._value(b, node)
+        # Same rank, so the same layout: TFLite broadcasts NHWC [N, 1, 1, C] over [N, H, W, C] as PyTorch
+        # broadcasts [N, C, 1, 1] over [N, C, H, W] (squeeze-and-excitation).
         out, fused = self._result(node, self._tflite_shape(node, left.nhwc), nhwc=left.nhwc)
-        self.graph.op("ADD", [left.tensor, right.tensor], [out], "AddOptions", FusedActivationFunction=fused)
+        self.graph.op(opcode, [left.tensor, right.tensor], [out], f"{opcode.title()}Options", FusedActivationFunction=fused)
 
     def _activation(self, node: fx.Node, opcode: str) -> None:
-        x = self.values[node.args[0]]
-        out = self.numerics.activation(self.graph, node.name, self._tflite_shape(node, x.nhwc))
-        self.graph.op(opcode, [x.tensor], [out])
+        x = self._value(node.args[0], node)
+        self.values[node] = _Value(self._elementwise(opcode, x.tensor, node.name), x.nhwc)
+
+    def _silu(self, node: fx.Node) -> None:
+        x = self._value(node.args[0], node)
+        gate = self._elementwise("LOGISTIC", x.tensor, f"{node.name}/sigmoid")  # TFLite has no SiLU: x * sigmoid(x)
+        out, fused = self._result(node, self.graph.shape_of(x.tensor), nhwc=x.nhwc)
+        self.graph.op("MUL", [x.tensor, gate], [out], "MulOptions", FusedActivationFunction=fused)
+
+    def _prelu(self, node: fx.Node, weight: torch.Tensor) -> None:
+        x = self._value(node.args[0], node)
+        shape = self._shape(node)
+        if len(shape) < 2:
+            raise UserError(f"{self._label(node)}: TFLite export supports PReLU on [N, C, ...] tensors only")
+        # PyTorch's alpha runs along dim 1, TFLite broadcasts it over the trailing dimensions: NHWC takes
+        # [1, 1, C] (the one shape every runtime's PRELU accepts), other layouts [C, 1, ...].
+        alpha_shape = (1, 1, shape[1]) if x.nhwc else (shape[1],) + (1,) * (len(shape) - 2)
+        alpha = np.broadcast_to(weight.detach().numpy().reshape(-1), (shape[1],)).reshape(alpha_shape)
+        alpha_tensor = self.numerics.operand(self.graph, f"{node.name}/alpha", alpha)
+        out = self.numerics.activation(self.graph, node.name, self.graph.shape_of(x.tensor))
+        self.graph.op("PRELU", [x.tensor, alpha_tensor], [out])
         self.values[node] = _Value(out, x.nhwc)
+
+    def _concat(self, node: fx.Node) -> None:
+        sources = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        shape = self._shape(node)
+        axis = dim % len(shape)
+        if not isinstance(sources, (list, tuple)) or axis == 0:
+            raise UserError(f"operation {node.name}: TFLite export concatenates a list of tensors along channels, "
+                            "height or width only (not the batch)")
+        values = [self._value(source, node) for source in sources]
+        nhwc = values[0].nhwc
+        out = self.numerics.activation(self.graph, node.name, self._tflite_shape(node, nhwc))
+        inputs = [self.numerics.requantize(self.graph, v.tensor, out, f"{node.name}/input{i}") for i, v in enumerate(values)]
+        self.graph.op("CONCATENATION", inputs, [out], "ConcatenationOptions", Axis=_NHWC_AXIS[axis] if nhwc else axis,
+                      FusedActivationFunction=enum("ActivationFunctionType", "NONE"))
+        self.values[node] = _Value(out, nhwc)
 
     def _pool(self, node: fx.Node, pool: nn.MaxPool2d | nn.AvgPool2d) -> None:
         x = self._nhwc(node.args[0], node)
@@ -327,11 +429,20 @@ class _Lowering:
         _, c, oh, ow = self._shape(node)
         kernel, stride, pads = (pair(pool.kernel_size), pair(pool.stride or pool.kernel_size), pair(pool.padding))
         dilation = pair(getattr(pool, "dilation", 1))
-        padding = tflite_padding((h, w), (oh, ow), kernel, stride, dilation, pads)
-        is_max = isinstance(pool, nn.MaxPool2d)
-        # TFLite's SAME average pool leaves padding out of the count where PyTorch may not: VALID only.
-        if padding is None or dilation != (1, 1) or (not is_max and padding != "VALID"):
+        if dilation != (1, 1) or getattr(pool, "divisor_override", None) is not None:
             raise UserError(f"layer {node.target}: this pooling window, stride and padding have no TFLite equivalent")
+        padding = tflite_padding((h, w), (oh, ow), kernel, stride, dilation, pads)
+        window = _window_pads((h, w), (oh, ow), kernel, stride, pads)
+        is_max = isinstance(pool, nn.MaxPool2d)
+        if is_max and padding is None:  # a padded value never wins a max: pad with the lowest one, pool VALID
+            x, padding = self._pad(x, node, window, lowest=True), "VALID"
+        elif not is_max and not _counts_like_tflite(pool, padding, pads):
+            # PyTorch counts the zeros of its padding (not what reaches past it); TFLite's SAME counts
+            # no padding: explicit zeros and VALID pooling match PyTorch when no window reaches past its pads.
+            if not (pool.count_include_pad and window[2] <= pads[0] and window[3] <= pads[1]):
+                raise UserError(f"layer {node.target}: average pooling with this padding (count_include_pad="
+                                f"{pool.count_include_pad}, ceil_mode={pool.ceil_mode}) has no TFLite equivalent")
+            x, padding = self._pad(x, node, window), "VALID"
         out = self.numerics.activation(self.graph, node.name, (1, oh, ow, c), like=x)  # int8 pools keep the scale
         self.graph.op("MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D", [x], [out], "Pool2DOptions",
                       Padding=enum("Padding", padding), StrideH=stride[0], StrideW=stride[1],
@@ -343,9 +454,7 @@ class _Lowering:
         _, _, h, w = self._shape(node.args[0])
         _, c, oh, ow = self._shape(node)
         if (oh, ow) == (1, 1):
-            out = self.numerics.activation(self.graph, node.name, (1, oh, ow, c))
-            axes = self.graph.constant(f"{node.name}/axes", np.array([1, 2], np.int32))
-            self.graph.op("MEAN", [x, axes], [out], "ReducerOptions", KeepDims=True)
+            out = self._spatial_mean(x, node.name, keepdim=True)
         elif h % oh == 0 and w % ow == 0:
             out = self.numerics.activation(self.graph, node.name, (1, oh, ow, c), like=x)
             self.graph.op("AVERAGE_POOL_2D", [x], [out], "Pool2DOptions", Padding=enum("Padding", "VALID"),
@@ -354,9 +463,31 @@ class _Lowering:
             raise UserError(f"layer {node.target}: adaptive average pooling from {h}x{w} to {oh}x{ow} has no TFLite equivalent")
         self.values[node] = _Value(out, True)
 
+    def _mean(self, node: fx.Node) -> None:
+        x = self._nhwc(node.args[0], node)
+        args = {**dict(zip(("dim", "keepdim"), node.args[1:])), **node.kwargs}
+        dims = args.get("dim")
+        if not isinstance(dims, (tuple, list)) or {d % 4 for d in dims} != {2, 3} or "dtype" in args:
+            raise UserError(f"operation {node.name}: TFLite export takes the mean of an image over its height and width only")
+        keepdim = bool(args.get("keepdim", False))
+        self.values[node] = _Value(self._spatial_mean(x, node.name, keepdim), keepdim)
+
+    def _resize_nearest(self, node: fx.Node, resample: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        x = self._nhwc(node.args[0], node)
+        _, _, h, w = self._shape(node.args[0])
+        _, c, oh, ow = self._shape(node)
+        if oh % h or ow % w or not _picks_like_tflite_nearest(resample, (h, w), (oh, ow)):
+            raise UserError(f"{self._label(node)}: only nearest-neighbour upsampling by an integer factor can be "
+                            "exported to TFLite")
+        size = self.graph.constant(f"{node.name}/size", np.array([oh, ow], np.int32))
+        out = self.numerics.activation(self.graph, node.name, (1, oh, ow, c), like=x)  # int8: it copies input values
+        self.graph.op("RESIZE_NEAREST_NEIGHBOR", [x, size], [out], "ResizeNearestNeighborOptions",
+                      AlignCorners=False, HalfPixelCenters=False)
+        self.values[node] = _Value(out, True)
+
     def _flatten(self, node: fx.Node) -> None:
         source = node.args[0]
-        x = self.values[source]
+        x = self._value(source, node)
         features = math.prod(self._shape(source)[1:])
         tensor = x.tensor
         if x.nhwc and self._shape(source)[2:] != (1, 1):  # PyTorch flattens C, H, W in that order
@@ -367,7 +498,7 @@ class _Lowering:
         self.values[node] = _Value(out, False)
 
     def _softmax(self, node: fx.Node) -> None:
-        x = self.values[node.args[0]]
+        x = self._value(node.args[0], node)
         if x.nhwc or len(self._shape(node)) != 2:
             raise UserError(f"operation {node.name}: TFLite export supports softmax over [N, classes] only")
         self.numerics.check_softmax(node)
@@ -394,19 +525,50 @@ class _Lowering:
             return _RELUS.get(node.target)
         return None
 
-    def _nhwc(self, source: Any, user: fx.Node) -> int:
+    def _elementwise(self, opcode: str, x: int, name: str) -> int:
+        """The output of the one-input operator ``opcode`` on ``x``, named ``name``."""
+        shape = self.graph.shape_of(x)
+        out = (self.numerics.logistic if opcode == "LOGISTIC" else self.numerics.activation)(self.graph, name, shape)
+        self.graph.op(opcode, [x], [out])
+        return out
+
+    def _spatial_mean(self, x: int, name: str, keepdim: bool) -> int:
+        """The mean of NHWC ``x`` over H and W: [N, 1, 1, C], or [N, C] without ``keepdim``."""
+        n, _, _, c = self.graph.shape_of(x)
+        out = self.numerics.activation(self.graph, name, (n, 1, 1, c) if keepdim else (n, c))
+        axes = self.graph.constant(f"{name}/axes", np.array([1, 2], np.int32))
+        self.graph.op("MEAN", [x, axes], [out], "ReducerOptions", KeepDims=keepdim)
+        return out
+
+    def _value(self, source: Any, user: fx.Node) -> _Value:
         value = self.values.get(source) if isinstance(source, fx.Node) else None
-        if value is None or not value.nhwc:
+        if value is None:
+            raise UserError(f"operation {user.name}: reads {getattr(source, 'name', source)}, which is not a tensor "
+                            "computed from the input: cannot export it to TFLite")
+        return value
+
+    def _nhwc(self, source: Any, user: fx.Node) -> int:
+        value = self._value(source, user)
+        if not value.nhwc:
             raise UserError(f"operation {user.name}: expects a 4-D image tensor")
         return value.tensor
 
-    def _pad(self, x: int, node: fx.Node, pads: tuple[int, int, int, int]) -> int:
-        """``x`` padded with zeros by (top, left, bottom, right)."""
+    def _parameter(self, source: Any, user: fx.Node) -> torch.Tensor:
+        """The model parameter or buffer the get_attr node ``source`` reads, which ``user`` stores as a constant."""
+        if not (isinstance(source, fx.Node) and source.op == "get_attr"):
+            raise UserError(f"operation {user.name}: TFLite export takes its weight from a model parameter only")
+        return functools.reduce(getattr, source.target.split("."), self.gm)
+
+    def _pad(self, x: int, node: fx.Node, pads: tuple[int, int, int, int], lowest: bool = False) -> int:
+        """``x`` padded by (top, left, bottom, right) with zeros or, with ``lowest``, the lowest value its numbers hold."""
         n, h, w, c = self.graph.shape_of(x)
         top, left, bottom, right = pads
         widths = self.graph.constant(f"{node.name}/pads", np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32))
         out = self.numerics.activation(self.graph, f"{node.name}/padded", (n, h + top + bottom, w + left + right, c), like=x)
-        self.graph.op("PAD", [x, widths], [out])
+        if lowest:
+            self.graph.op("PADV2", [x, widths, self.numerics.lowest(self.graph, f"{node.name}/lowest", x)], [out])
+        else:
+            self.graph.op("PAD", [x, widths], [out])
         return out
 
     def _transpose(self, x: int, perm: tuple[int, ...], name: str) -> int:
@@ -424,3 +586,43 @@ class _Lowering:
     def _tflite_shape(self, node: fx.Node, nhwc: bool) -> tuple[int, ...]:
         shape = self._shape(node)
         return (shape[0], shape[2], shape[3], shape[1]) if nhwc else shape
+
+    @staticmethod
+    def _label(node: fx.Node) -> str:
+        return f"layer {node.target}" if node.op == "call_module" else f"operation {node.name}"
+
+    def _split(self, x: int, parts: int, name: str) -> list[int]:
+        """``x`` split into ``parts`` equal slices of its channels."""
+        n, h, w, c = self.graph.shape_of(x)
+        axis = self.graph.constant(f"{name}/split_axis", np.array(3, np.int32))
+        outs = [self.numerics.activation(self.graph, f"{name}/split{i}", (n, h, w, c // parts), like=x) for i in range(parts)]
+        self.graph.op("SPLIT", [axis, x], outs, "SplitOptions", NumSplits=parts)
+        return outs
+
+
+def _window_pads(size: tuple[int, int], out: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                 pads: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) pads after which VALID pooling has PyTorch's windows: its top/left pads,
+    and at the bottom/right as far as its last window reaches past the input (ceil_mode included)."""
+    ends = [max((o - 1) * s + k - n - p, 0) for n, o, k, s, p in zip(size, out, kernel, stride, pads)]
+    return (pads[0], pads[1], ends[0], ends[1])
+
+
+def _counts_like_tflite(pool: nn.AvgPool2d, padding: str | None, pads: tuple[int, int]) -> bool:
+    """Whether TFLite's ``padding`` averages over what PyTorch's pool averages over: VALID, or SAME (which
+    leaves padding out of the count) where PyTorch leaves it out too or has none."""
+    return padding == "VALID" or (padding == "SAME" and (not pool.count_include_pad or pads == (0, 0)))
+
+
+def _picks_like_tflite_nearest(resample: Callable[[torch.Tensor], torch.Tensor], size: tuple[int, int],
+                               out: tuple[int, int]) -> bool:
+    """Whether ``resample`` copies to every output pixel the input pixel TFLite's RESIZE_NEAREST_NEIGHBOR
+    (no align_corners, no half-pixel centers) copies: min(floor(dst * float32(in / out)), in - 1) per axis.
+    Checked on an image whose pixels hold their own index, so any mode or rounding that differs shows."""
+    h, w = size
+    probe = torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w)
+    with torch.no_grad():
+        got = resample(probe)
+    rows, cols = (np.minimum(np.floor(np.arange(o, dtype=np.float32) * (np.float32(n) / np.float32(o))), n - 1).astype(np.int64)
+                  for n, o in zip(size, out))
+    return tuple(got.shape[2:]) == out and np.array_equal(got[0, 0].numpy(), rows[:, None] * w + cols[None, :])

@@ -38,6 +38,7 @@ VERIFY_RELATIVE = 0.05
 CALIBRATION_BATCH = 25
 DEFAULT_CALIBRATION = 100  # images, as ``pscompress quantize``
 _TINY = np.finfo(np.float32).tiny  # onnxruntime's smallest usable scale: below it the scale is 1
+LOGISTIC_OUTPUT = Quantization.per_tensor(1 / 256, -128)  # the only output parameters TFLite's int8 LOGISTIC takes
 
 
 def export_tflite_int8(loaded: LoadedModel, path: str | os.PathLike, data: str, calibration: int = DEFAULT_CALIBRATION,
@@ -180,6 +181,25 @@ class Int8(Numerics):
     def bias(self, graph: TFLiteGraph, name: str, bias: np.ndarray, x: int, weight: int) -> int:
         q, quantization = bias_quantization(bias, graph.quantization_of(x).scale[0], graph.quantization_of(weight).scale)
         return graph.constant(name, q, quantization)
+
+    def operand(self, graph: TFLiteGraph, name: str, array: np.ndarray) -> int:
+        q, quantization = weight_quantization(array.reshape(1, -1), 0)  # symmetric, one scale: per tensor
+        return graph.constant(name, q.reshape(array.shape), quantization)
+
+    def logistic(self, graph: TFLiteGraph, name: str, shape: tuple[int, ...]) -> int:
+        return graph.activation(name, shape, dtype=np.int8, quantization=LOGISTIC_OUTPUT)
+
+    def lowest(self, graph: TFLiteGraph, name: str, like: int) -> int:
+        # PADV2 takes an int8 fill only in its output's quantization, which is ``like``'s.
+        return graph.constant(name, np.array(np.iinfo(np.int8).min, np.int8), graph.quantization_of(like))
+
+    def requantize(self, graph: TFLiteGraph, tensor: int, like: int, name: str) -> int:
+        have, want = graph.quantization_of(tensor), graph.quantization_of(like)
+        if np.array_equal(have.scale, want.scale) and np.array_equal(have.zero_point, want.zero_point):
+            return tensor
+        out = graph.activation(name, graph.shape_of(tensor), dtype=np.int8, quantization=want)
+        graph.op("QUANTIZE", [tensor], [out])  # int8 to int8: a rescale
+        return out
 
     def check_softmax(self, node: fx.Node) -> None:
         raise UserError(f"operation {node.name}: softmax cannot be exported to int8 TFLite (its output has a fixed "

@@ -21,15 +21,17 @@ _ALIGN = 16
 _INDEX_VECTOR_TYPES = {np.dtype(np.int32): "Int32Vector", np.dtype(np.uint16): "Uint16Vector", np.dtype(np.uint8): "Uint8Vector"}
 _TENSOR_TYPES = {np.dtype(np.float32): "FLOAT32", np.dtype(np.float16): "FLOAT16", np.dtype(np.int32): "INT32",
                  np.dtype(np.int8): "INT8"}
-# Operator versions above 1, by (operator, type of its first input), as TFLite's op_version.cc
+# Operator versions above 1, by (operator, type of its data input), as TFLite's op_version.cc
 # assigns them: runtimes that predate a version refuse the model instead of misreading it.
 _INT8 = np.dtype(np.int8)
 _OP_VERSIONS = {
     ("DEQUANTIZE", np.dtype(np.float16)): 3, ("DEQUANTIZE", _INT8): 2,
     ("CONV_2D", _INT8): 3, ("DEPTHWISE_CONV_2D", _INT8): 3, ("FULLY_CONNECTED", _INT8): 4,
-    ("ADD", _INT8): 2, ("MEAN", _INT8): 2, ("MAX_POOL_2D", _INT8): 2, ("AVERAGE_POOL_2D", _INT8): 2,
-    ("PAD", _INT8): 2, ("TRANSPOSE", _INT8): 2, ("RELU", _INT8): 2, ("RELU6", _INT8): 2,
+    ("ADD", _INT8): 2, ("MUL", _INT8): 2, ("MEAN", _INT8): 2, ("MAX_POOL_2D", _INT8): 2, ("AVERAGE_POOL_2D", _INT8): 2,
+    ("PAD", _INT8): 2, ("PADV2", _INT8): 2, ("TRANSPOSE", _INT8): 2, ("RELU", _INT8): 2, ("RELU6", _INT8): 2,
+    ("LOGISTIC", _INT8): 2, ("CONCATENATION", _INT8): 2, ("SPLIT", _INT8): 2, ("RESIZE_NEAREST_NEIGHBOR", _INT8): 2,
 }
+_DATA_INPUT = {"SPLIT": 1}  # the input op_version.cc types the operator by (SPLIT's first input is the axis)
 
 
 def schema(name: str) -> Any:
@@ -184,9 +186,16 @@ class _Serializer:
 
     def _version(self, opcode: str) -> int:
         """The highest version any operator with this opcode needs."""
+        return max(self._op_version(op) for op in self.graph.operators if op.opcode == opcode)
+
+    def _op_version(self, op: _Operator) -> int:
         tensors = self.graph.tensors
-        return max(_OP_VERSIONS.get((op.opcode, tensors[op.inputs[0]].dtype), 1)
-                   for op in self.graph.operators if op.opcode == opcode)
+        data = tensors[op.inputs[_DATA_INPUT.get(op.opcode, 0)]]
+        if op.opcode == "MUL" and data.dtype == _INT8:
+            # An int8 MUL whose input scales multiply to at least its output scale needs version 3.
+            a, b, out = (tensors[t].quantization.scale[0] for t in (*op.inputs, *op.outputs))
+            return 3 if a * b / out >= 1 else 2
+        return _OP_VERSIONS.get((op.opcode, data.dtype), 1)
 
     def _sparsity(self, s: SparseTensor) -> int:
         levels = []

@@ -182,7 +182,7 @@ def test_operator_coverage_matches_pytorch(tmp_path, xnnpack):
 
 
 @pytest.mark.parametrize("layer, message", [
-    (nn.Upsample(scale_factor=2), "layer bad .Upsample. cannot be exported to TFLite"),
+    (nn.GroupNorm(2, 8), "layer bad .GroupNorm. cannot be exported to TFLite"),
     (nn.BatchNorm2d(8), "layer bad: a batch norm that does not directly follow a convolution"),
 ])
 def test_unsupported_layer_is_named_and_nothing_is_written(tmp_path, layer, message):
