@@ -21,7 +21,7 @@ class ExportFormat:
     name: str  # the --format value
     label: str  # how messages name it
     suffix: str
-    options: tuple[str, ...]  # keyword flags its exporter takes besides input_shape (--NAME on the CLI)
+    options: tuple[str, ...]  # keywords its exporter takes besides input_shape (--NAME on the CLI, _ as -)
     exporter: str  # "module:function", called as function(loaded, path, input_shape=..., **options)
 
     def load(self) -> Callable[..., ExportSummary]:
@@ -34,8 +34,9 @@ class ExportFormat:
 
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
-    ExportFormat("onnx", "ONNX", ".onnx", ("dense",), "pscompress.exporters.onnx_export:export_onnx"),
-    ExportFormat("tflite", "TFLite", ".tflite", ("fp16",), "pscompress.exporters.tflite:export_tflite"),
+    ExportFormat("onnx", "ONNX", ".onnx", ("dense", "dynamic_hw"), "pscompress.exporters.onnx_export:export_onnx"),
+    ExportFormat("tflite", "TFLite", ".tflite", ("fp16", "int8", "data", "calibration"),
+                 "pscompress.exporters.tflite:export_tflite"),
 )}
 
 

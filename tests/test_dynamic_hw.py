@@ -88,7 +88,7 @@ def test_one_file_runs_every_size_as_pytorch_does(dynamic, size, native):
         assert relative_difference(value, want) < 1e-4
 
 
-def test_the_file_records_dynamic_hw_and_the_predictor_takes_other_sizes(dynamic):
+def test_the_file_records_dynamic_hw_and_the_predictor_takes_other_sizes(dynamic, run_cli):
     _, onnx_file, summary = dynamic
     assert summary.psconv_layers == 3 and summary.max_rel_diff < 1e-4
     predictor = OnnxPredictor(onnx_file, native=False)
@@ -97,6 +97,8 @@ def test_the_file_records_dynamic_hw_and_the_predictor_takes_other_sizes(dynamic
     assert outputs["output0"].shape == (1, 4, 14, 20)
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         predictor.predict_all(np.zeros((1, 1, 28, 40), np.float32))
+    status, stdout, stderr = run_cli("info", onnx_file)
+    assert status == 0 and "input_shape: [3, 20, 24]\ndynamic_hw:  any input height and width\n" in stdout, stderr
 
 
 def test_run_takes_the_size_from_input_shape(dynamic, tmp_path, run_cli):
@@ -113,6 +115,7 @@ def test_run_takes_the_size_from_input_shape(dynamic, tmp_path, run_cli):
 def test_a_fixed_size_file_refuses_another_run_size(tmp_path, run_cli):
     checkpoint = _converted(TwoHeads(), tmp_path, run_cli)
     assert run_cli("export", checkpoint, "-o", tmp_path / "fixed.onnx").code == 0
+    assert "dynamic_hw" not in run_cli("info", tmp_path / "fixed.onnx").out
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 28, 40), np.float32))
     status, stdout, stderr = run_cli("run", tmp_path / "fixed.onnx", "--input", tmp_path / "x.npy",
                                      "--input-shape", "3,28,40")

@@ -68,6 +68,12 @@ def onnx_output_step(path) -> float:
     return float(next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == last.input[1]))
 
 
+def inner_dtypes(predictor: TFLitePredictor) -> set[np.dtype]:
+    """The dtypes of every activation and weight between the float input and the float logits."""
+    return {np.dtype(t["dtype"]) for t in predictor._interpreter.get_tensor_details()
+            if t["name"] not in ("input", "logits") and not t["name"].endswith(("/bias", "/shape", "/axes", "/pads"))}
+
+
 @pytest.mark.parametrize("xnnpack", [True, False], ids=["xnnpack", "builtin-kernels"])
 def test_int8_file_agrees_with_the_onnx_int8_file(files, test_images, xnnpack):
     paths, _ = files
@@ -141,9 +147,7 @@ def test_graph_is_full_integer_between_a_quantize_and_a_dequantize(files):
     assert ops.count("DENSIFY") == summary.psconv_layers == 18 and "RELU" not in ops
     predictor = TFLitePredictor(paths["int8.tflite"])
     assert predictor._input["dtype"] == np.float32 and predictor._output["dtype"] == np.float32
-    inner = {np.dtype(t["dtype"]) for t in predictor._interpreter.get_tensor_details()
-             if t["name"] not in ("input", "logits") and not t["name"].endswith(("/bias", "/shape", "/axes", "/pads"))}
-    assert inner == {np.dtype(np.int8)}
+    assert inner_dtypes(predictor) == {np.dtype(np.int8)}
     assert predictor.meta["int8"]["calibration_images"] == 100 and predictor.meta["fp16"] is False
 
 
@@ -197,7 +201,7 @@ def test_operator_coverage_in_int8(tmp_path, xnnpack):
 
 @pytest.mark.parametrize("tail, message", [
     (nn.Softmax(dim=1), r"^operation bad: softmax cannot be exported to int8 TFLite"),
-    (nn.Upsample(scale_factor=2), r"^layer bad \(Upsample\) cannot be exported to TFLite$"),
+    (nn.GroupNorm(2, 8), r"^layer bad \(GroupNorm\) cannot be exported to TFLite$"),
 ])
 def test_unsupported_operation_is_one_line_and_nothing_is_written(tmp_path, tail, message):
     layers = [nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
@@ -217,4 +221,34 @@ def test_int8_needs_calibration_data_and_excludes_fp16(tmp_path):
         export_tflite(loaded, tmp_path / "m.tflite", int8=True)
     with pytest.raises(UserError, match="one of --fp16 and --int8"):
         export_tflite(loaded, tmp_path / "m.tflite", int8=True, fp16=True, data="fashion-mnist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_int8_export_writes_a_full_integer_file(run_cli, tmp_path):
+    out = tmp_path / "m.tflite"
+    code, stdout, stderr = run_cli("export", SAMPLE, "--format", "tflite", "--int8", "--data", "fashion-mnist",
+                                   "--calibration", "8", "-o", out)
+    assert code == 0, stderr
+    assert f"wrote {out} (tflite)" in stdout and "18 pSConv layer(s)" in stdout
+    ops = operator_names(out)
+    assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE" and ops.count("DENSIFY") == 18
+    predictor = TFLitePredictor(out)
+    assert inner_dtypes(predictor) == {np.dtype(np.int8)} and predictor.meta["int8"]["calibration_images"] == 8
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--int8", "--data", "fashion-mnist"], "--int8"),
+    (["--data", "fashion-mnist"], "--data"),
+    (["--calibration", "8"], "--calibration"),
+])
+def test_cli_int8_options_are_refused_for_onnx(run_cli, tmp_path, args, option):
+    code, _, stderr = run_cli("export", SAMPLE, *args, "-o", tmp_path / "m.onnx")
+    assert code == 2 and stderr == f"Error: {option} applies to TFLite export only\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_int8_without_data_is_one_line(run_cli, tmp_path):
+    code, stdout, stderr = run_cli("export", SAMPLE, "--int8", "-o", tmp_path / "m.tflite")
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stdout + stderr
+    assert stderr.startswith("Error: int8 TFLite export needs calibration images") and "--data" in stderr
     assert list(tmp_path.iterdir()) == []

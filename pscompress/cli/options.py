@@ -13,6 +13,18 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 DATA_HELP = ("'fashion-mnist' (the Debian package dataset-fashion-mnist), an image folder DIR/<class>/*.png, "
              "or an .npz with x and y.")
+CALIBRATION_HELP = "How many images (a seeded random sample of the split) set the activation ranges."
+
+
+def calibration_options(scope: str = "", required: bool = True, default: int | None = 100) -> Decorator:
+    """``--data SPEC`` (parameter ``spec``) and ``--calibration N``: the images an int8 file's activation
+    ranges come from (``quantize``, ``export --int8``); ``scope`` begins both helps (who takes them)."""
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option("--calibration", default=default, show_default=default is not None,
+                               type=click.IntRange(min=1), metavar="N", help=scope + CALIBRATION_HELP)(command)
+        return click.option("--data", "spec", required=required, metavar="SPEC",
+                            help=f"{scope}Calibration images: {DATA_HELP}")(command)
+    return add
 
 
 def arch_option() -> Decorator:

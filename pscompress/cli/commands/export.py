@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pscompress.cli.options import arch_option, input_shape_option, trust_pickle_option
+from pscompress.cli.options import arch_option, calibration_options, input_shape_option, trust_pickle_option
 
 from pscompress.exporters.formats import FORMATS, format_of, format_taking
 from pscompress.exporters.summary import ExportSummary
@@ -21,6 +21,10 @@ _SUFFIXES = " or ".join(f.suffix for f in FORMATS.values())
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)),
               help="Output format.  [default: from the output's suffix]")
 @click.option("--fp16", is_flag=True, help="TFLite only: store weights as float16 (half the size).")
+@click.option("--int8", is_flag=True,
+              help="TFLite only: a full-integer int8 file (int8 weights and activations) calibrated on --data images, "
+                   "checked in a TFLite interpreter before it is written.")
+@calibration_options("TFLite only, with --int8. ", required=False, default=None)
 @click.option("--dense", is_flag=True,
               help="ONNX only: write every convolution as a standard dense Conv (a baseline to compare with).")
 @click.option("--dynamic-hw", is_flag=True,
@@ -30,8 +34,9 @@ _SUFFIXES = " or ".join(f.suffix for f in FORMATS.values())
 @input_shape_option("Input size of the model.  [default: the one its checkpoint records]")
 @arch_option()
 @trust_pickle_option()
-def export(model: Path, output: Path, fmt: str | None, fp16: bool, dense: bool, dynamic_hw: bool,
-           input_shape: str | None, arch: str | None, trust_pickle: bool) -> None:
+def export(model: Path, output: Path, fmt: str | None, fp16: bool, int8: bool, spec: str | None,
+           calibration: int | None, dense: bool, dynamic_hw: bool, input_shape: str | None, arch: str | None,
+           trust_pickle: bool) -> None:
     """Export MODEL (a pscompress checkpoint) for deployment and print a size summary.
 
     ONNX: batch norm is folded into the convolutions; each pSConv layer, with the residual
@@ -46,13 +51,13 @@ def export(model: Path, output: Path, fmt: str | None, fp16: bool, dense: bool, 
     chosen = FORMATS[fmt] if fmt else format_of(output)
     if chosen is None:
         raise UserError(f"cannot tell the format from {output.name!r}: use a {_SUFFIXES} suffix, or --format")
-    flags = {"fp16": fp16, "dense": dense}  # each format's own options (the table's), in the order they are checked
+    # Each format's own options (the table's), in the order they are checked; None: the exporter's default.
+    flags = {"fp16": fp16, "int8": int8, "data": spec, "calibration": calibration, "dense": dense,
+             "dynamic_hw": dynamic_hw}
     for name, given in flags.items():
         if given and name not in chosen.options:
-            raise UserError(f"--{name} applies to {format_taking(name).label} export only")
-    if dynamic_hw and chosen.name != "onnx":
-        raise UserError("--dynamic-hw applies to ONNX export only")
-    options = {name: flags[name] for name in chosen.options} | ({"dynamic_hw": True} if dynamic_hw else {})
+            raise UserError(f"--{name.replace('_', '-')} applies to {format_taking(name).label} export only")
+    options = {name: flags[name] for name in chosen.options}
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     shape = parse_input_shape(input_shape) if input_shape else None
     with warnings.catch_warnings(record=True) as caught:

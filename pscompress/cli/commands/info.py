@@ -38,7 +38,9 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
         lines.append("functions:   " + ", ".join(summary.functions) + " (portable fallback)")
     if isinstance(meta.get("pattern"), str):  # older files may hold any length
         meta["pattern"] = patterns_text(meta["pattern"].split("; "))
-    for key in ("version", "arch", "pattern", "input_shape", "accuracy", "classes"):
+    if meta.get("dynamic_hw"):  # export --dynamic-hw: input_shape is only the default size
+        meta["dynamic_hw"] = "any input height and width"
+    for key in ("version", "arch", "pattern", "input_shape", "dynamic_hw", "accuracy", "classes"):
         if key in meta:
             lines.append(f"{key + ':':<13}{_show(meta[key])}")
     if meta.get("preprocess"):

@@ -5,14 +5,12 @@ from pathlib import Path
 
 import click
 
-from pscompress.cli.options import DATA_HELP
+from pscompress.cli.options import calibration_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", "spec", required=True, metavar="SPEC", help=f"Calibration images: {DATA_HELP}")
-@click.option("--calibration", default=100, show_default=True, type=click.IntRange(min=1), metavar="N",
-              help="How many images (a seeded random sample of the split) set the activation ranges.")
+@calibration_options()
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Which split of the data set to calibrate on.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
