@@ -2,10 +2,14 @@
 
 Every runtime/src/*_neon.cc is compiled to assembly with aarch64-linux-gnu-g++ and the flags
 the real aarch64 build gives it (read from CMake's compile database for
-runtime/cmake/aarch64-linux-gnu.cmake), each innermost loop that holds fmla instructions is cut
-out of the assembly, and llvm-mca estimates its cycles per iteration as a Cortex-A72 (Pi 4) and
-a Cortex-A76 (Pi 5). FMA-pipe utilisation = fmla per iteration / (cycles x 128-bit FMA pipes).
-Prints a table and a JSON document. Not a unit test; docs/benchmarks/neon-mca.md has results.
+runtime/cmake/aarch64-linux-gnu.cmake), each innermost loop that holds multiply-accumulates is
+cut out of the assembly, and llvm-mca estimates its cycles per iteration as a Cortex-A72 (Pi 4)
+and a Cortex-A76 (Pi 5). A loop's class is its multiply-accumulate instruction: fmla (fp32),
+smlal/smlal2 (the int8 kernel's int16 x int16 widening form) or sdot/udot (ARMv8.2 int8 dot
+product). Pipe utilisation = that class's instructions per iteration / (cycles x the core's
+issue limit for the class); MACs per cycle = lane multiply-adds per iteration / cycles, which
+compares fp32 and int8 loops. Prints a table and a JSON document. Not a unit test;
+docs/benchmarks/neon-mca.md has results.
 
     .venv/bin/python benchmarks/neon_mca.py [--json PATH] [--llvm-mca llvm-mca-19]
 """
@@ -34,28 +38,55 @@ DEFAULT_MCA = "llvm-mca"
 @dataclass(frozen=True)
 class Cpu:
     """A target core and the per-cycle limits Arm's software optimisation guide gives it."""
-    name: str            # llvm-mca's -mcpu
+    name: str                  # llvm-mca's -mcpu
     board: str
-    fma_pipes: int       # 128-bit (4-lane) FMLA per cycle
-    load_pipes: int      # loads per cycle
-    decode_width: int    # instructions decoded per cycle
+    mac_issue: dict[str, int]  # per MacClass name, 128-bit instructions issued per cycle; a class
+                               # left out has no figure from the guide (or no such instruction)
+    load_pipes: int            # loads per cycle
+    decode_width: int          # instructions decoded per cycle
     source: str
 
 
 CPUS = (
-    Cpu("cortex-a72", "Raspberry Pi 4", fma_pipes=1, load_pipes=1, decode_width=3,
-        source="Cortex-A72 Software Optimization Guide (Arm UAN 0016A): two 64-bit FP/ASIMD pipes "
-               "F0/F1 that both execute FMLA; a Q-form FMLA takes both, so one 4-lane FMLA per cycle "
-               "(8 SP flop/cycle, as measured by vfpbench on a 2.0 GHz A72); one load pipe L; 3-wide decode"),
-    Cpu("cortex-a76", "Raspberry Pi 5", fma_pipes=2, load_pipes=2, decode_width=4,
+    # Cortex-A72 Software Optimization Guide (Arm UAN 0016A). fmla: F0 and F1 are 64 bits wide
+    # and both execute FMLA; a Q-form FMLA takes both, so one per cycle. smlal: §2.1 routes ASIMD
+    # integer multiply µops to F0 alone and §3.14 (ASIMD integer instructions, multiply
+    # accumulate long) gives SMLAL(2)/UMLAL(2) throughput 1 on F0. sdot: none, the A72 is
+    # ARMv8.0 and the dot product is an ARMv8.2 extension.
+    Cpu("cortex-a72", "Raspberry Pi 4", mac_issue={"fmla": 1, "smlal": 1}, load_pipes=1, decode_width=3,
+        source="Cortex-A72 Software Optimization Guide (Arm UAN 0016A): FMLA on F0+F1 together, 1/cycle "
+               "(8 SP flop/cycle, as measured by vfpbench on a 2.0 GHz A72); SMLAL(2) on F0 only, 1/cycle "
+               "(§2.1, §3.14); no SDOT (ARMv8.0); one load pipe L; 3-wide decode"),
+    # Cortex-A76 Software Optimization Guide (PJDOC-466751330-7215). fmla: §3.16 (ASIMD
+    # floating-point instructions), FMLA on V0/V1, throughput 2. smlal: §3.15 (ASIMD integer
+    # instructions, multiply accumulate long), SMLAL(2)/UMLAL(2) on V0 only, throughput 1.
+    # sdot: the guide's dot-product row was not read here, so no limit is entered.
+    Cpu("cortex-a76", "Raspberry Pi 5", mac_issue={"fmla": 2, "smlal": 1}, load_pipes=2, decode_width=4,
         source="Arm Cortex-A76 Software Optimization Guide (PJDOC-466751330-7215): FMLA on V0/V1, "
-               "throughput 2 per cycle at 128 bits; two load/store pipes L0/L1; 4-wide decode"),
+               "2/cycle (§3.16); SMLAL(2) on V0 only, 1/cycle (§3.15); two load/store pipes L0/L1; "
+               "4-wide decode"),
     # No LLVM release up to 19 gives cortex-a76 a model of its own; newer ones (not 14) have one
-    # for the Neoverse N1, which Arm derived from the Cortex-A76 core.
-    Cpu("neoverse-n1", "Pi 5 (A76 proxy)", fma_pipes=2, load_pipes=2, decode_width=4,
-        source="Arm Neoverse N1 Software Optimization Guide: FMLA on V0/V1, throughput 2; "
-               "two load/store pipes; 4-wide decode (the Cortex-A76's figures)"),
+    # for the Neoverse N1, which Arm derived from the Cortex-A76 core (the same FMLA and SMLAL rows).
+    Cpu("neoverse-n1", "Pi 5 (A76 proxy)", mac_issue={"fmla": 2, "smlal": 1}, load_pipes=2, decode_width=4,
+        source="Arm Neoverse N1 Software Optimization Guide: FMLA on V0/V1, throughput 2; SMLAL(2) on V0, "
+               "throughput 1; two load/store pipes; 4-wide decode (the Cortex-A76's figures)"),
 )
+
+
+@dataclass(frozen=True)
+class MacClass:
+    """Multiply-accumulate instructions that share a row of the optimisation guides."""
+    name: str
+    mnemonics: frozenset[str]
+    products_per_lane: int  # multiply-adds summed into each destination lane: four for a dot product
+
+
+MAC_CLASSES = (
+    MacClass("fmla", frozenset({"fmla"}), 1),                                 # fp32 kernels
+    MacClass("smlal", frozenset({"smlal", "smlal2", "umlal", "umlal2"}), 1),  # int16 x int16 -> int32
+    MacClass("sdot", frozenset({"sdot", "udot"}), 4),                         # int8 x4 -> int32, ARMv8.2
+)
+VECTOR_DESTINATION = re.compile(r"v\d+\.(\d+)[bhsd]$")  # v17.4s: 4 lanes; a scalar s0 is one
 
 # llvm-mca names no model; its resource names tell which one it used.
 MODEL_BY_RESOURCE_PREFIX = {"A57Unit": "CortexA57Model", "A53Unit": "CortexA53Model",
@@ -131,6 +162,18 @@ def to_assembly(entry: dict, source: Path, out: Path) -> list[str]:
 
 # --- finding the loops in the assembly --------------------------------------------------------
 
+def class_of(mnemonic: str) -> MacClass | None:
+    """The multiply-accumulate class of a mnemonic; None for any other instruction."""
+    return next((kind for kind in MAC_CLASSES if mnemonic in kind.mnemonics), None)
+
+
+def macs(instruction: str) -> int:
+    """Lane multiply-adds one multiply-accumulate does: smlal v0.4s = 4, sdot v0.4s = 16."""
+    mnemonic, operands = instruction.split(None, 1)
+    lanes = VECTOR_DESTINATION.match(operands.split(",")[0].strip())
+    return (int(lanes.group(1)) if lanes else 1) * class_of(mnemonic).products_per_lane
+
+
 @dataclass
 class Loop:
     function: str
@@ -141,8 +184,25 @@ class Loop:
         return [line.split()[0] for line in self.body]
 
     @property
-    def fmla(self) -> int:
-        return sum(m.startswith("fmla") for m in self.mnemonics())
+    def mac_class(self) -> str | None:
+        """The class of most of the loop's multiply-accumulates (None without any)."""
+        names = [kind.name for kind in map(class_of, self.mnemonics()) if kind]
+        return max(set(names), key=names.count) if names else None
+
+    def mac_instructions(self) -> list[str]:
+        """The loop's multiply-accumulates of its class."""
+        name = self.mac_class
+        return [line for line, mnemonic in zip(self.body, self.mnemonics())
+                if (kind := class_of(mnemonic)) and kind.name == name]
+
+    @property
+    def mac_count(self) -> int:
+        return len(self.mac_instructions())
+
+    @property
+    def macs(self) -> int:
+        """Lane multiply-adds per iteration."""
+        return sum(map(macs, self.mac_instructions()))
 
     @property
     def loads(self) -> int:
@@ -173,7 +233,10 @@ def functions(assembly: str) -> dict[str, list[str]]:
 
 
 def backward_branches(lines: list[str]) -> list[tuple[int, int, str]]:
-    """(label line, branch line, label) for every branch to a label above it: each is a loop."""
+    """(label line, branch line, label) for every branch to a label above it that the label reaches.
+
+    GCC moves cold blocks (the int8 kernel's odd-k tap) below the function's return and ends them
+    with a `b` back up: such a branch is no loop, as control from the label never gets to it."""
     seen: dict[str, int] = {}
     loops = []
     for index, line in enumerate(lines):
@@ -183,10 +246,42 @@ def backward_branches(lines: list[str]) -> list[tuple[int, int, str]]:
             continue
         instruction = INSTRUCTION.match(line)
         if instruction and BRANCH.match(instruction.group(1)):
-            target = instruction.group(2).split(",")[-1].strip()
-            if target in seen:
+            target = branch_target(instruction.group(2))
+            if target in seen and reaches(lines, seen[target], index):
                 loops.append((seen[target], index, target))
     return loops
+
+
+def branch_target(operands: str) -> str:
+    return operands.split(",")[-1].strip()
+
+
+def reaches(lines: list[str], start: int, end: int) -> bool:
+    """Whether control entering lines[start] can get to lines[end] without leaving that span."""
+    labels = {label.group(1): index for index in range(start, end + 1) if (label := LABEL.match(lines[index]))}
+    todo, visited = [start], set()
+    while todo:
+        index = todo.pop()
+        if index == end:
+            return True
+        if index not in visited and index < end:
+            visited.add(index)
+            todo += successors(lines[index], index, labels)
+    return False
+
+
+def successors(line: str, index: int, labels: dict[str, int]) -> list[int]:
+    """The lines control goes to after this one, among labels (a branch elsewhere leaves the span)."""
+    instruction = INSTRUCTION.match(line)
+    if not instruction:
+        return [index + 1]
+    mnemonic, operands = instruction.groups()
+    if mnemonic in ("ret", "br"):
+        return []
+    if not BRANCH.match(mnemonic):
+        return [index + 1]
+    taken = [labels[target]] if (target := branch_target(operands)) in labels else []
+    return taken if mnemonic == "b" else [index + 1, *taken]
 
 
 def instructions(lines: list[str]) -> list[str]:
@@ -199,20 +294,20 @@ def instructions(lines: list[str]) -> list[str]:
     return found
 
 
-def innermost_fma_loops(function: str, lines: list[str]) -> list[Loop]:
-    """The loops of a function that do multiply-adds and hold no other loop that does.
+def innermost_mac_loops(function: str, lines: list[str]) -> list[Loop]:
+    """The loops of a function that multiply-accumulate and hold no other loop that does.
 
-    A loop nesting one without fmla (a copy, say) still counts: its body then spans several
-    basic blocks, which Loop.branches shows."""
+    A loop nesting one without multiply-accumulates (a copy, say) still counts: its body then
+    spans several basic blocks, which Loop.branches shows."""
     loops = {(start, end): Loop(function, label, instructions(lines[start + 1:end + 1]))
              for start, end, label in backward_branches(lines)}
-    fma_spans = [span for span, loop in loops.items() if loop.fmla]
-    return [loops[(start, end)] for start, end in fma_spans
-            if not any(start <= s and e <= end and (s, e) != (start, end) for s, e in fma_spans)]
+    mac_spans = [span for span, loop in loops.items() if loop.mac_class]
+    return [loops[(start, end)] for start, end in mac_spans
+            if not any(start <= s and e <= end and (s, e) != (start, end) for s, e in mac_spans)]
 
 
 def kernel_loops(assembly: str) -> list[Loop]:
-    return [loop for name, lines in functions(assembly).items() for loop in innermost_fma_loops(name, lines)]
+    return [loop for name, lines in functions(assembly).items() for loop in innermost_mac_loops(name, lines)]
 
 
 def demangle(symbols: list[str]) -> dict[str, str]:
@@ -286,9 +381,19 @@ def parse_mca(report: str) -> McaResult:
 
 # --- the analysis -----------------------------------------------------------------------------
 
-def guide_bound(loop: Loop, cpu: Cpu) -> float:
-    """Cycles per iteration that the guide's pipe counts allow: the busiest of FMA, load, decode."""
-    return max(loop.fmla / cpu.fma_pipes, loop.loads / cpu.load_pipes, len(loop.body) / cpu.decode_width)
+def guide_bound(loop: Loop, cpu: Cpu) -> float | None:
+    """Cycles per iteration that the guide's pipe counts allow: the busiest of the loop's
+    multiply-accumulate pipe, loads and decode. None where the guide gives no figure for its class."""
+    issue = cpu.mac_issue.get(loop.mac_class)
+    if issue is None:
+        return None
+    return max(loop.mac_count / issue, loop.loads / cpu.load_pipes, len(loop.body) / cpu.decode_width)
+
+
+def utilisation(loop: Loop, cycles: float | None, cpu: Cpu) -> float | None:
+    """The share of the class's issue slots the loop fills at that many cycles per iteration."""
+    issue = cpu.mac_issue.get(loop.mac_class)
+    return None if issue is None or cycles is None else loop.mac_count / (cycles * issue)
 
 
 def analyse_loop(kernel: str, name: str, loop: Loop, cpu: Cpu, known: bool, mca_tool: str) -> dict:
@@ -296,11 +401,14 @@ def analyse_loop(kernel: str, name: str, loop: Loop, cpu: Cpu, known: bool, mca_
     bound = guide_bound(loop, cpu)
     return dict(
         kernel=kernel, loop=name, label=loop.label, cpu=cpu.name, board=cpu.board, cpu_known_to_llvm_mca=known,
-        model=mca.model, instructions=len(loop.body), fmla=loop.fmla, loads=loop.loads,
+        model=mca.model, instructions=len(loop.body), mac_class=loop.mac_class, mac_instructions=loop.mac_count,
+        macs=loop.macs, mac_issue_per_cycle=cpu.mac_issue.get(loop.mac_class), loads=loop.loads,
         stack_accesses=loop.stack_accesses, branches=loop.branches,
         cycles=mca.block_rthroughput, simulated_cycles=round(mca.simulated_cycles, 2),
-        fma_utilisation=loop.fmla / (mca.block_rthroughput * cpu.fma_pipes),
-        guide_cycles=bound, guide_fma_utilisation=loop.fmla / (bound * cpu.fma_pipes),
+        pipe_utilisation=utilisation(loop, mca.block_rthroughput, cpu),
+        macs_per_cycle=loop.macs / mca.block_rthroughput,
+        guide_cycles=bound, guide_pipe_utilisation=utilisation(loop, bound, cpu),
+        guide_macs_per_cycle=None if bound is None else loop.macs / bound,
         bottleneck=mca.busiest, bottleneck_cycles=mca.pressure[mca.busiest[0]],
         backend_pressure=mca.backend_pressure, body=loop.body)
 
@@ -314,7 +422,7 @@ def analyse(work: Path, mca: str = DEFAULT_MCA) -> dict:
         options = to_assembly(entry, source, work / f"{source.stem}.s")
         loops = kernel_loops((work / f"{source.stem}.s").read_text())
         names = demangle(sorted({loop.function for loop in loops}))
-        flags[source.name] = dict(flags=options, flags_from=flags_from.name, fma_loops=len(loops))
+        flags[source.name] = dict(flags=options, flags_from=flags_from.name, mac_loops=len(loops))
         for loop in sorted(loops, key=lambda loop: names[loop.function]):
             rows += [analyse_loop(source.name, names[loop.function], loop, cpu, cpu.name in known, mca)
                      for cpu in CPUS]
@@ -333,20 +441,30 @@ def print_table(document: dict) -> None:
     print(f"{document['compiler']}; {document['llvm_mca']}; {document['date']}")
     for name, record in document["sources"].items():
         print(f"{name}: {' '.join(record['flags'])} (flags of {record['flags_from']}), "
-              f"{record['fma_loops'] or 'NO'} innermost fmla loops")
+              f"{record['mac_loops'] or 'NO'} innermost multiply-accumulate loops")
     for cpu in CPUS:
         rows = [row for row in document["loops"] if row["cpu"] == cpu.name]
         known = "known to llvm-mca" if all(row["cpu_known_to_llvm_mca"] for row in rows) else "NOT known to llvm-mca"
         models = ", ".join(sorted({row["model"] for row in rows}))
-        print(f"{cpu.name} ({cpu.board}): {known}, scheduled with {models}; {cpu.fma_pipes} FMA pipe(s): {cpu.source}")
-    print(f"{'kernel':24} {'loop':18} {'cpu':11} {'model':15} {'insns':>5} {'fmla':>4} {'lds':>3} "
-          f"{'spill':>5} {'mca c/it':>8} {'FMA %':>6} {'guide c/it':>10} {'FMA %':>6}  bottleneck (llvm-mca)")
+        print(f"{cpu.name} ({cpu.board}): {known}, scheduled with {models}; per cycle {cpu.mac_issue}: {cpu.source}")
+    print(f"{'kernel':24} {'loop':18} {'cpu':11} {'model':15} {'insns':>5} {'class':5} {'mac':>3} {'MACs':>4} "
+          f"{'lds':>3} {'spill':>5} {'mca c/it':>8} {'pipe %':>6} {'MAC/c':>5} {'guide c/it':>10} {'pipe %':>6} "
+          f"{'MAC/c':>5}  bottleneck (llvm-mca)")
     for row in document["loops"]:
         print(f"{row['kernel']:24} {row['loop']:18} {row['cpu']:11} {row['model']:15} {row['instructions']:5} "
-              f"{row['fmla']:4} {row['loads']:3} {row['stack_accesses']:5} {row['cycles']:8.2f} "
-              f"{100 * row['fma_utilisation']:5.0f}% {row['guide_cycles']:10.2f} "
-              f"{100 * row['guide_fma_utilisation']:5.0f}%  {'+'.join(row['bottleneck'])} "
-              f"{row['bottleneck_cycles']:.1f} c/it; {row['backend_pressure']}")
+              f"{row['mac_class']:5} {row['mac_instructions']:3} {row['macs']:4} {row['loads']:3} "
+              f"{row['stack_accesses']:5} {row['cycles']:8.2f} {percent(row['pipe_utilisation']):>6} "
+              f"{row['macs_per_cycle']:5.2f} {figure(row['guide_cycles']):>10} "
+              f"{percent(row['guide_pipe_utilisation']):>6} {figure(row['guide_macs_per_cycle']):>5}  "
+              f"{'+'.join(row['bottleneck'])} {row['bottleneck_cycles']:.1f} c/it; {row['backend_pressure']}")
+
+
+def percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.0f}%"
+
+
+def figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def main() -> int:
