@@ -65,6 +65,9 @@ def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = 
     """
     if int8:
         return _export_int8(loaded, path, fp16, data, calibration, input_shape)
+    if data is not None or calibration is not None:  # silently ignored, they would suggest a calibrated file
+        given = "--data" if data is not None else "--calibration"
+        raise UserError(f"{given} calibrates an int8 TFLite file: add --int8, or leave {given} out")
     job = prepare(loaded, input_shape)
     check_one_output(job)
     numerics = Float16() if fp16 else Numerics()

@@ -224,6 +224,14 @@ def test_int8_needs_calibration_data_and_excludes_fp16(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, option", [(["--data", "fashion-mnist"], "--data"), (["--calibration", "8"], "--calibration")])
+def test_cli_calibration_without_int8_is_refused(run_cli, tmp_path, args, option):
+    out = tmp_path / "m.tflite"
+    code, _, stderr = run_cli("export", SAMPLE, "-o", out, *args)
+    assert code == 2 and f"{option} calibrates an int8 TFLite file: add --int8" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_cli_int8_export_writes_a_full_integer_file(run_cli, tmp_path):
     out = tmp_path / "m.tflite"
     code, stdout, stderr = run_cli("export", SAMPLE, "--format", "tflite", "--int8", "--data", "fashion-mnist",
