@@ -24,6 +24,7 @@ _COMMANDS = {
     "run": ("pscompress.cli.commands.run", "run", "Run an exported model on an image or .npy file."),
     "eval": ("pscompress.cli.commands.eval", "eval_", "Measure a model's accuracy and latency on a data set."),
     "check": ("pscompress.cli.commands.check", "check", "Fail when accuracy, size or speed regress."),
+    "ladder": ("pscompress.cli.commands.ladder", "ladder", "Re-time a model ladder here and keep its monotone subset."),
 }
 # The commands that need PyTorch, which only the workstation extra installs.
 _WORKSTATION = {"convert", "finetune", "export", "quantize"}
