@@ -46,6 +46,7 @@ from pscompress.core.metadata import check_metadata
 from pscompress.core.patterns import MAX_PERIOD, PatternSet
 from pscompress.workstation import archs
 from pscompress.workstation.layers import PSConv2d
+from pscompress.workstation.lean import LEAN, STENCILS, LeanConv2d, lean_reason
 from pscompress.workstation.program import is_program_archive, load_program, program_module
 from pscompress.workstation.surgery import has_submodule, replace_module
 
@@ -239,22 +240,48 @@ def _state_dict(state: Any, path: Path) -> Mapping[str, Any]:
 
 
 def _load_state(module: nn.Module, state: Mapping[str, Any], path: Path) -> None:
-    """Turn the convs that carry a pattern into PSConv2d, then load the weights strictly."""
-    for key, value in state.items():
-        if key.endswith(_EXTRA_STATE) and _is_extra(value):
-            name = key[: -len(_EXTRA_STATE)]
-            conv = module.get_submodule(name) if has_submodule(module, name) else None
-            if not isinstance(conv, nn.Conv2d):
-                raise UserError(f"{path}: {name} carries a pattern but is not a convolution of this architecture")
-            pattern, shift = _extra_pattern(value, f"{path}: {key}")
-            if tuple(pattern.kernel_size) != tuple(conv.kernel_size):
-                raise UserError(f"{path}: {key} is a pattern for {pattern.kernel_size} kernels, "
-                                f"the convolution has {tuple(conv.kernel_size)}")
-            replace_module(module, name, PSConv2d.from_conv(conv, pattern, shift))
+    """Turn the convs that carry a lean method or a pattern into LeanConv2d / PSConv2d, then load strictly."""
+    extras = [(key[: -len(_EXTRA_STATE)], key, value) for key, value in state.items()
+              if key.endswith(_EXTRA_STATE) and isinstance(value, dict)]
+    # Parents before children: a lean layer's depth-wise PSConv2d only exists once the lean layer does.
+    for name, key, value in sorted(extras, key=lambda item: item[0].count(".")):
+        if _is_lean(value):
+            _rebuild_lean(module, name, value, f"{path}: {key}")
+        elif _is_extra(value):
+            _rebuild_psconv(module, name, value, path, key)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise UserError(f"{path} does not match the architecture: {_mismatches(module, state)}") from exc
+
+
+def _rebuild_psconv(module: nn.Module, name: str, value: Mapping[str, Any], path: Path, key: str) -> None:
+    conv = module.get_submodule(name) if has_submodule(module, name) else None
+    if not isinstance(conv, nn.Conv2d):
+        raise UserError(f"{path}: {name} carries a pattern but is not a convolution of this architecture")
+    pattern, shift = _extra_pattern(value, f"{path}: {key}")
+    if tuple(pattern.kernel_size) != tuple(conv.kernel_size):
+        raise UserError(f"{path}: {key} is a pattern for {pattern.kernel_size} kernels, "
+                        f"the convolution has {tuple(conv.kernel_size)}")
+    replace_module(module, name, PSConv2d.from_conv(conv, pattern, shift))
+
+
+def _is_lean(value: Mapping[str, Any]) -> bool:
+    return value.get("method") == LEAN
+
+
+def _rebuild_lean(module: nn.Module, name: str, value: Mapping[str, Any], where: str) -> None:
+    """A LeanConv2d in place of the architecture's conv: {"method": "lean", "stencil": "5point" | "4point"}."""
+    stencil = value.get("stencil")
+    if set(value) != {"method", "stencil"} or not isinstance(stencil, str) or stencil not in STENCILS:
+        raise UserError(f"{where}: a lean layer records exactly a method and a stencil "
+                        f"({' or '.join(STENCILS)}), got {short_repr(value)}")
+    conv = module.get_submodule(name) if has_submodule(module, name) else None
+    reason = "not a convolution of this architecture" if not isinstance(conv, nn.Conv2d) \
+        else lean_reason(name, conv, first=None)
+    if reason is not None:
+        raise UserError(f"{where}: {name} cannot be a lean layer ({reason})")
+    replace_module(module, name, LeanConv2d.from_conv(conv, stencil))
 
 
 def _mismatches(module: nn.Module, state: Mapping[str, Any], shown: int = 3) -> str:
