@@ -1,4 +1,4 @@
-"""`pscompress ladder measure`: rungs re-timed on this machine and the monotone subset re-selected."""
+"""`pscompress ladder measure` (rungs re-timed here, the monotone subset re-selected) and `run --ladder`."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pscompress.board.ladder import Manifest, Rung, load_manifest, write_manifest
 from pscompress.board.ladder_measure import measure_ladder
+from pscompress.board.onnx_predictor import OnnxPredictor
 from pscompress.board.tune import cpu_model
 
 
@@ -82,3 +83,58 @@ def test_cli_measure_leaves_a_broken_manifest_untouched(run_cli, ladder):
     code, _, err = run_cli("ladder", "measure", ladder)
     assert code == 2 and "rungs[0].accuracy must be a fraction 0..1" in err and len(err.strip().splitlines()) == 1
     assert path.read_bytes() == before
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_run_ladder_with_time_to_spare_runs_the_most_accurate_rung(run_cli, ladder, images):
+    from pscompress.core.inputs import load_input
+
+    measure_ladder(ladder, threads=1, runs=10, progress=False)  # kept: shallow (fastest), deep (most accurate)
+    code, out, err = run_cli("run", "--ladder", ladder, "--deadline-ms", "1e6", "--input", images, "--threads", "1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"ladder {ladder}: rungs shallow, deep (fastest first)")
+    deep = OnnxPredictor(ladder / "deep.onnx", threads=1)
+    for i, line in enumerate(lines[1:5]):
+        expected = int(deep.predict(load_input(images / f"img{i}.png", (1, 28, 28)))[0].argmax())
+        assert line.startswith(f"img{i}.png: {expected} via deep in ") and line.endswith("(met)")
+    assert lines[5].startswith("4 image(s): 4 met the 1e+06 ms deadline, 0 missed (0.0%); rungs used: shallow 0, deep 4")
+
+
+def test_run_ladder_when_nothing_fits_runs_the_fastest_and_reports_misses(run_cli, ladder, images):
+    measure_ladder(ladder, threads=1, runs=10, progress=False)
+    code, out, err = run_cli("run", "--ladder", ladder, "--deadline-ms", "0.0001", "--input", images)
+    assert code == 0, err
+    assert all(" via shallow in " in line and line.endswith("(MISSED)") for line in out.splitlines()[1:5])
+    assert out.splitlines()[5].startswith("4 image(s): 0 met the 0.0001 ms deadline, 4 missed (100.0%)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["m.onnx", "--ladder", "L", "--deadline-ms", "5"], "give either MODEL or --ladder DIR"),
+    (["--ladder", "L"], "--deadline-ms and --ladder go together"),
+    (["m.onnx", "--deadline-ms", "5"], "--deadline-ms and --ladder go together"),
+])
+def test_run_ladder_option_mistakes_are_one_line(run_cli, tmp_path, args, message):
+    code, _, err = run_cli("run", *args, "--input", tmp_path)
+    assert code == 2 and err.strip() == f"Error: {message}"
+
+
+def test_run_ladder_needs_a_folder_of_images(run_cli, ladder, images):
+    code, _, err = run_cli("run", "--ladder", ladder, "--deadline-ms", "5", "--input", images / "img0.png")
+    assert code == 2 and "with --ladder, give a folder of images" in err
+    empty = images.parent / "empty"
+    empty.mkdir()
+    code, _, err = run_cli("run", "--ladder", ladder, "--deadline-ms", "5", "--input", empty)
+    assert code == 2 and "holds no images" in err
