@@ -27,6 +27,7 @@ import numpy as np
 from pscompress.board.onnx_predictor import OnnxPredictor
 from pscompress.core.errors import UserError, short_repr
 from pscompress.core.files import atomic_output
+from pscompress.core.limits import is_int
 
 FORMAT = "pscompress-ladder"
 VERSION = 1
@@ -134,13 +135,13 @@ def _check_manifest(data: Any, folder: Path, source: str) -> Manifest:
     _check_keys(data, _MANIFEST_KEYS, source, "the manifest")
     if data["format"] != FORMAT:
         raise UserError(f"{source}: format must be {FORMAT!r}, got {short_repr(data['format'])}")
-    if not _is_int(data["version"]) or data["version"] != VERSION:
+    if not is_int(data["version"]) or data["version"] != VERSION:
         raise UserError(f"{source}: version {short_repr(data['version'])} is not one this pscompress reads ({VERSION})")
     cpu = _text(data["cpu"], source, "cpu", allow_empty=True)
     threads = data["threads"]
-    if threads is not None and not (_is_int(threads) and 1 <= threads <= MAX_THREADS):
+    if threads is not None and not (is_int(threads) and 1 <= threads <= MAX_THREADS):
         raise UserError(f"{source}: threads must be null or an integer 1..{MAX_THREADS}, got {short_repr(threads)}")
-    if not _is_int(data["batch"]) or data["batch"] != 1:
+    if not is_int(data["batch"]) or data["batch"] != 1:
         raise UserError(f"{source}: batch must be 1 (the only batch size ladders measure), got {short_repr(data['batch'])}")
     rungs = data["rungs"]
     if not isinstance(rungs, list) or not 1 <= len(rungs) <= MAX_RUNGS:
@@ -165,7 +166,7 @@ def _check_rung(data: Any, folder: Path, where: str) -> Rung:
     if not (_is_number(accuracy) and 0 <= accuracy <= 1):
         raise UserError(f"{where}.accuracy must be a fraction 0..1, got {short_repr(accuracy)}")
     size = (folder / file).stat().st_size
-    if not (_is_int(data["bytes"]) and data["bytes"] >= 0):
+    if not (is_int(data["bytes"]) and data["bytes"] >= 0):
         raise UserError(f"{where}.bytes must be an integer >= 0, got {short_repr(data['bytes'])}")
     if data["bytes"] != size:  # a stale manifest: the file was replaced after it was measured
         raise UserError(f"{where}.bytes is {data['bytes']:,} but {file} has {size:,} bytes")
@@ -220,12 +221,8 @@ def _text(value: Any, where: str, key: str, allow_empty: bool = False) -> str:
     return value
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 # --- running it -----------------------------------------------------------------------------
@@ -242,7 +239,7 @@ class LadderPredictor:
                  percentile: float = 0.9, window: int = 64) -> None:
         if not (_is_number(percentile) and 0 < percentile <= 1):
             raise UserError(f"`percentile` must be a fraction in (0, 1], got {short_repr(percentile)}", "percentile")
-        if not (_is_int(window) and 1 <= window <= MAX_WINDOW):
+        if not (is_int(window) and 1 <= window <= MAX_WINDOW):
             raise UserError(f"`window` must be an integer 1..{MAX_WINDOW}, got {short_repr(window)}", "window")
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)

@@ -106,11 +106,7 @@ def _stream_ladder(ladder_dir: Path, folder: Path, deadline_ms: float, threads: 
     shares = ", ".join(f"{name} {count}" for name, count in used.items())
     click.echo(f"{len(files)} image(s): {met} met the {deadline_ms:g} ms deadline, {len(files) - met} missed "
                f"({(len(files) - met) / len(files):.1%}); rungs used: {shares}; "
-               f"latency p50 {_percentile(totals, 50):.2f} ms, p99 {_percentile(totals, 99):.2f} ms")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
+               f"latency p50 {np.percentile(totals, 50):.2f} ms, p99 {np.percentile(totals, 99):.2f} ms")
 
 
 def _print_topk(predictor, logits: np.ndarray, top_k: int) -> None:
