@@ -154,6 +154,30 @@ def test_estimate_follows_observations(ladder):
         predictor.observe(0, float("nan"))
 
 
+@pytest.mark.parametrize("window,percentile", [(1, 0.9), (7, 0.5), (64, 0.9), (64, 0.99), (10, 1.0)])
+def test_estimate_is_numpys_quantile_of_the_last_window(ladder, window, percentile):
+    """The incremental estimate against np.quantile of the last ``window`` observations (the oracle)."""
+    predictor = LadderPredictor(ladder, threads=1, percentile=percentile, window=window)
+    rng = np.random.default_rng(window)
+    seen = []
+    for value in rng.choice([0.25, 0.5, 1.0, 3.0], size=3 * window) * rng.random(3 * window):  # ties included
+        predictor.observe(1, float(value))
+        seen.append(float(value))
+        if len(seen) >= window:
+            assert predictor.predicted_ms[1] == pytest.approx(np.quantile(seen[-window:], percentile), abs=1e-12)
+
+
+def test_observe_is_fast(ladder):
+    """Recording a latency runs on every request: it must stay far below a fast rung's run (~0.1 ms)."""
+    predictor = LadderPredictor(ladder, threads=1, window=64)
+    calls = 10_000
+    start = time.perf_counter()
+    for i in range(calls):
+        predictor.observe(i % 3, 1.0 + (i % 7) * 0.1)
+    per_call_us = (time.perf_counter() - start) / calls * 1e6
+    assert per_call_us < 20, f"observe() took {per_call_us:.1f} us"
+
+
 def test_predict_matches_the_rung(ladder):
     x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     for deadline, name in ((100.0, "slow"), (2.5, "mid")):
