@@ -25,11 +25,23 @@ def measure_ladder(folder: str | os.PathLike, threads: int | None = None, runs: 
                    clock: Callable[[], float] = time.perf_counter) -> Manifest:
     """Time every rung of the ladder in ``folder`` (``runs`` batch-1 calls each), re-select its
     monotone subset for this machine and rewrite its manifest; the new manifest is returned."""
-    from tqdm import tqdm
-
     folder = Path(folder)
     manifest = load_manifest(folder)
-    predictors = [OnnxPredictor(folder / r.file, threads=threads, native=native) for r in manifest.rungs]
+    latencies = time_rungs([folder / r.file for r in manifest.rungs], threads, runs, native, progress, clock)
+    for rung, latency in zip(manifest.rungs, latencies):
+        rung.latency_ms = latency
+    monotone_subset(manifest.rungs)
+    manifest.cpu, manifest.threads = cpu_model(), threads
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def time_rungs(files: list[Path], threads: int | None = None, runs: int = 200, native: bool | None = None,
+               progress: bool | None = None, clock: Callable[[], float] = time.perf_counter) -> list[dict[str, float]]:
+    """p50/p90/p99 (ms) of ``runs`` batch-1 calls of each model file, timed round-robin, order alternating."""
+    from tqdm import tqdm
+
+    predictors = [OnnxPredictor(path, threads=threads, native=native) for path in files]
     rng = np.random.default_rng(0)
     image = rng.random((1, *predictors[0].input_shape), dtype=np.float32)
     for predictor in predictors:
@@ -43,12 +55,7 @@ def measure_ladder(folder: str | os.PathLike, threads: int | None = None, runs: 
             start = clock()
             predictors[i].predict(image)
             samples[i].append((clock() - start) * 1e3)
-    for rung, times in zip(manifest.rungs, samples):
-        rung.latency_ms = {key: round(float(np.quantile(times, q)), 4) for key, q in PERCENTILES.items()}
-    monotone_subset(manifest.rungs)
-    manifest.cpu, manifest.threads = cpu_model(), threads
-    write_manifest(folder, manifest)
-    return manifest
+    return [{key: round(float(np.quantile(times, q)), 4) for key, q in PERCENTILES.items()} for times in samples]
 
 
 def format_rungs(manifest: Manifest) -> list[str]:

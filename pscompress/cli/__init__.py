@@ -24,34 +24,55 @@ _COMMANDS = {
     "run": ("pscompress.cli.commands.run", "run", "Run an exported model on an image or .npy file."),
     "eval": ("pscompress.cli.commands.eval", "eval_", "Measure a model's accuracy and latency on a data set."),
     "check": ("pscompress.cli.commands.check", "check", "Fail when accuracy, size or speed regress."),
-    "ladder": ("pscompress.cli.commands.ladder", "ladder", "Re-time a model ladder here and keep its monotone subset."),
+    "ladder": ("pscompress.cli.commands.ladder", "ladder", "Build, measure and plot model ladders (run-time model choice)."),
+}
+# `pscompress ladder`'s subcommands that need PyTorch; its board-side ones live in its own module.
+_LADDER_COMMANDS = {
+    "build": ("pscompress.cli.commands.ladder_build", "build",
+              "Build a ladder on the workstation: convert, fine-tune, export, tune and measure each rung."),
 }
 # The commands that need PyTorch, which only the workstation extra installs.
 _WORKSTATION = {"convert", "finetune", "export", "quantize"}
 _WORKSTATION_NOTE = "needs the workstation extra: pip install 'pscompress[workstation]'"
 
 
+def workstation_modules() -> set[str]:
+    """The modules of every command that needs PyTorch, subcommands included (for the import-boundary test)."""
+    return {_COMMANDS[name][0] for name in _WORKSTATION} | {module for module, _, _ in _LADDER_COMMANDS.values()}
+
+
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
+    """A group whose subcommands in ``lazy`` (name -> module, function, help) are imported on first use.
+
+    Those named in ``workstation`` need PyTorch: on an install without it they are listed, marked,
+    and asking for one is a one-line error naming the extra. Commands added directly work as in click.
+    """
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str, str]], workstation: set[str] = frozenset(),
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy, self.workstation = lazy, workstation
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(_COMMANDS)
+        return list(dict.fromkeys([*self.lazy, *super().list_commands(ctx)]))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in _COMMANDS:
-            return None
-        if name in _WORKSTATION and not _torch_installed():
-            raise UserError(f"`pscompress {name}` {_WORKSTATION_NOTE} (this install has no PyTorch)")
-        module, attr, _ = _COMMANDS[name]
+        if name not in self.lazy:
+            return super().get_command(ctx, name)
+        if name in self.workstation and not _torch_installed():
+            raise UserError(f"`{ctx.command_path} {name}` {_WORKSTATION_NOTE} (this install has no PyTorch)")
+        module, attr, _ = self.lazy[name]
         return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         light = not _torch_installed()
-        rows = [(name, help_ + (" [workstation]" if light and name in _WORKSTATION else ""))
-                for name, (_, _, help_) in _COMMANDS.items()]
+        rows = []
+        for name in self.list_commands(ctx):
+            help_ = self.lazy[name][2] if name in self.lazy else super().get_command(ctx, name).get_short_help_str(80)
+            rows.append((name, help_ + (" [workstation]" if light and name in self.workstation else "")))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-            if light:
+            if light and self.workstation:
                 formatter.write_paragraph()
                 formatter.write_text(f"This install has no PyTorch: each command marked [workstation] {_WORKSTATION_NOTE}.")
 
@@ -60,7 +81,8 @@ def _torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=_COMMANDS, workstation=_WORKSTATION,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pscompress")
 def cli() -> None:
     """Compress CNNs with periodic sparse convolutions (pSConv) and export them for edge boards.

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import click
 
+from pscompress.cli import _LADDER_COMMANDS, LazyGroup
 from pscompress.cli.options import threads_option
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=_LADDER_COMMANDS, workstation=set(_LADDER_COMMANDS),
+             context_settings={"help_option_names": ["-h", "--help"]})
 def ladder() -> None:
     """Work with a model ladder: a folder of variants of one model and its ladder.json manifest.
 
@@ -36,3 +38,23 @@ def measure(folder: Path, threads: int | None, runs: int) -> None:
     kept = sum(r.kept for r in manifest.rungs)
     click.echo(f"wrote {folder / 'ladder.json'}: {kept} of {len(manifest.rungs)} rung(s) kept on {manifest.cpu}, "
                f"{'default' if threads is None else threads} thread(s)")
+
+
+@ladder.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "png", required=True, type=click.Path(path_type=Path), metavar="FILE.png",
+              help="The picture to write.")
+@click.option("--html", type=click.Path(path_type=Path), metavar="FILE.html",
+              help="Also write a self-contained HTML page: the picture and a table of the rungs.")
+def plot(folder: Path, png: Path, html: Path | None) -> None:
+    """Draw the trade-off of the ladder in FOLDER: accuracy against latency (p90, a bar from p50
+    to p99) and against file size, every rung labelled; the kept rungs filled and joined by the
+    monotone frontier, the dropped ones hollow.
+
+    Needs matplotlib (the workstation extra). Each file is written atomically.
+    """
+    from pscompress.board.ladder import load_manifest
+    from pscompress.board.tradeoff import plot_ladder
+
+    plot_ladder(load_manifest(folder), png, html)
+    click.echo(f"wrote {png}" + (f" and {html}" if html is not None else ""))
