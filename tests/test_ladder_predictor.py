@@ -139,32 +139,47 @@ def test_predicted_miss(ladder):
 
 def test_estimate_follows_observations(ladder):
     predictor = LadderPredictor(ladder, threads=1, window=8)
-    for _ in range(8):  # the slow rung turns out fast: a full window of 0.5 ms runs
+    for _ in range(8):  # the slow rung turns out 8x faster than measured: a full window of 0.5 ms runs
         predictor.observe(2, 0.5)
-    assert predictor.predicted_ms[2] == pytest.approx(0.5)
+    assert predictor.predicted_ms == pytest.approx([0.125, 0.25, 0.5])  # every rung: the same slowdown
     assert predictor.choose(0.6) == 2
     predictor.observe(2, 10.0)  # one slow run in eight moves the 90th percentile up
     assert predictor.predicted_ms[2] > 0.5
     assert predictor.choose(0.6) == 0 and predictor.choose(3.0) == 1
-    for _ in range(8):  # every rung slower than 0.6 ms: the fastest by the current estimate is rung 1
+    for _ in range(8):  # load: the fastest rung runs 9x slower, and the slow rungs, not run, follow it
         predictor.observe(0, 9.0)
-    assert predictor.predicted_ms[1] < predictor.predicted_ms[0]
-    assert predictor.choose(0.1) == 1
+    assert predictor.predicted_ms == pytest.approx([9.0, 18.0, 36.0])
+    assert predictor.choose(10.0) == 0 and predictor.choose(20.0) == 1 and predictor.choose(1.0) == 0
+    for _ in range(8):  # the load goes: the slow rungs come back without having run meanwhile
+        predictor.observe(0, 1.0)
+    assert predictor.predicted_ms == pytest.approx([1.0, 2.0, 4.0]) and predictor.choose(4.0) == 2
     with pytest.raises(UserError):
         predictor.observe(0, float("nan"))
 
 
 @pytest.mark.parametrize("window,percentile", [(1, 0.9), (7, 0.5), (64, 0.9), (64, 0.99), (10, 1.0)])
 def test_estimate_is_numpys_quantile_of_the_last_window(ladder, window, percentile):
-    """The incremental estimate against np.quantile of the last ``window`` observations (the oracle)."""
+    """The incremental estimate against np.quantile of the last ``window`` slowdowns (the oracle):
+    each run's time over its rung's manifest median (1, 2 and 4 ms here), whichever rung ran."""
     predictor = LadderPredictor(ladder, threads=1, percentile=percentile, window=window)
+    nominal = [1.0, 2.0, 4.0]
     rng = np.random.default_rng(window)
-    seen = []
-    for value in rng.choice([0.25, 0.5, 1.0, 3.0], size=3 * window) * rng.random(3 * window):  # ties included
-        predictor.observe(1, float(value))
-        seen.append(float(value))
-        if len(seen) >= window:
-            assert predictor.predicted_ms[1] == pytest.approx(np.quantile(seen[-window:], percentile), abs=1e-12)
+    slowdowns = []
+    for k, value in enumerate(rng.choice([0.25, 0.5, 1.0, 3.0], size=3 * window) * rng.random(3 * window)):
+        rung = k % 3  # ties included
+        predictor.observe(rung, float(value))
+        slowdowns.append(float(value) / nominal[rung])
+        if len(slowdowns) >= window:
+            expected = np.quantile(slowdowns[-window:], percentile)
+            assert predictor.predicted_ms == pytest.approx([n * expected for n in nominal], abs=1e-12)
+
+
+def test_the_seed_follows_the_manifests_tail(tmp_path):
+    """Before any run, a rung's prediction is its p50 times the rungs' median p90/p50 (at percentile 0.9)."""
+    folder = make_ladder(tmp_path, [rung("fast", 0.8, p90=1.5, p50=1.0), rung("slow", 0.9, p90=6.0, p50=4.0)])
+    predictor = LadderPredictor(folder, threads=1, percentile=0.9, window=64)
+    assert predictor.predicted_ms == pytest.approx([1.5, 6.0], rel=0.02)
+    assert LadderPredictor(folder, threads=1, percentile=0.5).predicted_ms == pytest.approx([1.0, 4.0], rel=0.02)
 
 
 def test_observe_is_fast(ladder):

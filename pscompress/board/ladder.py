@@ -38,6 +38,7 @@ MAX_RUNGS = 64
 MAX_TEXT = 256  # characters of a name, file or cpu string
 MAX_THREADS = 1024
 MAX_WINDOW = 4096
+MIN_NOMINAL_MS = 1e-3  # a rung measured at 0 ms still scales with the load
 PERCENTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
 _MANIFEST_KEYS = {"format", "version", "cpu", "threads", "batch", "rungs"}
 _RUNG_KEYS = {"name", "file", "accuracy", "bytes", "latency_ms", "kept", "recipe"}
@@ -231,9 +232,9 @@ def _is_number(value: Any) -> bool:
 class LadderPredictor:
     """The kept rungs of a ladder, loaded once, least accurate (fastest) first.
 
-    Each rung predicts its latency as the ``percentile`` of its last ``window`` observed
-    latencies, seeded from the manifest; ``predict`` runs the most accurate rung predicted to
-    fit the deadline and feeds the time it took back in.
+    A rung's predicted latency is its manifest p50 times the ``percentile`` of the last ``window``
+    slowdowns observed on any rung (seeded from the manifest's p90 and p99); ``predict`` runs the
+    most accurate rung predicted to fit the deadline and feeds the time it took back in.
     """
 
     def __init__(self, folder: str | os.PathLike, threads: int | None = None, native: bool | None = None,
@@ -250,10 +251,15 @@ class LadderPredictor:
         self.predictors = [OnnxPredictor(self.folder / r.file, threads=threads, native=native) for r in self.rungs]
         _check_same_input(self.predictors, self.rungs)
         self.percentile = float(percentile)
-        self._windows = [_LatencyWindow(_seed_window(r.latency_ms, window), self.percentile) for r in self.rungs]
+        # Background load, heat and throttling slow every rung alike, so the rungs share one window
+        # of slowdowns (a run's time over its rung's median in the manifest): the fastest rung's
+        # runs under load move the slow rungs' predictions too, and a rung not run for a while is
+        # never stuck at a stale estimate.
+        self._nominal = [max(r.latency_ms["p50"], MIN_NOMINAL_MS) for r in self.rungs]
+        self._slowdowns = _LatencyWindow(_seed_slowdowns(self.rungs, window), self.percentile)
         # choose() only reads these: kept up to date by observe() so selection does no arithmetic
-        self._predicted = [w.estimate() for w in self._windows]
-        self._fastest = _argmin(self._predicted)
+        self._predicted = self._scaled(self._slowdowns.estimate())
+        self._fastest = _argmin(self._nominal)
 
     @property
     def names(self) -> list[str]:
@@ -278,11 +284,13 @@ class LadderPredictor:
         return self._fastest
 
     def observe(self, rung: int, latency_ms: float) -> None:
-        """Record one run of rung ``rung`` that took ``latency_ms`` and update its prediction."""
+        """Record one run of rung ``rung`` that took ``latency_ms`` and update every rung's prediction."""
         if not (_is_number(latency_ms) and latency_ms >= 0):
             raise UserError(f"latency_ms must be a finite number >= 0, got {short_repr(latency_ms)}")
-        self._predicted[rung] = self._windows[rung].record(float(latency_ms))
-        self._fastest = _argmin(self._predicted)
+        self._predicted = self._scaled(self._slowdowns.record(latency_ms / self._nominal[rung]))
+
+    def _scaled(self, slowdown: float) -> list[float]:
+        return [nominal * slowdown for nominal in self._nominal]
 
     def predict(self, x: np.ndarray, deadline_ms: float) -> LadderResult:
         """Run the rung ``choose(deadline_ms)`` picks on ``x`` (as OnnxPredictor.predict takes it), timed."""
@@ -345,11 +353,13 @@ class _LatencyWindow:
         return low + (self._sorted[self._low + 1] - low) * self._frac if self._frac else low
 
 
-def _seed_window(latency_ms: dict[str, float], size: int) -> np.ndarray:
-    """``size`` latencies whose quantiles follow the manifest's p50/p90/p99 (p50 below the median: a cautious start)."""
+def _seed_slowdowns(rungs: list[Rung], size: int) -> np.ndarray:
+    """``size`` slowdowns whose quantiles follow the manifest's p50/p90/p99 over p50 (the rungs'
+    median ratios; below the median all 1, a cautious start)."""
+    p90, p99 = (float(np.median([r.latency_ms[key] / max(r.latency_ms["p50"], MIN_NOMINAL_MS) for r in rungs]))
+                for key in ("p90", "p99"))
     q = (np.arange(size) + 0.5) / size
-    return np.interp(q, [0.0, 0.5, 0.9, 0.99, 1.0],
-                     [latency_ms["p50"], latency_ms["p50"], latency_ms["p90"], latency_ms["p99"], latency_ms["p99"]])
+    return np.interp(q, [0.0, 0.5, 0.9, 0.99, 1.0], [1.0, 1.0, max(p90, 1.0), max(p99, p90, 1.0), max(p99, p90, 1.0)])
 
 
 def _argmin(values: list[float]) -> int:
