@@ -115,6 +115,20 @@ def test_monotone_subset():
         monotone_subset([f], "p75")
 
 
+def test_monotone_subset_with_a_minimum_gain():
+    # b is 4% faster than c and less accurate: timing noise, so c takes its place; a is 2x faster than c
+    a, b, c, d = rung("a", 0.80, 1.0), rung("b", 0.85, 2.0), rung("c", 0.90, 2.08), rung("d", 0.91, 4.0)
+    assert [r.name for r in monotone_subset([a, b, c, d], min_gain=0.05)] == ["a", "c", "d"]
+    assert not b.kept and all(r.kept for r in (a, c, d))
+    assert [r.name for r in monotone_subset([a, b, c, d])] == ["a", "b", "c", "d"]  # the plain rule keeps b
+    # a chain of 3% steps keeps every other rung, from the most accurate down: 6% apart
+    chain = [rung(f"r{i}", 0.80 + i / 100, 1.0 + i * 0.03) for i in range(5)]
+    assert [r.name for r in monotone_subset(chain, min_gain=0.05)] == ["r0", "r2", "r4"]
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(UserError):
+            monotone_subset([a], min_gain=bad)
+
+
 def test_only_kept_rungs_load(tmp_path):
     folder = make_ladder(tmp_path, [rung("fast", 0.8, 1.0), rung("worse", 0.7, 3.0, kept=False),
                                     rung("slow", 0.9, 4.0)])

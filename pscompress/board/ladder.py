@@ -38,6 +38,7 @@ MAX_RUNGS = 64
 MAX_TEXT = 256  # characters of a name, file or cpu string
 MAX_THREADS = 1024
 MAX_WINDOW = 4096
+MIN_GAIN = 0.05  # what ladder build and measure ask of a faster rung: more than timing noise
 MIN_NOMINAL_MS = 1e-3  # a rung measured at 0 ms still scales with the load
 PERCENTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
 _MANIFEST_KEYS = {"format", "version", "cpu", "threads", "batch", "rungs"}
@@ -103,20 +104,31 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> None:
         tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
-def monotone_subset(rungs: list[Rung], percentile: str = "p90") -> list[Rung]:
-    """The rungs worth keeping, fastest first: each strictly more accurate than every faster kept one.
+def monotone_subset(rungs: list[Rung], percentile: str = "p90", min_gain: float = 0.0) -> list[Rung]:
+    """The rungs worth keeping, fastest first: each strictly more accurate than every faster kept one
+    and, with ``min_gain``, each faster than the next kept one by more than that fraction.
 
     Sorted by the ``percentile`` latency (ties: the more accurate first, then input order); sets
-    each rung's ``kept`` in place.
+    each rung's ``kept`` in place. A rung at most ``min_gain`` faster than a more accurate one
+    saves only timing noise and costs accuracy, so the more accurate one takes its place.
     """
     if percentile not in PERCENTILES:
         raise UserError(f"percentile must be one of {', '.join(PERCENTILES)}, got {short_repr(percentile)}")
+    if not (_is_number(min_gain) and 0 <= min_gain < 1):
+        raise UserError(f"min_gain must be a fraction in [0, 1), got {short_repr(min_gain)}")
     order = sorted(rungs, key=lambda r: (r.latency_ms[percentile], -r.accuracy))
-    kept: list[Rung] = []
+    monotone: list[Rung] = []
     for rung in order:
-        rung.kept = not kept or rung.accuracy > kept[-1].accuracy
-        if rung.kept:
+        if not monotone or rung.accuracy > monotone[-1].accuracy:
+            monotone.append(rung)
+    # From the most accurate down, so each cluster of rungs within min_gain keeps its most accurate
+    kept = monotone[-1:]
+    for rung in reversed(monotone[:-1]):
+        if rung.latency_ms[percentile] * (1 + min_gain) < kept[-1].latency_ms[percentile]:
             kept.append(rung)
+    kept.reverse()
+    for rung in rungs:
+        rung.kept = any(rung is k for k in kept)
     return kept
 
 

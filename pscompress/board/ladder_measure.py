@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from pscompress.board.ladder import PERCENTILES, Manifest, load_manifest, monotone_subset, write_manifest
+from pscompress.board.ladder import MIN_GAIN, PERCENTILES, Manifest, load_manifest, monotone_subset, write_manifest
 from pscompress.board.onnx_predictor import OnnxPredictor
 from pscompress.board.tune import cpu_model
 
@@ -21,16 +21,17 @@ WARMUP = 5  # the native kernel packs its weights on the first runs
 
 
 def measure_ladder(folder: str | os.PathLike, threads: int | None = None, runs: int = 200,
-                   native: bool | None = None, progress: bool | None = None,
+                   native: bool | None = None, progress: bool | None = None, min_gain: float = MIN_GAIN,
                    clock: Callable[[], float] = time.perf_counter) -> Manifest:
     """Time every rung of the ladder in ``folder`` (``runs`` batch-1 calls each), re-select its
-    monotone subset for this machine and rewrite its manifest; the new manifest is returned."""
+    monotone subset for this machine (``monotone_subset(..., min_gain)``) and rewrite its manifest;
+    the new manifest is returned."""
     folder = Path(folder)
     manifest = load_manifest(folder)
     latencies = time_rungs([folder / r.file for r in manifest.rungs], threads, runs, native, progress, clock)
     for rung, latency in zip(manifest.rungs, latencies):
         rung.latency_ms = latency
-    monotone_subset(manifest.rungs)
+    monotone_subset(manifest.rungs, min_gain=min_gain)
     manifest.cpu, manifest.threads = cpu_model(), threads
     write_manifest(folder, manifest)
     return manifest

@@ -141,3 +141,12 @@ def measurement_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def min_gain_option() -> Decorator:
+    """``--min-gain F``: how much faster than the next more accurate rung a kept rung must be."""
+    from pscompress.board.ladder import MIN_GAIN
+
+    return click.option("--min-gain", default=MIN_GAIN, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+                        metavar="F", help="Keep a faster rung only if it saves more than this fraction of the next "
+                                          "more accurate kept rung's p90 (less is timing noise).")

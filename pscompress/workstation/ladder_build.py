@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from pscompress.board.data import ArrayDataset, load_dataset
 from pscompress.board.evaluate import evaluate_file
-from pscompress.board.ladder import MAX_RUNGS, Manifest, Rung, monotone_subset, write_manifest
+from pscompress.board.ladder import MAX_RUNGS, MIN_GAIN, Manifest, Rung, monotone_subset, write_manifest
 from pscompress.board.ladder_measure import time_rungs
 from pscompress.board.onnx_reader import is_psconv, read_onnx
 from pscompress.board.tune import cpu_model, tune_model
@@ -63,6 +63,7 @@ class LadderBuildConfig:
     calibration: int = 100  # int8 rungs: calibration images
     threads: int | None = None  # latency and tuning: onnxruntime threads (None: its default)
     runs: int = 200  # timed batch-1 calls per rung
+    min_gain: float = MIN_GAIN  # a kept rung is more than this fraction faster than the next kept one
     seed: int = 0
 
 
@@ -113,7 +114,7 @@ def build_ladder(model_path: str | os.PathLike, spec: str, folder: str | os.Path
     for rung, latency in zip(rungs, time_rungs([folder / r.file for r in rungs], config.threads, config.runs,
                                                progress=progress)):
         rung.latency_ms = latency
-    monotone_subset(rungs)
+    monotone_subset(rungs, min_gain=config.min_gain)
     manifest = Manifest(cpu=cpu_model(), threads=config.threads, rungs=rungs)
     write_manifest(folder, manifest)
     return manifest
@@ -124,7 +125,7 @@ def _check_config(config: LadderBuildConfig) -> None:
                                                               "at least 1"),
               ("lr", config.lr > 0, "positive"), ("calibration", config.calibration >= 1, "at least 1"),
               ("threads", config.threads is None or config.threads >= 1, "at least 1"),
-              ("runs", config.runs >= 10, "at least 10")]
+              ("runs", config.runs >= 10, "at least 10"), ("min_gain", 0 <= config.min_gain < 1, "in [0, 1)")]
     for name, ok, what in checks:
         if not ok:
             raise UserError(f"`{name}` must be {what}, got {getattr(config, name)!r}", name)

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from pscompress.cli import _LADDER_COMMANDS, LazyGroup
-from pscompress.cli.options import threads_option
+from pscompress.cli.options import min_gain_option, threads_option
 
 
 @click.group(cls=LazyGroup, lazy=_LADDER_COMMANDS, workstation=set(_LADDER_COMMANDS),
@@ -24,7 +24,8 @@ def ladder() -> None:
 @threads_option()
 @click.option("--runs", default=200, show_default=True, type=click.IntRange(min=10, max=100_000), metavar="N",
               help="Timed batch-1 calls per rung (interleaved across rungs).")
-def measure(folder: Path, threads: int | None, runs: int) -> None:
+@min_gain_option()
+def measure(folder: Path, threads: int | None, runs: int, min_gain: float) -> None:
     """Re-time every rung of the ladder in FOLDER on this machine (batch 1, wall time, p50/p90/p99),
     record the CPU model and keep the rungs each strictly more accurate than every faster one.
 
@@ -32,7 +33,7 @@ def measure(folder: Path, threads: int | None, runs: int) -> None:
     """
     from pscompress.board.ladder_measure import format_rungs, measure_ladder
 
-    manifest = measure_ladder(folder, threads=threads, runs=runs)
+    manifest = measure_ladder(folder, threads=threads, runs=runs, min_gain=min_gain)
     for line in format_rungs(manifest):
         click.echo(line)
     kept = sum(r.kept for r in manifest.rungs)

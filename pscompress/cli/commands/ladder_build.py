@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pscompress.cli.options import DATA_HELP, arch_option, threads_option, trust_pickle_option
+from pscompress.cli.options import DATA_HELP, arch_option, min_gain_option, threads_option, trust_pickle_option
 from pscompress.workstation.ladder_build import LadderBuildConfig, build_ladder, parse_rungs
 
 _DEFAULTS = LadderBuildConfig(rungs=())
@@ -29,12 +29,13 @@ _DEFAULTS = LadderBuildConfig(rungs=())
 @threads_option()
 @click.option("--runs", default=_DEFAULTS.runs, show_default=True, type=click.IntRange(min=10, max=100_000),
               metavar="N", help="Timed batch-1 calls per rung (interleaved across rungs).")
+@min_gain_option()
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The ladder folder to write (created if needed); a rung already built there is kept.")
 @arch_option()
 @trust_pickle_option()
 def build(model: Path, spec: str, rungs: str, epochs: int, limit: int | None, lr: float, calibration: int,
-          threads: int | None, runs: int, output: Path, arch: str | None, trust_pickle: bool) -> None:
+          threads: int | None, runs: int, min_gain: float, output: Path, arch: str | None, trust_pickle: bool) -> None:
     """Build a ladder of MODEL (a dense checkpoint) in OUTPUT: one rung per --patterns item.
 
     Each rung is converted, fine-tuned with distillation from MODEL, exported to ONNX (int8 when
@@ -47,7 +48,7 @@ def build(model: Path, spec: str, rungs: str, epochs: int, limit: int | None, lr
     from pscompress.board.ladder_measure import format_rungs
 
     config = LadderBuildConfig(rungs=parse_rungs(rungs), epochs=epochs, limit=limit, lr=lr, calibration=calibration,
-                               threads=threads, runs=runs)
+                               threads=threads, runs=runs, min_gain=min_gain)
     manifest = build_ladder(model, spec, output, config, arch=arch, trust_pickle=trust_pickle, log=click.echo)
     for line in format_rungs(manifest):
         click.echo(line)
