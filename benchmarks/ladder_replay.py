@@ -44,7 +44,7 @@ import onnxruntime as ort
 
 from pscompress import runtime
 from pscompress.board.data import load_dataset
-from pscompress.board.ladder import LadderPredictor
+from pscompress.board.ladder import DEFAULT_PERCENTILE, LadderPredictor
 from pscompress.board.tune import cpu_model
 from pscompress.core.errors import UserError
 
@@ -263,7 +263,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--deadline-ms", type=float, help="mean deadline (default: always-dense's calibrated p50)")
     parser.add_argument("--spread", type=float, default=0.25, help="deadlines uniform in MEAN * (1 +- SPREAD)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--percentile", type=float, default=0.9, help="the ladder's latency estimate (LadderPredictor)")
+    parser.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE, help="the ladder's latency estimate (LadderPredictor)")
     parser.add_argument("--window", type=int, default=64, help="slowdowns the ladder's estimate remembers (shared by its rungs)")
     parser.add_argument("--load", type=int, default=os.cpu_count() or 1, help="background load processes")
     parser.add_argument("--bursty", action="store_true", help="also replay under load bursting on and off")

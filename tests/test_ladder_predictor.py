@@ -152,7 +152,7 @@ def test_predicted_miss(ladder):
 
 
 def test_estimate_follows_observations(ladder):
-    predictor = LadderPredictor(ladder, threads=1, window=8)
+    predictor = LadderPredictor(ladder, threads=1, percentile=0.9, window=8)
     for _ in range(8):  # the slow rung turns out 8x faster than measured: a full window of 0.5 ms runs
         predictor.observe(2, 0.5)
     assert predictor.predicted_ms == pytest.approx([0.125, 0.25, 0.5])  # every rung: the same slowdown
