@@ -196,6 +196,18 @@ def test_the_seed_follows_the_manifests_tail(tmp_path):
     assert LadderPredictor(folder, threads=1, percentile=0.5).predicted_ms == pytest.approx([1.0, 4.0], rel=0.02)
 
 
+def test_every_rung_is_warmed_up_before_the_first_request(ladder, monkeypatch):
+    from pscompress.board import ladder as ladder_module
+
+    calls = []
+    real = OnnxPredictor.predict
+    monkeypatch.setattr(OnnxPredictor, "predict", lambda self, x: calls.append(self.path.name) or real(self, x))
+    predictor = LadderPredictor(ladder, threads=1)
+    assert sorted(set(calls)) == ["fast.onnx", "mid.onnx", "slow.onnx"]
+    assert len(calls) == 3 * ladder_module.WARMUP_RUNS
+    assert predictor.predicted_ms == pytest.approx([1.0, 2.0, 4.0])  # warm-up runs teach the estimate nothing
+
+
 def test_observe_is_fast(ladder):
     """Recording a latency runs on every request: it must stay far below a fast rung's run (~0.1 ms)."""
     predictor = LadderPredictor(ladder, threads=1, window=64)

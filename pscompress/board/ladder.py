@@ -41,6 +41,7 @@ MAX_WINDOW = 4096
 # The latency a rung is predicted to take: a high quantile, so that a rung it picks rarely misses
 # (on the sample, p90 let the ladder miss 3 points more often than the fastest rung; p99 under 1)
 DEFAULT_PERCENTILE = 0.99
+WARMUP_RUNS = 3
 MIN_GAIN = 0.05  # what ladder build and measure ask of a faster rung: more than timing noise
 MIN_NOMINAL_MS = 1e-3  # a rung measured at 0 ms still scales with the load
 PERCENTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
@@ -265,6 +266,7 @@ class LadderPredictor:
         _check_kept(self.rungs, str(self.folder / MANIFEST_NAME))
         self.predictors = [OnnxPredictor(self.folder / r.file, threads=threads, native=native) for r in self.rungs]
         _check_same_input(self.predictors, self.rungs)
+        _warm_up(self.predictors)
         self.percentile = float(percentile)
         # Background load, heat and throttling slow every rung alike, so the rungs share one window
         # of slowdowns (a run's time over its rung's median in the manifest): the fastest rung's
@@ -366,6 +368,18 @@ class _LatencyWindow:
     def estimate(self) -> float:
         low = self._sorted[self._low]
         return low + (self._sorted[self._low + 1] - low) * self._frac if self._frac else low
+
+
+def _warm_up(predictors: list[OnnxPredictor]) -> None:
+    """A few untimed runs per rung: a session's first runs allocate and pack weights, many times
+    slower than the rest, and must not be a request's (nor teach the estimate a false slowdown)."""
+    shape = predictors[0].input_shape
+    if not all(is_int(d) and d > 0 for d in shape):  # sizes chosen at run time: nothing to warm up with
+        return
+    zeros = np.zeros((1, *shape), np.float32)
+    for predictor in predictors:
+        for _ in range(WARMUP_RUNS):
+            predictor.predict(zeros)
 
 
 def _seed_slowdowns(rungs: list[Rung], size: int) -> np.ndarray:
