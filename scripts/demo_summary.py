@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from pscompress.board.ladder import load_manifest
 from pscompress.board.onnx_reader import read_onnx
 from pscompress.core.metadata import decode_onnx_metadata
 
@@ -48,5 +49,16 @@ def speed_line(tuned_path: Path, dense: str, native: str) -> str:
             f"{len(plan['nodes'])} layers dense (> 1 is faster).")
 
 
+def ladder_deadline(folder: Path) -> float:
+    """The demo's frame budget: 2x the most accurate kept rung's median time on this machine: room to
+    decode a frame and run that rung, unless decoding or the machine is slow for once."""
+    manifest = load_manifest(folder)
+    best = max((r for r in manifest.rungs if r.kept), key=lambda r: r.accuracy)
+    return round(2 * best.latency_ms["p50"], 3)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "--deadline":
+        print(ladder_deadline(Path(sys.argv[2])))
+    else:
+        main(Path(sys.argv[1]))
