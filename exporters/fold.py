@@ -3,6 +3,9 @@
 An eval-mode BatchNorm2d is an affine map per channel: y = (x - mean) * g / sqrt(var + eps) + b.
 After a conv it becomes part of the conv's weight (scaled per output channel) and bias.
 Scaling a PSConv2d's weight per output channel keeps every zero a zero, so the pattern holds.
+A virtual-pool layer's upsample (pscompress.workstation.virtual_pool) averages within each channel with
+weights summing to 1, so a per-channel affine map commutes with it: the batch norm after it folds into
+the conv before it.
 """
 from __future__ import annotations
 
@@ -12,13 +15,14 @@ import torch
 from torch import fx, nn
 
 from pscompress.core.errors import UserError
+from pscompress.workstation.virtual_pool import Upsample2x
 
 
 class _ConvLeafTracer(fx.Tracer):
-    """Keeps every Conv2d subclass (PSConv2d included) as one call_module node."""
+    """Keeps every Conv2d subclass (PSConv2d included) and every virtual-pool upsample as one call_module node."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, (nn.Conv2d, Upsample2x)) or super().is_leaf_module(m, module_qualified_name)
 
 
 def trace(module: nn.Module) -> fx.GraphModule:
@@ -43,14 +47,14 @@ def fold_batchnorm(module: nn.Module) -> fx.GraphModule:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
             continue
         source = node.args[0]
-        if not (isinstance(source, fx.Node) and source.op == "call_module"
-                and isinstance(modules[source.target], nn.Conv2d) and len(source.users) == 1
-                and _call_count(gm, source.target) == 1):
+        conv = _through_upsample(source, modules)
+        if not (_is_module(conv, modules, nn.Conv2d) and len(conv.users) == 1 and len(source.users) == 1
+                and _call_count(gm, conv.target) == 1):
             continue  # folding would change the conv's other uses too
         bn = modules[node.target]
         if bn.running_mean is None or bn.running_var is None:
             continue  # batch statistics at inference time: nothing constant to fold
-        fold_into_conv(modules[source.target], bn)
+        fold_into_conv(modules[conv.target], bn)
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
         _delete_submodule(gm, node.target)
@@ -71,6 +75,15 @@ def fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.weight.mul_(scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
     bias = shift if conv.bias is None else conv.bias * scale + shift
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+
+
+def _through_upsample(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    """The node whose output a virtual-pool upsample ``node`` upsamples; ``node`` itself if it is no upsample."""
+    return node.args[0] if _is_module(node, modules, Upsample2x) else node
+
+
+def _is_module(node: object, modules: dict[str, nn.Module], kind: type) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_module" and isinstance(modules[node.target], kind)
 
 
 def _call_count(gm: fx.GraphModule, target: str) -> int:

@@ -21,6 +21,7 @@ from pscompress.exporters import torch_ops  # noqa: F401  registers the torch.op
 from pscompress.exporters.padding import conv_pads
 from pscompress.workstation.layers import PSConv2d
 from pscompress.workstation.surgery import replace_module
+from pscompress.workstation.virtual_pool import Upsample2x
 
 
 class FusedPSConv(nn.Module):
@@ -175,3 +176,16 @@ def plain_conv(conv: PSConv2d) -> nn.Module:
         return plain.eval()
     top, left, bottom, right = conv.pads
     return nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), plain).eval()
+
+
+class UpsampleOp(nn.Module):
+    """A virtual-pool upsample as one ``pscompress::upsample_linear2x`` call (what it computes, as one op)."""
+
+    def forward(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return torch.ops.pscompress.upsample_linear2x(y, like)
+
+
+def upsample_ops(gm: fx.GraphModule) -> None:
+    """Replace every virtual-pool upsample of ``gm`` by an UpsampleOp, for the ONNX exporter. In place."""
+    for name in [name for name, m in gm.named_modules() if isinstance(m, Upsample2x)]:
+        replace_module(gm, name, UpsampleOp())

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 import torch
+from onnxscript import opset18 as op
 from torch import nn
 
 import pscompress
@@ -27,7 +28,7 @@ from pscompress.core.files import atomic_output
 from pscompress.core.metadata import encode_onnx_metadata, export_metadata, pattern_text, patterns_text
 from pscompress.core.patterns import pattern_name
 from pscompress.exporters import psconv_onnx
-from pscompress.exporters.fuse import densify, fuse_psconv, packable
+from pscompress.exporters.fuse import densify, fuse_psconv, packable, upsample_ops
 from pscompress.exporters.pipeline import Prepared, at_other_size, not_fully_convolutional, prepare, verify
 from pscompress.exporters.summary import ExportSummary
 from pscompress.runtime import create_session, first_line, onnxruntime_errors
@@ -87,6 +88,7 @@ def _build(job: Prepared, dense: bool, layers: dict, dynamic_hw: bool) -> tuple[
     if dense:
         densify(graph)
     fused = 0 if dense else fuse_psconv(graph, job.example)
+    upsample_ops(graph)  # after fusing, which reads the graph's shapes with the upsamples as they were
     model = _torch_export(graph, job.example, job.output_names, dynamic_hw)
     if fused:
         model.functions.extend(psconv_onnx.fallback_functions())
@@ -113,7 +115,8 @@ def _torch_export(graph: nn.Module, example: torch.Tensor, output_names: list[st
     psconv_onnx.register_schemas()
     # The ops exporters.torch_ops registers, which fuse_psconv's FusedPSConv modules call.
     table = {torch.ops.pscompress.psconv.default: _translate_psconv,
-             torch.ops.pscompress.psconv_add.default: _translate_psconv_add}
+             torch.ops.pscompress.psconv_add.default: _translate_psconv_add,
+             torch.ops.pscompress.upsample_linear2x.default: _translate_upsample}
     dims = {0: torch.export.Dim("batch", min=1, max=65536)}
     if dynamic_hw:  # AUTO: torch.export finds the sizes the model allows (a stride-2 residual may need even ones)
         dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
@@ -145,6 +148,15 @@ def _translate_psconv_add(x, w, b, z, kernel_shape, strides, pads, dilations, gr
         x, w, b, z, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group,
         in_channels=in_channels, out_channels=out_channels, patterns=patterns, shift=shift,
         clip_min=clip_min, clip_max=clip_max)
+
+
+def _translate_upsample(y, like):
+    """Resize by 2 (linear, asymmetric: out[2i] = y[i], odd positions the mean of their neighbours, the edge
+    replicated), then Slice to ``like``'s H x W (an odd size drops the last row or column)."""
+    resized = op.Resize(y, None, op.Constant(value_floats=[1.0, 1.0, 2.0, 2.0]), mode="linear",
+                        coordinate_transformation_mode="asymmetric")
+    return op.Slice(resized, op.Constant(value_ints=[0, 0]), op.Shape(like, start=2, end=4),
+                    op.Constant(value_ints=[2, 3]))
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from pscompress.exporters.tflite_writer import Quantization, TFLiteGraph, enum
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.layers import PSConv2d
 from pscompress.workstation.surgery import psconv_layers
+from pscompress.workstation.virtual_pool import FACTOR, Upsample2x
 
 # Export fails when the TFLite interpreter's logits differ from PyTorch's by more than this
 # (relative); float16 weights round every weight, so they get a looser bound.
@@ -273,6 +274,8 @@ class _Lowering:
             self._adaptive_avg_pool(node)
         elif isinstance(m, nn.Upsample):
             self._resize_nearest(node, m)
+        elif isinstance(m, Upsample2x):
+            self._virtual_pool_upsample(node)
         elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             self._flatten(node)
         elif isinstance(m, nn.Softmax) and m.dim in (1, -1):
@@ -486,6 +489,26 @@ class _Lowering:
         out = self.numerics.activation(self.graph, node.name, (1, oh, ow, c), like=x)  # int8: it copies input values
         self.graph.op("RESIZE_NEAREST_NEIGHBOR", [x, size], [out], "ResizeNearestNeighborOptions",
                       AlignCorners=False, HalfPixelCenters=False)
+        self.values[node] = _Value(out, True)
+
+    def _virtual_pool_upsample(self, node: fx.Node) -> None:
+        """RESIZE_BILINEAR by 2 (no align_corners, no half-pixel centers: a virtual-pool layer's linear upsample,
+        edge replicated), then a SLICE to the layer's input size when that is odd."""
+        x = self._nhwc(node.args[0], node)
+        _, c, h, w = self._shape(node.args[0])
+        _, _, oh, ow = self._shape(node)
+        size = (FACTOR * h, FACTOR * w)
+        cropped = size != (oh, ow)
+        # int8: every value is a mean of input values, in their range, so the output keeps their quantization.
+        out = self.numerics.activation(self.graph, f"{node.name}/resized" if cropped else node.name, (1, *size, c),
+                                       like=x)
+        self.graph.op("RESIZE_BILINEAR", [x, self.graph.constant(f"{node.name}/size", np.array(size, np.int32))],
+                      [out], "ResizeBilinearOptions", AlignCorners=False, HalfPixelCenters=False)
+        if cropped:
+            begin = self.graph.constant(f"{node.name}/begin", np.zeros(4, np.int32))
+            extent = self.graph.constant(f"{node.name}/extent", np.array([-1, oh, ow, c], np.int32))  # -1: every image
+            resized, out = out, self.numerics.activation(self.graph, node.name, (1, oh, ow, c), like=out)
+            self.graph.op("SLICE", [resized, begin, extent], [out])
         self.values[node] = _Value(out, True)
 
     def _flatten(self, node: fx.Node) -> None:

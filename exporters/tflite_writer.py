@@ -30,6 +30,7 @@ _OP_VERSIONS = {
     ("ADD", _INT8): 2, ("MUL", _INT8): 2, ("MEAN", _INT8): 2, ("MAX_POOL_2D", _INT8): 2, ("AVERAGE_POOL_2D", _INT8): 2,
     ("PAD", _INT8): 2, ("PADV2", _INT8): 2, ("TRANSPOSE", _INT8): 2, ("RELU", _INT8): 2, ("RELU6", _INT8): 2,
     ("LOGISTIC", _INT8): 2, ("CONCATENATION", _INT8): 2, ("SPLIT", _INT8): 2, ("RESIZE_NEAREST_NEIGHBOR", _INT8): 2,
+    ("RESIZE_BILINEAR", _INT8): 2, ("SLICE", _INT8): 2,
 }
 _DATA_INPUT = {"SPLIT": 1}  # the input op_version.cc types the operator by (SPLIT's first input is the axis)
 

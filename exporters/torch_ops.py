@@ -1,5 +1,6 @@
 """The torch custom ops ``pscompress::psconv`` and ``pscompress::psconv_add``: the PSConv operators
-(docs/operator.md) on the PyTorch side.
+(docs/operator.md) on the PyTorch side; and ``pscompress::upsample_linear2x``, a virtual-pool layer's
+upsample, which the ONNX exporter writes as a standard Resize.
 
 exporters.fuse rewrites each PSConv2d into a call of one of them; the ONNX exporter translates
 those calls to ``ai.pscompress`` nodes. Run in PyTorch they compute exactly what the unfused
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pscompress.core.patterns import PatternSet
+from pscompress.workstation.virtual_pool import upsample2x
 
 
 def _dense(w: torch.Tensor, kernel_shape: list[int], in_per_group: int, out_channels: int,
@@ -58,3 +60,15 @@ def _psconv_fake(x, w, b, kernel_shape, strides, pads, dilations, group, in_chan
 def _psconv_add_fake(x, w, b, z, kernel_shape, strides, pads, dilations, group, in_channels, out_channels,
                      patterns, shift, clip_min, clip_max):
     return x.new_empty(_out_shape(x, kernel_shape, strides, pads, dilations, out_channels))
+
+
+@torch.library.custom_op("pscompress::upsample_linear2x", mutates_args=())
+def upsample_linear2x(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A virtual-pool layer's upsample of ``y`` to ``like``'s H x W: ONNX Resize (linear, asymmetric, scale 2)
+    then a crop to that size (pscompress.workstation.virtual_pool)."""
+    return upsample2x(y, like.shape[2], like.shape[3])
+
+
+@upsample_linear2x.register_fake
+def _upsample_linear2x_fake(y, like):
+    return y.new_empty([y.shape[0], y.shape[1], like.shape[2], like.shape[3]])

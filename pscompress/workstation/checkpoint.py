@@ -33,7 +33,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -49,6 +49,7 @@ from pscompress.workstation.layers import PSConv2d
 from pscompress.workstation.lean import LEAN, STENCILS, LeanConv2d, lean_reason
 from pscompress.workstation.program import is_program_archive, load_program, program_module
 from pscompress.workstation.surgery import has_submodule, replace_module
+from pscompress.workstation.virtual_pool import VIRTUAL_POOL, VirtualPoolConv2d, virtual_pool_reason
 
 FORMAT = "pscompress"
 PROGRAM_ARCH = "torch.export"  # the architecture of a model rebuilt from a .pt2 program
@@ -240,13 +241,16 @@ def _state_dict(state: Any, path: Path) -> Mapping[str, Any]:
 
 
 def _load_state(module: nn.Module, state: Mapping[str, Any], path: Path) -> None:
-    """Turn the convs that carry a lean method or a pattern into LeanConv2d / PSConv2d, then load strictly."""
+    """Turn the convs that carry a method (lean, virtual pool) or a pattern into LeanConv2d / VirtualPoolConv2d /
+    PSConv2d, then load strictly."""
     extras = [(key[: -len(_EXTRA_STATE)], key, value) for key, value in state.items()
               if key.endswith(_EXTRA_STATE) and isinstance(value, dict)]
-    # Parents before children: a lean layer's depth-wise PSConv2d only exists once the lean layer does.
+    # Parents before children: a lean layer's depth-wise PSConv2d, or the PSConv2d a virtual-pool layer wraps,
+    # only exists once that layer does.
     for name, key, value in sorted(extras, key=lambda item: item[0].count(".")):
-        if _is_lean(value):
-            _rebuild_lean(module, name, value, f"{path}: {key}")
+        method = value.get("method")
+        if isinstance(method, str) and method in _REBUILDERS:  # a hostile list or dict is no key
+            _REBUILDERS[method](module, name, value, f"{path}: {key}")
         elif _is_extra(value):
             _rebuild_psconv(module, name, value, path, key)
     try:
@@ -266,22 +270,37 @@ def _rebuild_psconv(module: nn.Module, name: str, value: Mapping[str, Any], path
     replace_module(module, name, PSConv2d.from_conv(conv, pattern, shift))
 
 
-def _is_lean(value: Mapping[str, Any]) -> bool:
-    return value.get("method") == LEAN
-
-
 def _rebuild_lean(module: nn.Module, name: str, value: Mapping[str, Any], where: str) -> None:
     """A LeanConv2d in place of the architecture's conv: {"method": "lean", "stencil": "5point" | "4point"}."""
     stencil = value.get("stencil")
     if set(value) != {"method", "stencil"} or not isinstance(stencil, str) or stencil not in STENCILS:
         raise UserError(f"{where}: a lean layer records exactly a method and a stencil "
                         f"({' or '.join(STENCILS)}), got {short_repr(value)}")
-    conv = module.get_submodule(name) if has_submodule(module, name) else None
-    reason = "not a convolution of this architecture" if not isinstance(conv, nn.Conv2d) \
-        else lean_reason(name, conv, first=None)
-    if reason is not None:
-        raise UserError(f"{where}: {name} cannot be a lean layer ({reason})")
+    conv = _eligible_conv(module, name, lambda conv: lean_reason(name, conv, first=None), "a lean layer", where)
     replace_module(module, name, LeanConv2d.from_conv(conv, stencil))
+
+
+def _rebuild_virtual_pool(module: nn.Module, name: str, value: Mapping[str, Any], where: str) -> None:
+    """A VirtualPoolConv2d around the architecture's stride-1 conv (now at stride 2): {"method": "virtual-pool"}."""
+    if set(value) != {"method"}:
+        raise UserError(f"{where}: a virtual-pool layer records exactly its method, got {short_repr(value)}")
+    conv = _eligible_conv(module, name, lambda conv: virtual_pool_reason(name, conv), "a virtual-pool layer", where)
+    replace_module(module, name, VirtualPoolConv2d.from_conv(conv))
+
+
+def _eligible_conv(module: nn.Module, name: str, reason: Callable[[nn.Conv2d], str | None], what: str,
+                   where: str) -> nn.Conv2d:
+    """The architecture's conv called ``name``; UserError when there is none or ``reason`` says it cannot be ``what``."""
+    conv = module.get_submodule(name) if has_submodule(module, name) else None
+    why = "not a convolution of this architecture" if not isinstance(conv, nn.Conv2d) else reason(conv)
+    if why is not None:
+        raise UserError(f"{where}: {name} cannot be {what} ({why})")
+    return conv
+
+
+# How a layer whose extra state names its method is rebuilt, by method.
+_REBUILDERS: dict[str, Callable[[nn.Module, str, Mapping[str, Any], str], None]] = {
+    LEAN: _rebuild_lean, VIRTUAL_POOL: _rebuild_virtual_pool}
 
 
 def _mismatches(module: nn.Module, state: Mapping[str, Any], shown: int = 3) -> str:

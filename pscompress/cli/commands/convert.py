@@ -24,12 +24,19 @@ from pscompress.cli.options import arch_option, input_metadata_options, input_sh
                    "match. Repeatable.")
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="Leave convs whose module name matches dense. Repeatable.")
-@click.option("--method", type=click.Choice(["psconv", "lean"]), default="psconv", show_default=True,
+@click.option("--method", type=click.Choice(["psconv", "lean"]),
               help="psconv: periodic sparse kernels (--pattern). lean: each square 3x3 conv becomes a depth-wise "
-                   "star-stencil 3x3 conv plus a 1x1 conv (LeanResNet). See docs/convert.md.")
+                   "star-stencil 3x3 conv plus a 1x1 conv (LeanResNet). See docs/convert.md.  [default: psconv; "
+                   "none when --virtual-pool is given without --pattern]")
 @click.option("--stencil", type=click.Choice(["5point", "4point"]),
               help="With --method lean: the depth-wise kernels' support, centre and 4 neighbours (5point) or the "
                    "4 neighbours alone (4point).  [default: 5point]")
+@click.option("--virtual-pool", "virtual_pool", multiple=True, metavar="GLOB",
+              help="Virtual Pooling: compute each stride-1 conv whose module name matches (fnmatch, e.g. "
+                   "'layers.7.*') at stride 2, a quarter of its MACs, and upsample its output back by 2 with linear "
+                   "interpolation. Convs of other strides or sizes stay as they are; the first conv only when named "
+                   "exactly. Applied after --pattern (the pSConv layer is what runs at stride 2); not with "
+                   "--method lean. Repeatable.")
 @click.option("--no-align", is_flag=True,
               help="Use the pattern's order as given with shift 0, instead of the order and shift that keep "
                    "the most weight energy.")
@@ -40,12 +47,13 @@ from pscompress.cli.options import arch_option, input_metadata_options, input_sh
                     "and 3,32,32 otherwise]")
 @input_metadata_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint to write.  [default: MODEL's name with -psconv.pt (-lean.pt for --method lean), "
-                   "beside it]")
+              help="Checkpoint to write.  [default: MODEL's name with -psconv.pt (-lean.pt for --method lean; "
+                   "-vip added for --virtual-pool), beside it]")
 @click.option("--report-json", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write the conversion report (per layer and total) as JSON.")
 def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_kernel: bool, include: tuple[str, ...],
-            exclude: tuple[str, ...], method: str, stencil: str | None, no_align: bool, arch: str | None,
+            exclude: tuple[str, ...], method: str | None, stencil: str | None, virtual_pool: tuple[str, ...],
+            no_align: bool, arch: str | None,
             trust_pickle: bool, input_shape: str | None, classes: list[str] | None, mean: list[float] | None,
             std: list[float] | None, channel_order: str | None, resize: int | None, output: Path | None,
             report_json: Path | None) -> None:
@@ -57,6 +65,8 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
     --pattern that keep the most weight energy.
     --method lean instead turns each 3x3 conv with as many input as output channels into a depth-wise
     star-stencil conv plus a 1x1 conv (LeanResNet; docs/convert.md).
+    --virtual-pool GLOB runs the matching stride-1 convs at stride 2 and upsamples their outputs back
+    (Virtual Pooling), alone or after --pattern.
     Prints parameters, non-zeros and MACs per layer, dense against pSConv, and writes a checkpoint.
     """
     from pscompress.core.errors import UserError
@@ -66,24 +76,30 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
     from pscompress.workstation.lean import leanify
     from pscompress.workstation.model_io import default_input_shape, input_meta
     from pscompress.workstation.sparsify import SparsifyConfig, sparsify
+    from pscompress.workstation.virtual_pool import virtual_pool as apply_virtual_pool
 
-    _check_method(method, stencil, patterns, period, dense_kernel, no_align)
-    output = output or model.with_name(f"{model.stem}-{method}.pt")
+    method = method or (None if virtual_pool and not patterns else "psconv")
+    _check_method(method, stencil, patterns, period, dense_kernel, no_align, virtual_pool, bool(include or exclude))
+    output = output or model.with_name(_default_name(model, method, virtual_pool))
     if output.resolve() == model.resolve():
         raise UserError(f"the output {output} would overwrite the input model: choose another -o")
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     shape = parse_input_shape(input_shape) if input_shape else default_input_shape(loaded.module, loaded.meta)
+    report, recipe = None, {}
     if method == "lean":
         stencil = stencil or "5point"
         report = leanify(loaded.module, stencil, include, exclude, input_shape=shape)
         recipe = {"pattern": f"lean {stencil}", "lean": {"stencil": stencil, "include": list(include),
                                                          "exclude": list(exclude)}}
-    else:
+    elif method == "psconv":
         patterns = patterns or ("4of9",)
         config = SparsifyConfig(patterns[0] if len(patterns) == 1 else patterns, period=period,
                                 dense_kernel=dense_kernel, include=include, exclude=exclude, align=not no_align)
         report = sparsify(loaded.module, config, input_shape=shape)
         recipe = {"pattern": "; ".join(patterns), "sparsify": config.to_dict()}
+    if virtual_pool:  # after sparsify: the conv that runs at stride 2 is the pSConv layer
+        report = apply_virtual_pool(loaded.module, virtual_pool, shape, prior=report)
+        recipe["virtual_pool"] = list(virtual_pool)
     report.notes = [*loaded.notes, *report.notes]  # what loading a .pt2 program left dense, then by kernel size
     recorded = input_meta(loaded, shape, classes, {"mean": mean, "std": std, "channel_order": channel_order,
                                                    "resize": resize})
@@ -103,15 +119,29 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
                f"{report.nonzero:,} of {report.params:,} parameters non-zero")
 
 
-def _check_method(method: str, stencil: str | None, patterns: tuple[str, ...], period: int | None,
-                  dense_kernel: bool, no_align: bool) -> None:
-    """Each method takes its own options: a stencil is lean's, patterns and alignment are pSConv's."""
+def _check_method(method: str | None, stencil: str | None, patterns: tuple[str, ...], period: int | None,
+                  dense_kernel: bool, no_align: bool, virtual_pool: tuple[str, ...], selects: bool) -> None:
+    """Each method takes its own options: a stencil is lean's, patterns and alignment are pSConv's;
+    Virtual Pooling wraps a conv or a pSConv layer, not a lean layer (two convs)."""
     from pscompress.core.errors import UserError
 
-    if method == "psconv" and stencil is not None:
+    if method != "lean" and stencil is not None:
         raise UserError("--stencil is for --method lean; pSConv layers take a --pattern")
     pattern_options = [name for name, given in (("--pattern", patterns), ("--period", period is not None),
                                                 ("--dense-kernel", dense_kernel), ("--no-align", no_align)) if given]
     if method == "lean" and pattern_options:
         raise UserError(f"{pattern_options[0]} is for --method psconv; lean layers take a --stencil "
                         "(5point or 4point)")
+    if method == "lean" and virtual_pool:
+        raise UserError("--virtual-pool does not combine with --method lean: virtual-pool a model's convs "
+                        "alone or with --pattern")
+    if method is None and (pattern_options or selects):  # without a method they would select or change nothing
+        given = pattern_options[0] if pattern_options else "--include/--exclude"
+        raise UserError(f"{given} is for pSConv layers: add --pattern (or --method psconv); --virtual-pool "
+                        "takes its layers by its own globs")
+
+
+def _default_name(model: Path, method: str | None, virtual_pool: tuple[str, ...]) -> str:
+    """MODEL's stem with -psconv / -lean, then -vip for Virtual Pooling: model.pt -> model-psconv-vip.pt."""
+    parts = [model.stem, *([method] if method else []), *(["vip"] if virtual_pool else [])]
+    return "-".join(parts) + ".pt"
