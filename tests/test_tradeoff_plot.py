@@ -64,7 +64,7 @@ def test_plot_writes_a_picture_and_a_self_contained_page(run_cli, ladder, tmp_pa
     assert "<h1>Cortex-A76, 2 thread(s), batch 1</h1>" in text
     assert rows(text) == {"tiny": ("kept", "yes"), HOSTILE: ("kept", "yes"), "slow-worse": ("dropped", "no"),
                           "big": ("kept", "yes")}
-    assert list(rows(text)) == ["tiny", HOSTILE, "slow-worse", "big"]  # fastest (p90) first
+    assert list(rows(text)) == ["tiny", HOSTILE, "slow-worse", "big"]  # fastest (p50) first
     assert "<script>" not in text and "&lt;script&gt;alert(&quot;$x$&quot;)&lt;/script&gt;" in text
     assert html.escape(json.dumps({"pattern": "4of9", "note": "<b>&"}, separators=(",", ":"))) in text
     assert '<td class="number">80.00%</td><td class="number">2.9</td><td class="number">2.000</td>' in text

@@ -42,6 +42,9 @@ MAX_WINDOW = 4096
 # (on the sample, p90 let the ladder miss 3 points more often than the fastest rung; p99 under 1)
 DEFAULT_PERCENTILE = 0.99
 WARMUP_RUNS = 3
+# Rungs are ranked by speed on their median: the steadiest figure (the tails are mostly the machine's,
+# and LadderPredictor scales every rung's median by one shared slowdown)
+SPEED_PERCENTILE = "p50"
 MIN_GAIN = 0.05  # what ladder build and measure ask of a faster rung: more than timing noise
 MIN_NOMINAL_MS = 1e-3  # a rung measured at 0 ms still scales with the load
 PERCENTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
@@ -108,7 +111,7 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> None:
         tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
-def monotone_subset(rungs: list[Rung], percentile: str = "p90", min_gain: float = 0.0) -> list[Rung]:
+def monotone_subset(rungs: list[Rung], percentile: str = SPEED_PERCENTILE, min_gain: float = 0.0) -> list[Rung]:
     """The rungs worth keeping, fastest first: each strictly more accurate than every faster kept one
     and, with ``min_gain``, each faster than the next kept one by more than that fraction.
 

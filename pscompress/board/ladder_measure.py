@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from pscompress.board.ladder import MIN_GAIN, PERCENTILES, Manifest, load_manifest, monotone_subset, write_manifest
+from pscompress.board.ladder import MIN_GAIN, PERCENTILES, SPEED_PERCENTILE, Manifest, load_manifest, monotone_subset, write_manifest
 from pscompress.board.onnx_predictor import OnnxPredictor
 from pscompress.board.tune import cpu_model
 
@@ -63,6 +63,6 @@ def format_rungs(manifest: Manifest) -> list[str]:
     """One line per rung, fastest first: accuracy, size, latency percentiles, kept or not."""
     header = ("rung", "accuracy", "size KB", "p50 ms", "p90 ms", "p99 ms", "kept")
     rows = [(r.name, f"{r.accuracy:.2%}", f"{r.bytes / 1024:.1f}", *(f"{r.latency_ms[k]:.3f}" for k in PERCENTILES),
-             "yes" if r.kept else "no") for r in sorted(manifest.rungs, key=lambda r: r.latency_ms["p90"])]
+             "yes" if r.kept else "no") for r in sorted(manifest.rungs, key=lambda r: r.latency_ms[SPEED_PERCENTILE])]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]

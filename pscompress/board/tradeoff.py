@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pscompress.board.evaluate import EvalResult
-from pscompress.board.ladder import Manifest, Rung
+from pscompress.board.ladder import SPEED_PERCENTILE, Manifest, Rung
 from pscompress.core.errors import UserError
 from pscompress.core.files import atomic_output
 
@@ -56,11 +56,11 @@ def plot_ladder(manifest: Manifest, png: str | os.PathLike, html: str | os.PathL
     """Draw the ladder's rungs (kept ones filled and joined by the frontier) into ``png``;
     with ``html``, also a self-contained page: the picture and a table of the rungs."""
     check_plot_output(png, html)
-    rungs = sorted(manifest.rungs, key=lambda r: r.latency_ms["p90"])
-    points = [_Point(r.name, 100 * r.accuracy, r.latency_ms["p90"], r.bytes / 1024, r.kept,
+    rungs = sorted(manifest.rungs, key=lambda r: r.latency_ms[SPEED_PERCENTILE])
+    points = [_Point(r.name, 100 * r.accuracy, r.latency_ms[SPEED_PERCENTILE], r.bytes / 1024, r.kept,
                      (r.latency_ms["p50"], r.latency_ms["p99"])) for r in rungs]
     title = _ladder_title(manifest)
-    image = _render(points, title, "latency p90 (ms), bar p50 to p99", frontier=True)
+    image = _render(points, title, "latency p50 (ms), bar to p99", frontier=True)
     _write_bytes(png, image)
     if html is not None:
         _write_bytes(html, _ladder_page(title, image, rungs).encode())

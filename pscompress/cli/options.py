@@ -149,4 +149,4 @@ def min_gain_option() -> Decorator:
 
     return click.option("--min-gain", default=MIN_GAIN, show_default=True, type=click.FloatRange(0, 1, max_open=True),
                         metavar="F", help="Keep a faster rung only if it saves more than this fraction of the next "
-                                          "more accurate kept rung's p90 (less is timing noise).")
+                                          "more accurate kept rung's median latency (less is timing noise).")
