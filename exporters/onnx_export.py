@@ -35,6 +35,7 @@ from pscompress.runtime import create_session, first_line, onnxruntime_errors
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.layers import PSConv2d
 from pscompress.workstation.surgery import psconv_layers
+from pscompress.workstation.virtual_pool import VirtualPoolConv2d
 
 # IR 8 is the oldest that carries opset 18 and model-local functions; onnx 1.23 would write 14,
 # which onnxruntime 1.31 refuses.
@@ -56,7 +57,8 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike, *, dense: bool = F
     job = prepare(loaded, input_shape)
     other = at_other_size(job) if dynamic_hw else None  # before the slow export: a fixed-size head fails here
     layers = psconv_layers(loaded.module)
-    if not layers and not dense:
+    compressed = any(isinstance(m, VirtualPoolConv2d) for m in loaded.module.modules())
+    if not layers and not dense and not compressed:
         warnings.warn("the model has no pSConv layer: exporting it dense (run `pscompress convert` first)", stacklevel=2)
     with atomic_output(path) as tmp:
         data, fused = _build(job, dense, layers, dynamic_hw)
