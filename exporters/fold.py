@@ -5,11 +5,13 @@ After a conv it becomes part of the conv's weight (scaled per output channel) an
 Scaling a PSConv2d's weight per output channel keeps every zero a zero, so the pattern holds.
 A virtual-pool layer's upsample (pscompress.workstation.virtual_pool) averages within each channel with
 weights summing to 1, so a per-channel affine map commutes with it: the batch norm after it folds into
-the conv before it.
+the conv before it. After a sum of two convs (a lean layer's depth-wise stencil and 1x1), it scales
+both and adds its shift to one.
 """
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 from torch import fx, nn
@@ -47,14 +49,16 @@ def fold_batchnorm(module: nn.Module) -> fx.GraphModule:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
             continue
         source = node.args[0]
-        conv = _through_upsample(source, modules)
-        if not (_is_module(conv, modules, nn.Conv2d) and len(conv.users) == 1 and len(source.users) == 1
-                and _call_count(gm, conv.target) == 1):
+        convs = _summed_convs(source, modules) or [_through_upsample(source, modules)]
+        if not (all(_is_module(c, modules, nn.Conv2d) and len(c.users) == 1 and _call_count(gm, c.target) == 1
+                    for c in convs) and len(source.users) == 1):
             continue  # folding would change the conv's other uses too
         bn = modules[node.target]
         if bn.running_mean is None or bn.running_var is None:
             continue  # batch statistics at inference time: nothing constant to fold
-        fold_into_conv(modules[conv.target], bn)
+        fold_into_conv(modules[convs[0].target], bn)
+        for other in convs[1:]:  # a sum of convs: each is scaled, the shift goes in once
+            fold_into_conv(modules[other.target], bn, shift=False)
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
         _delete_submodule(gm, node.target)
@@ -64,17 +68,28 @@ def fold_batchnorm(module: nn.Module) -> fx.GraphModule:
 
 
 @torch.no_grad()
-def fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """Fold ``bn`` (applied to ``conv``'s output) into ``conv``'s weight and bias, in place."""
+def fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, shift: bool = True) -> None:
+    """Fold ``bn`` (applied to ``conv``'s output) into ``conv``'s weight and bias, in place; with
+    ``shift=False`` only its scale (the other convs of a sum the batch norm follows)."""
     scale = bn.running_var.add(bn.eps).rsqrt()
     if bn.weight is not None:
         scale = scale * bn.weight
-    shift = -bn.running_mean * scale
+    offset = -bn.running_mean * scale
     if bn.bias is not None:
-        shift = shift + bn.bias
+        offset = offset + bn.bias
+    shift = offset if shift else torch.zeros_like(offset)
     conv.weight.mul_(scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
     bias = shift if conv.bias is None else conv.bias * scale + shift
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+
+
+def _summed_convs(node: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node] | None:
+    """The two conv nodes ``node`` adds (a lean layer: depth-wise stencil + 1x1), else None."""
+    if not (isinstance(node, fx.Node) and node.op == "call_function" and node.target in (operator.add, torch.add)
+            and len(node.args) == 2 and not node.kwargs):
+        return None
+    convs = list(node.args)
+    return convs if all(_is_module(c, modules, nn.Conv2d) for c in convs) and convs[0] is not convs[1] else None
 
 
 def _through_upsample(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pscompress.board.onnx_predictor import Predictor
+from pscompress.board.tflite_predictor import TFLitePredictor
 from pscompress.core.errors import UserError
 from pscompress.exporters.pipeline import relative_difference
+from pscompress.exporters.tflite import interpreter_installed
 from pscompress.workstation.archs import build
 from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
 from pscompress.workstation.lean import LeanConv2d, leanify
@@ -205,3 +207,26 @@ def test_onnx_export_parity_portable_and_native(lean_checkpoint, tmp_path, run_c
     assert relative_difference(portable, expected) <= 1e-4
     assert relative_difference(native, expected) <= 1e-4
     assert relative_difference(native, portable) <= 1e-4
+
+
+def test_batch_norm_after_the_sum_folds_into_both_branches(lean_checkpoint):
+    """BN(dw(x) + pw(x)) = dw'(x) + pw'(x): no BatchNormalization left, outputs unchanged."""
+    from pscompress.exporters.fold import fold_batchnorm
+
+    model = load_model(lean_checkpoint).module.eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.from_numpy(np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32))
+    with torch.no_grad():
+        assert relative_difference(folded(x).numpy(), model(x).numpy()) <= 1e-5
+
+
+@pytest.mark.skipif(not interpreter_installed(), reason="no TFLite interpreter")
+def test_tflite_export_parity(lean_checkpoint, tmp_path, run_cli):
+    code, out, err = run_cli("export", lean_checkpoint, "-o", tmp_path / "lean.tflite")
+    assert code == 0, err
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        expected = load_model(lean_checkpoint).module.eval()(torch.from_numpy(x)).numpy()
+    got = TFLitePredictor(tmp_path / "lean.tflite").predict_normalized(x)
+    assert relative_difference(got, expected) <= 1e-4
