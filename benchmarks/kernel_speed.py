@@ -10,6 +10,7 @@ Not a unit test.
     .venv/bin/python benchmarks/kernel_speed.py --quick    # smoke run
     .venv/bin/python benchmarks/kernel_speed.py --layers resnet20   # the sample's narrow layers
     .venv/bin/python benchmarks/kernel_speed.py --layers mobilenetv2 --threads 1   # depthwise
+    PSCOMPRESS_KERNEL=avx2-fma .venv/bin/python benchmarks/kernel_speed.py ...      # another CPU path
 """
 from __future__ import annotations
 
@@ -119,6 +120,8 @@ def main() -> int:
                         help="which network's layer shapes (default resnet18)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved repetitions per case (default 7)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts (default 1 2)")
+    parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=PATTERNS,
+                        help=f"pattern families (default {' '.join(PATTERNS)})")
     args = parser.parse_args()
     if not runtime.native_available():
         print("the native library is not built (see docs/runtime.md)", file=sys.stderr)
@@ -132,7 +135,7 @@ def main() -> int:
     header = f"{'pattern':7} {'C':>4} {'M':>4} {'g':>4} {'H':>3} {'s':>2} {'N':>2} {'thr':>3} {'dense ms':>9} {'psconv ms':>9} {'speedup':>8} {'cpu-time':>8}"
     print(f"cpu path: {runtime.cpu_path()}   onnxruntime {ort.__version__}")
     print(header)
-    for name in PATTERNS:
+    for name in args.patterns:
         masks = list(parse_pattern(name).bitmasks)
         for c, m, h, stride, group in layers:
             for threads in thread_counts:
@@ -147,7 +150,7 @@ def main() -> int:
                     print(f"{name:7} {c:4} {m:4} {group:4} {h:3} {stride:2} {n:2} {threads:3} {d*1e3:9.3f} {s*1e3:9.3f} "
                           f"{ratio:7.2f}x {cpu_text}", flush=True)
     summary = {}
-    for name in PATTERNS:
+    for name in args.patterns:
         ratios = [r["speedup"] for r in results if r["pattern"] == name]
         worst = min((r for r in results if r["pattern"] == name), key=lambda r: r["speedup"])
         cpu_ratios = [r["cpu_speedup"] for r in results if r["pattern"] == name and r["cpu_speedup"]]

@@ -25,12 +25,12 @@ std::vector<CpuPath> supported_paths() {
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #if defined(PSCOMPRESS_HAVE_AVX512)
-  // The AVX-512 GEMM kernel's epilogue is AVX2's; depthwise layers keep the AVX2 kernel
-  // (there is no AVX-512 one yet). avx512-vnni is avx512f with the int8 dot kernel.
+  // The AVX-512 GEMM kernel's epilogue is AVX2's. avx512-vnni is avx512f with the int8 dot
+  // kernel.
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
   if (avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
-    paths.push_back({"avx512-vnni", ukernel_6x16_avx512f, dwconv_6x8_avx2_fma, qgemm_6x16_avx2, qdot_6x16_avx512vnni});
-  if (avx512) paths.push_back({"avx512f", ukernel_6x16_avx512f, dwconv_6x8_avx2_fma, qgemm_6x16_avx2, nullptr});
+    paths.push_back({"avx512-vnni", ukernel_6x16_avx512f, dwconv_6x16_avx512f, qgemm_6x16_avx2, qdot_6x16_avx512vnni});
+  if (avx512) paths.push_back({"avx512f", ukernel_6x16_avx512f, dwconv_6x16_avx512f, qgemm_6x16_avx2, nullptr});
 #endif
   if (avx2) paths.push_back({"avx2-fma", ukernel_6x16_avx2_fma, dwconv_6x8_avx2_fma, qgemm_6x16_avx2, nullptr});
 #endif

@@ -2,7 +2,8 @@
 // reference against a plain float64 evaluation of dwconv.h's formula, every SIMD path against
 // the scalar one, with the tolerance of ukernel_tester (the paths round differently: FMA).
 //   layouts:   rows (1 to 5, 9: tiles of 4 half rows that span rows, and a last tile that
-//              repeats its last half) x n (1 to 17, 24, 31, 33: every half-row tail) x
+//              repeats its last half) x n (1 to 17, 24, 31 to 33, 47, 48: every tail of 8- and
+//              16-pixel registers, and rows of several full ones) x
 //              b_row_stride (n, and a gap of 5) x k (0, 1, 2, 4, 9, 25, 63), with bias and
 //              residual, unclamped;
 //   epilogues: rows x n x bias (none, a value) x residual x clamp (none, Relu, [-0.5, 0.75],
@@ -129,7 +130,7 @@ void reference(const Case& c, const Rows& t, std::vector<float>& y, std::vector<
 }
 
 constexpr size_t kRows[] = {1, 2, 3, 4, 5, 9};
-constexpr size_t kWidths[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 24, 31, 33};
+constexpr size_t kWidths[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 24, 31, 32, 33, 47, 48};
 constexpr size_t kKs[] = {0, 1, 2, 4, 9, 25, 63};
 constexpr struct Clamp { float lo, hi; } kClamps[] = {{-kInf, kInf}, {0.0f, kInf}, {-0.5f, 0.75f}, {0.25f, 0.25f}};
 
@@ -155,6 +156,12 @@ int main() {
   std::vector<std::pair<const char*, Dwconv>> kernels;
   for (const CpuPath& path : supported_paths()) kernels.emplace_back(path.name, path.dwconv);  // "scalar" last
   const bool ok = check_paths(kernels, dwconv_6x8_scalar, cases(), 4321, kLead, make_rows, reference);
+#if defined(PSCOMPRESS_HAVE_AVX512)
+  // Say so when a kernel this build has cannot run here, rather than pass in silence.
+  const std::vector<CpuPath> paths = supported_paths();
+  if (std::none_of(paths.begin(), paths.end(), [](const CpuPath& p) { return p.dwconv == dwconv_6x16_avx512f; }))
+    std::printf("avx512f: built, not run: this CPU has no AVX-512F\n");
+#endif
   std::printf("dispatch picks: %s\n", cpu_path().name);
   return ok ? 0 : 1;
 }
