@@ -11,8 +11,8 @@ mkdir -p "$out"
 pscompress() { .venv/bin/pscompress "$@"; }
 step() { printf '\n== %s\n' "$*"; }
 
-step "1/10 convert the dense sample to 4-of-9 pSConv (patterns aligned to the trained weights)"
-pscompress convert samples/fashion_resnet20.pt --pattern 4of9 -o "$out/resnet20-4of9.pt" \
+step "1/10 convert the dense sample to 4-of-9 pSConv (patterns aligned to the trained weights, batch norm recalibrated)"
+pscompress convert samples/fashion_resnet20.pt --pattern 4of9 --data fashion-mnist -o "$out/resnet20-4of9.pt" \
   --report-json "$out/convert.json"
 
 step "2/10 fine-tune with the masks fixed (1 short epoch on 12,000 images, distilled from the dense model)"

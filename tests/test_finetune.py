@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import pscompress.workstation.finetune as ft
 from pscompress.board.data import ArrayImages, ArrayDataset, load_dataset
+from pscompress.workstation.agreement import recalibrate_batchnorm
 from pscompress.workstation import archs
 from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
 from pscompress.workstation.finetune import FinetuneConfig, distillation_loss, finetune, state_path
@@ -86,7 +87,7 @@ def test_finetune_recovers_accuracy_and_keeps_masked_weights_zero(sample, fashio
 def test_batchnorm_recalibration_uses_fresh_statistics(sample, fashion):
     train, _ = fashion
     net = copy.deepcopy(sample.module)
-    ft.recalibrate_batchnorm(net, train, examples=100, batch_size=40)  # three batches: 40, 40, 20
+    recalibrate_batchnorm(net, train, examples=100, batch_size=40)  # three batches: 40, 40, 20
     assert not net.training
     with torch.no_grad():
         stem = net.conv1(torch.from_numpy(train.x[:100]))

@@ -19,7 +19,7 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pscompress.board.data import ArrayDataset, check_compatible
 from pscompress.core.errors import UserError
 from pscompress.core.files import atomic_output
-from pscompress.core.inputs import normalize
+from pscompress.workstation.agreement import model_inputs, recalibrate_batchnorm
 from pscompress.workstation.checkpoint import LoadedModel, save_checkpoint
 from pscompress.workstation.model_io import model_io
 from pscompress.workstation.surgery import psconv_layers
@@ -84,9 +84,8 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
     _check_config(config)
     _check_data(model, train, test)
     preprocess = model.meta.get("preprocess")
-    order = (preprocess or {}).get("channel_order")
-    train = _normalized(train.subset(config.limit).in_channel_order(order), preprocess)
-    test = _normalized(test.in_channel_order(order), preprocess)
+    train = model_inputs(train.subset(config.limit), preprocess)
+    test = model_inputs(test, preprocess)
     world, rank = _init_distributed()
     is_main = rank == 0
     torch.manual_seed(config.seed)
@@ -149,31 +148,6 @@ def sharded_accuracy(net: nn.Module, data: ArrayDataset, batch_size: int = 256, 
     return float(counts[0] / counts[1]) if counts[1] else float("nan")
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(net: nn.Module, data: ArrayDataset, examples: int, batch_size: int = 256,
-                          world: int = 1, rank: int = 0) -> None:
-    """Re-estimate batch-norm running statistics on the first ``examples`` training images.
-
-    Zeroing 5/9 of a layer's weights shifts every later activation's mean and variance; with the
-    dense model's statistics the converted model can collapse to one class in eval mode, and a
-    momentum of 0.1 needs many steps to forget them. A plain average over fresh batches does not.
-    """
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or examples <= 0:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    was_training = net.training
-    net.train()
-    for x, _ in data.batches(batch_size, np.arange(rank, min(examples, len(data)), world)):
-        net(torch.from_numpy(x))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    net.train(was_training)
-
-
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                       alpha: float, temperature: float) -> torch.Tensor:
     """(1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || student) on softened logits."""
@@ -181,27 +155,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     soft = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
                     reduction="batchmean", log_target=True)
     return (1 - alpha) * hard + alpha * temperature ** 2 * soft
-
-
-class _NormalizedImages:
-    """Images in [0, 1] as the module takes them: (x - mean) / std, as every predictor applies (core.inputs.normalize)."""
-
-    def __init__(self, images, preprocess: dict) -> None:
-        self.images, self.preprocess, self.shape = images, preprocess, images.shape
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index) -> np.ndarray:
-        x = self.images[index]
-        return normalize(x, self.preprocess) if x.ndim == 4 else normalize(x[None], self.preprocess)[0]
-
-
-def _normalized(data: ArrayDataset, preprocess: dict | None) -> ArrayDataset:
-    """``data`` with the model's mean and std applied to every image handed out (the same data without them)."""
-    if not preprocess:
-        return data
-    return replace(data, images=_NormalizedImages(data.images, preprocess))
 
 
 class _BatchSource(torch.utils.data.Dataset):

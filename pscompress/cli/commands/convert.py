@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pscompress.cli.options import arch_option, input_metadata_options, input_shape_option, trust_pickle_option
+from pscompress.cli.options import DATA_HELP, arch_option, input_metadata_options, input_shape_option, trust_pickle_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +40,12 @@ from pscompress.cli.options import arch_option, input_metadata_options, input_sh
 @click.option("--no-align", is_flag=True,
               help="Use the pattern's order as given with shift 0, instead of the order and shift that keep "
                    "the most weight energy.")
+@click.option("--data", "spec", metavar="SPEC",
+              help="Measure the conversion on real images: top-1 agreement with the dense model on the test split, "
+                   "before and after re-estimating batch-norm statistics on the training split (--bn-recalibrate). "
+                   + DATA_HELP)
+@click.option("--bn-recalibrate", type=click.IntRange(min=0), default=2048, show_default=True, metavar="N",
+              help="With --data: re-estimate batch-norm statistics on N training images (0: keep the dense model's).")
 @arch_option()
 @trust_pickle_option()
 @input_shape_option("Input the model takes, recorded in the checkpoint (later commands need it no more) and used "
@@ -53,7 +59,7 @@ from pscompress.cli.options import arch_option, input_metadata_options, input_sh
               help="Also write the conversion report (per layer and total) as JSON.")
 def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_kernel: bool, include: tuple[str, ...],
             exclude: tuple[str, ...], method: str | None, stencil: str | None, virtual_pool: tuple[str, ...],
-            no_align: bool, arch: str | None,
+            no_align: bool, spec: str | None, bn_recalibrate: int, arch: str | None,
             trust_pickle: bool, input_shape: str | None, classes: list[str] | None, mean: list[float] | None,
             std: list[float] | None, channel_order: str | None, resize: int | None, output: Path | None,
             report_json: Path | None) -> None:
@@ -68,11 +74,16 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
     --virtual-pool GLOB runs the matching stride-1 convs at stride 2 and upsamples their outputs back
     (Virtual Pooling), alone or after --pattern.
     Prints parameters, non-zeros and MACs per layer, dense against pSConv, and writes a checkpoint.
+    With --data, also how often the converted model predicts what the dense one does, before and
+    after batch-norm recalibration (the checkpoint keeps the recalibrated statistics).
     """
+    import copy
+
     from pscompress.core.errors import UserError
     from pscompress.core.files import atomic_output
     from pscompress.core.inputs import parse_input_shape
     from pscompress.workstation.checkpoint import load_model, save_checkpoint
+    from pscompress.workstation.agreement import measure_conversion
     from pscompress.workstation.lean import leanify
     from pscompress.workstation.model_io import default_input_shape, input_meta
     from pscompress.workstation.sparsify import SparsifyConfig, sparsify
@@ -85,6 +96,10 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
         raise UserError(f"the output {output} would overwrite the input model: choose another -o")
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     shape = parse_input_shape(input_shape) if input_shape else default_input_shape(loaded.module, loaded.meta)
+    preprocess = {"mean": mean, "std": std, "channel_order": channel_order, "resize": resize}
+    recorded = input_meta(loaded, shape, classes, preprocess)
+    data = _measurement_data(spec, shape, recorded.get("preprocess")) if spec else None
+    dense = copy.deepcopy(loaded.module) if data else None
     report, recipe = None, {}
     if method == "lean":
         stencil = stencil or "5point"
@@ -101,12 +116,12 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
         report = apply_virtual_pool(loaded.module, virtual_pool, shape, prior=report)
         recipe["virtual_pool"] = list(virtual_pool)
     report.notes = [*loaded.notes, *report.notes]  # what loading a .pt2 program left dense, then by kernel size
-    recorded = input_meta(loaded, shape, classes, {"mean": mean, "std": std, "channel_order": channel_order,
-                                                   "resize": resize})
+    agreement = measure_conversion(dense, loaded.module, *data, bn_recalibrate) if data else None
     # The measured accuracy belonged to the dense weights; keep it under a name that says so.
     if "accuracy" in loaded.meta:
         loaded.meta["dense_accuracy"] = loaded.meta.pop("accuracy")
-    loaded.meta.update({**recipe, "input_shape": list(shape), "conversion": report.summary(), **recorded})
+    conversion = report.summary() | ({"agreement": agreement.summary()} if agreement else {})
+    loaded.meta.update({**recipe, "input_shape": list(shape), "conversion": conversion, **recorded})
     if report_json is None:
         save_checkpoint(loaded, output)
     else:
@@ -117,6 +132,21 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
     click.echo(f"wrote {output}: {len(report.converted)} layer(s) converted, "
                f"{report.macs_dense / max(report.macs, 1):.2f}x fewer MACs, "
                f"{report.nonzero:,} of {report.params:,} parameters non-zero")
+    if agreement:
+        click.echo(agreement.describe())
+    click.echo(f"next: fine-tune it (pscompress finetune {output} --data {spec or 'SPEC'}, docs/finetune.md): until then its "
+               "predictions are not the dense model's" + ("" if agreement else " (convert --data SPEC measures how far)"))
+
+
+def _measurement_data(spec: str, shape: tuple[int, int, int], preprocess: dict | None):
+    """The train and test splits of ``spec`` as the model takes them (channel order, mean and std)."""
+    from pscompress.board.data import check_compatible, load_dataset
+    from pscompress.workstation.agreement import model_inputs
+
+    splits = [load_dataset(spec, split) for split in ("train", "test")]
+    for split in splits:  # labels are unused: agreement compares the two models' predictions
+        check_compatible(split, shape[0], len(split.classes), shape[1:])
+    return [model_inputs(split, preprocess) for split in splits]
 
 
 def _check_method(method: str | None, stencil: str | None, patterns: tuple[str, ...], period: int | None,
