@@ -21,6 +21,7 @@ from pscompress.exporters.onnx_export import export_onnx
 from pscompress.exporters.pipeline import relative_difference
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.layers import PSConv2d
+from pscompress.workstation.sparsify import sparsify
 
 
 def portable_session(path) -> ort.InferenceSession:
@@ -200,8 +201,19 @@ def test_packed_file_is_at_most_half_the_dense_one_for_resnet18(exported):
     ratio = packed.stat().st_size / dense.stat().st_size
     assert ratio <= 0.5, ratio
     assert "ai.pscompress" not in {n.domain for n in onnx.load(dense).graph.node}
-    # The size summary's estimate of the dense file is close to the real one.
-    assert abs(s_packed.dense_bytes - s_dense.bytes) / s_dense.bytes < 0.01
+    assert s_packed.dense_bytes == s_dense.bytes  # the summary's dense size is the real dense export's
+
+
+def test_dense_size_of_a_small_model_is_its_dense_export(tmp_path):
+    # A face-detector-sized net: the operator's functions and fused nodes are a tenth of its file.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 10, 3), nn.PReLU(10), nn.MaxPool2d(2), nn.Conv2d(10, 16, 3), nn.PReLU(16),
+                        nn.Conv2d(16, 32, 3), nn.PReLU(32), nn.Conv2d(32, 2, 1))
+    sparsify(net, "4of9", input_shape=(3, 12, 12))
+    loaded = LoadedModel(net.eval(), meta={"input_shape": [3, 12, 12]})
+    packed = export_onnx(loaded, tmp_path / "p.onnx")
+    dense = export_onnx(loaded, tmp_path / "d.onnx", dense=True)
+    assert packed.psconv_layers == 2 and packed.dense_bytes == dense.bytes == (tmp_path / "d.onnx").stat().st_size
 
 
 def test_model_without_psconv_exports_dense_with_a_warning(tmp_path):
