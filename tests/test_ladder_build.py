@@ -42,7 +42,11 @@ def config(rungs: str, **changes) -> LadderBuildConfig:
 def test_parse_rungs():
     assert parse_rungs("dense, 4of9,2of9-int8,lean,dense-int8") == (
         RungSpec("dense"), RungSpec("4of9"), RungSpec("2of9", True), RungSpec("lean"), RungSpec("dense", True))
-    for bad in ("4of10", "0of9", "10of9", "dense,dense", "4of9-int8,4of9-int8", "", "int8", "4of9-fp16", "5x5:13of25"):
+    assert parse_rungs("4of9+vip,4of9+vip-int8,dense+vip") == (
+        RungSpec("4of9", vip=True), RungSpec("4of9", True, True), RungSpec("dense", vip=True))
+    assert parse_rungs("4of9+vip-int8")[0].model == "4of9+vip"
+    for bad in ("4of10", "0of9", "10of9", "dense,dense", "4of9-int8,4of9-int8", "", "int8", "4of9-fp16", "5x5:13of25",
+                "lean+vip", "4of9-int8+vip", "+vip", "4of9+vip+vip"):
         with pytest.raises(UserError):
             parse_rungs(bad)
 
@@ -154,3 +158,37 @@ def test_without_torch_build_names_the_extra():
     listing = subprocess.run([sys.executable, "-c", code.replace("'build', 'm.pt', '--data', 'x', '-o', 'l'", "'--help'")],
                              capture_output=True, text=True)
     assert listing.returncode == 0 and "build" in listing.stdout and "[workstation]" in listing.stdout
+
+
+def test_virtual_pool_rungs_by_glob_and_auto(tmp_path, small_data):
+    from pscompress.workstation.checkpoint import load_model
+    from pscompress.workstation.virtual_pool import VirtualPoolConv2d
+
+    def pooled(path):
+        return sorted(n for n, m in load_model(path).module.named_modules() if isinstance(m, VirtualPoolConv2d))
+    lines: list[str] = []
+    build_ladder(SAMPLE, str(small_data), tmp_path, config("dense,4of9+vip,4of9+vip-int8", virtual_pool=("layers.8.*",)),
+                 log=lines.append, progress=False)
+    manifest = load_manifest(tmp_path)
+    test = load_dataset(str(small_data), "test")
+    for rung in manifest.rungs:
+        assert rung.accuracy == pytest.approx(evaluate_file(tmp_path / rung.file, test).top1)
+    assert pooled(tmp_path / "build" / "4of9+vip.pt") == ["layers.8.conv1", "layers.8.conv2"]
+    ops = {r.name: [n.op_type for n in read_onnx(tmp_path / r.file).nodes] for r in manifest.rungs}
+    assert ops["4of9+vip"].count("Resize") == 2 and ops["4of9+vip-int8"].count("Resize") == 2
+    assert "Resize" not in ops["dense"]
+    assert manifest.rungs[1].recipe["virtual_pool"] == ["layers.8.*"]
+    assert sum("epoch 1/1" in line for line in lines) == 1  # the int8 rung quantizes the fp32 rung's model
+
+    auto = tmp_path / "auto"
+    build_ladder(SAMPLE, str(small_data), auto, config("dense+vip", virtual_pool=("auto:0.05",)), log=lambda _: None,
+                 progress=False)
+    saved = load_model(auto / "build" / "dense+vip.pt")
+    assert pooled(auto / "build" / "dense+vip.pt") == sorted(saved.meta["virtual_pool_layers"])
+
+
+def test_a_virtual_pool_glob_that_matches_nothing_fails_before_building(tmp_path, small_data):
+    with pytest.raises(UserError, match="matches no convolution"):
+        build_ladder(SAMPLE, str(small_data), tmp_path, config("dense,4of9+vip", virtual_pool=("nothing.*",)),
+                     log=lambda _: None, progress=False)
+    assert not list((tmp_path / "build").glob("*.json"))

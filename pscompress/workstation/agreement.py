@@ -90,18 +90,19 @@ def recalibrate_batchnorm(net: nn.Module, data: ArrayDataset, examples: int, bat
 
 
 @torch.no_grad()
+def predictions(net: nn.Module, data: ArrayDataset, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """The argmax over channels of the first output, per image (per pixel for a dense-prediction output)."""
+    net.eval()
+    return np.concatenate([next(iter(named_outputs(net(torch.from_numpy(x))).values())).argmax(1).numpy()
+                           for x, _ in data.batches(batch_size)])
+
+
 def top1_agreement(reference: nn.Module, candidate: nn.Module, data: ArrayDataset,
                    batch_size: int = BATCH_SIZE) -> float:
     """Fraction of predictions (argmax over channels of the first output) on which the two models agree."""
-    same = total = 0
-    for net in (reference, candidate):
-        net.eval()
-    for x, _ in data.batches(batch_size):
-        x = torch.from_numpy(x)
-        a, b = (next(iter(named_outputs(net(x)).values())).argmax(1) for net in (reference, candidate))
-        same += int((a == b).sum())
-        total += a.numel()
-    return same / total if total else float("nan")
+    if not len(data):
+        return float("nan")
+    return float(np.mean(predictions(reference, data, batch_size) == predictions(candidate, data, batch_size)))
 
 
 def measure_conversion(dense: nn.Module, converted: nn.Module, train: ArrayDataset, test: ArrayDataset,

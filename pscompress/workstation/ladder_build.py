@@ -1,6 +1,7 @@
 """Building a model ladder on the workstation: ``pscompress ladder build`` (docs/ladder.md).
 
-Each rung is the dense model converted (pSConv at one pattern, or lean), fine-tuned with
+Each rung is the dense model converted (pSConv at one pattern, or lean; virtual-pooled too for a
+``+vip`` rung), fine-tuned with
 distillation from the dense model, exported, quantized when asked, and tuned for this CPU at
 batch 1; then its accuracy is measured on the held-out split. When every rung is built they are
 timed together (``ladder_measure.time_rungs``), the monotone subset is kept and the manifest written.
@@ -30,27 +31,38 @@ from pscompress.core.errors import UserError, short_repr
 from pscompress.core.files import atomic_output
 from pscompress.core.patterns import family_positions, parse_pattern
 from pscompress.exporters.onnx_export import export_onnx
+from pscompress.workstation.agreement import model_inputs
 from pscompress.workstation.checkpoint import LoadedModel, load_model, save_checkpoint
 from pscompress.workstation.finetune import FinetuneConfig, finetune, state_path
 from pscompress.workstation.lean import leanify
 from pscompress.workstation.model_io import default_input_shape
 from pscompress.workstation.quantize import quantize_file
 from pscompress.workstation.sparsify import SparsifyConfig, sparsify
+from pscompress.workstation.virtual_pool import virtual_pool
+from pscompress.workstation.virtual_pool_choice import AUTO, choose_layers, parse_auto
 
 INT8_SUFFIX = "-int8"
+VIP_SUFFIX = "+vip"
 BUILD_FOLDER = "build"
 _FAMILY = re.compile(r"^\d+of\d+$")
 
 
 @dataclass(frozen=True)
 class RungSpec:
-    """One rung asked for: ``base`` is dense, lean or a pattern family (4of9), ``int8`` its quantized form."""
+    """One rung asked for: ``base`` is dense, lean or a pattern family (4of9), ``vip`` adds Virtual Pooling,
+    ``int8`` its quantized form."""
     base: str
     int8: bool = False
+    vip: bool = False
+
+    @property
+    def model(self) -> str:
+        """The name of its fine-tuned model, shared by its fp32 and int8 rungs."""
+        return self.base + (VIP_SUFFIX if self.vip else "")
 
     @property
     def name(self) -> str:
-        return self.base + (INT8_SUFFIX if self.int8 else "")
+        return self.model + (INT8_SUFFIX if self.int8 else "")
 
 
 @dataclass(frozen=True)
@@ -64,18 +76,23 @@ class LadderBuildConfig:
     threads: int | None = None  # latency and tuning: onnxruntime threads (None: its default)
     runs: int = 200  # timed batch-1 calls per rung
     min_gain: float = MIN_GAIN  # a kept rung is more than this fraction faster than the next kept one
+    virtual_pool: tuple[str, ...] = (AUTO,)  # +vip rungs: the layers (globs, or auto[:LOSS])
     seed: int = 0
 
 
 def parse_rungs(text: str) -> tuple[RungSpec, ...]:
-    """'dense,6of9,4of9,4of9-int8,lean' -> rung specs; UserError naming the first bad item."""
+    """'dense,6of9,4of9,4of9-int8,lean,4of9+vip' -> rung specs; UserError naming the first bad item."""
     specs = []
     for item in (part.strip() for part in text.split(",")):
         base, int8 = (item[: -len(INT8_SUFFIX)], True) if item.endswith(INT8_SUFFIX) else (item, False)
+        base, vip = (base[: -len(VIP_SUFFIX)], True) if base.endswith(VIP_SUFFIX) else (base, False)
         if base not in ("dense", "lean") and not _is_family(base):
             raise UserError(f"`--patterns` item {short_repr(item)} is not dense, lean or a pattern family "
-                            "such as 4of9 (any of them may end in -int8)", "patterns")
-        specs.append(RungSpec(base, int8))
+                            "such as 4of9 (each may add +vip, then -int8: 4of9+vip-int8)", "patterns")
+        if base == "lean" and vip:
+            raise UserError("`--patterns` item lean+vip: Virtual Pooling does not combine with lean layers",
+                            "patterns")
+        specs.append(RungSpec(base, int8, vip))
     names = [spec.name for spec in specs]
     repeated = next((name for name in names if names.count(name) > 1), None)
     if repeated:
@@ -109,6 +126,8 @@ def build_ladder(model_path: str | os.PathLike, spec: str, folder: str | os.Path
         raise UserError(f"{model_path} is a pickled module of no built-in architecture: a ladder fine-tunes "
                         "its rungs, which needs a pscompress checkpoint")
     builder = _Builder(dense, Path(model_path), spec, folder, config, log, progress)
+    if any(r.vip for r in config.rungs) and parse_auto(config.virtual_pool) is None:
+        virtual_pool(copy.deepcopy(dense.module), config.virtual_pool, builder.shape)  # globs fail now, not mid-build
     rungs = [builder.rung(spec_, i, len(config.rungs)) for i, spec_ in enumerate(config.rungs, 1)]
     log(f"timing {len(rungs)} rung(s): {config.runs} batch-1 calls each, interleaved")
     for rung, latency in zip(rungs, time_rungs([folder / r.file for r in rungs], config.threads, config.runs,
@@ -129,6 +148,9 @@ def _check_config(config: LadderBuildConfig) -> None:
     for name, ok, what in checks:
         if not ok:
             raise UserError(f"`{name}` must be {what}, got {getattr(config, name)!r}", name)
+    if not config.virtual_pool:
+        raise UserError("`virtual_pool` must name layers (globs) or be auto", "virtual_pool")
+    parse_auto(config.virtual_pool)
 
 
 class _Builder:
@@ -171,16 +193,18 @@ class _Builder:
 
     def recipe(self, spec: RungSpec) -> dict[str, Any]:
         """What decides the rung's file: a rung built with another recipe is rebuilt."""
-        return {**self.training(spec.base), "int8": {"calibration": self.config.calibration} if spec.int8 else None,
+        return {**self.training(spec), "int8": {"calibration": self.config.calibration} if spec.int8 else None,
                 "threads": self.config.threads}
 
-    def training(self, base: str) -> dict[str, Any]:
-        """What decides the fine-tuned checkpoint of ``base`` (shared by its fp32 and int8 rungs)."""
-        trained = base != "dense" and self.config.epochs > 0
+    def training(self, spec: RungSpec) -> dict[str, Any]:
+        """What decides the fine-tuned checkpoint of ``spec`` (shared by its fp32 and int8 rungs)."""
+        base = spec.base
+        trained = (base != "dense" or spec.vip) and self.config.epochs > 0
         return {
             "method": "dense" if base == "dense" else "lean" if base == "lean" else "psconv",
             "pattern": None if base in ("dense", "lean") else base,
             "stencil": "5point" if base == "lean" else None,
+            "virtual_pool": list(self.config.virtual_pool) if spec.vip else None,
             "source": self.model_path.name, "source_sha256": self.source_sha256, "data": self.spec,
             "finetune": {"epochs": self.config.epochs, "limit": self.config.limit, "lr": self.config.lr,
                          "seed": self.config.seed, "distill_from": self.model_path.name} if trained else None,
@@ -188,41 +212,58 @@ class _Builder:
 
     def describe(self, spec: RungSpec) -> str:
         steps = [] if spec.base == "dense" else [f"convert ({'lean 5point' if spec.base == 'lean' else spec.base})"]
-        if spec.base != "dense" and self.config.epochs > 0:
+        if spec.vip:
+            steps.append(f"virtual-pool ({', '.join(self.config.virtual_pool)})")
+        if spec.model != "dense" and self.config.epochs > 0:
             images = f"{self.config.limit:,}" if self.config.limit else "all"
             steps.append(f"fine-tune {self.config.epochs} epoch(s) on {images} training images, distilled from dense")
         steps += ["export"] + (["quantize to int8"] if spec.int8 else []) + ([] if spec.base == "dense" else ["tune"])
         steps.append("evaluate")
         return ", ".join(steps)
 
-    def checkpoint(self, base: str) -> LoadedModel:
-        """The converted, fine-tuned model of ``base``; reused (or its fine-tuning resumed) when the
+    def checkpoint(self, spec: RungSpec) -> LoadedModel:
+        """The converted, fine-tuned model of ``spec``; reused (or its fine-tuning resumed) when the
         checkpoint in build/ was made with the same recipe."""
-        if base == "dense":
+        if spec.model == "dense":
             return self.dense
-        path = self.work / f"{base}.pt"
-        recipe = self.training(base)
+        path = self.work / f"{spec.model}.pt"
+        recipe = self.training(spec)
         saved = load_model(path) if path.is_file() else None
         if saved is not None and saved.meta.get("ladder_recipe") == recipe:
             done = (saved.meta.get("finetune") or {}).get("epochs_done", 0)
             if done >= self.config.epochs:
                 return saved
             if state_path(path).is_file():
-                return self.finetune(self.converted(base, recipe), path, resume=True)
-        model = self.converted(base, recipe)
+                return self.finetune(self.converted(spec, recipe), path, resume=True)
+        model = self.converted(spec, recipe)
         return self.finetune(model, path, resume=False) if self.config.epochs > 0 else self.save(model, path)
 
-    def converted(self, base: str, recipe: dict[str, Any]) -> LoadedModel:
+    def converted(self, spec: RungSpec, recipe: dict[str, Any]) -> LoadedModel:
         model = LoadedModel(copy.deepcopy(self.dense.module), self.dense.arch, dict(self.dense.arch_kwargs),
                             copy.deepcopy(self.dense.meta))
-        if base == "lean":
+        if spec.base == "lean":
             leanify(model.module, "5point", input_shape=self.shape)
-        else:
-            sparsify(model.module, SparsifyConfig(base), input_shape=self.shape)
+        elif spec.base != "dense":
+            sparsify(model.module, SparsifyConfig(spec.base), input_shape=self.shape)
+        if spec.vip:
+            self.virtual_pool(model)
         if "accuracy" in model.meta:  # the measured accuracy was the dense weights'
             model.meta["dense_accuracy"] = model.meta.pop("accuracy")
         model.meta.update({"input_shape": list(self.shape), "ladder_recipe": recipe})
         return model
+
+    def virtual_pool(self, model: LoadedModel) -> None:
+        """Virtual Pooling of ``model``'s layers named by the config's globs, or chosen (auto) on this data."""
+        layers = self.config.virtual_pool
+        budget = parse_auto(layers)
+        if budget is not None:
+            preprocess = self.dense.meta.get("preprocess")
+            train, test = (model_inputs(self.data(split), preprocess) for split in ("train", "test"))
+            layers = choose_layers(self.dense.module, model.module, self.shape, train, test, budget,
+                                   log=lambda line: self.log(f"    {line}"), progress=self.progress)
+            model.meta["virtual_pool_layers"] = list(layers)
+        if layers:
+            virtual_pool(model.module, layers, self.shape)
 
     def finetune(self, model: LoadedModel, path: Path, resume: bool) -> LoadedModel:
         config = FinetuneConfig(epochs=self.config.epochs, lr=self.config.lr, limit=self.config.limit,
@@ -239,8 +280,8 @@ class _Builder:
 
     def export(self, spec: RungSpec) -> Path:
         """The rung's untuned ONNX file in build/: the fp32 export, quantized for an int8 rung."""
-        fp32 = self.work / f"{spec.base}.onnx"
-        export_onnx(self.checkpoint(spec.base), fp32, dense=spec.base == "dense")  # seconds: not worth a cache
+        fp32 = self.work / f"{spec.model}.onnx"
+        export_onnx(self.checkpoint(spec), fp32, dense=spec.base == "dense")  # seconds: not worth a cache
         if not spec.int8:
             return fp32
         int8 = self.work / f"{spec.name}.onnx"

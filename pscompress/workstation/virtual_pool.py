@@ -73,7 +73,7 @@ class VirtualPoolConv2d(nn.Module):
         strided = copy.deepcopy(conv)
         strided.stride = (FACTOR, FACTOR)
         if isinstance(strided.padding, str):  # PyTorch pads 'same' for stride 1 only: the numbers it padded
-            strided.padding = _same_padding(conv)
+            strided.padding = same_padding(conv)
         return cls(strided)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,12 +99,12 @@ def virtual_pool_reason(name: str, conv: nn.Module) -> str | None:
         return f"a {type(conv).__name__} with its own forward"
     if tuple(conv.stride) != (1, 1):
         return f"stride {tuple(conv.stride)}, not 1"
-    if _same_padding(conv) is None:
+    if same_padding(conv) is None:
         return "its output is not the size of its input (padding other than 'same')"
     return None
 
 
-def _same_padding(conv: nn.Conv2d) -> tuple[int, int] | tuple[int, int, int, int] | None:
+def same_padding(conv: nn.Conv2d) -> tuple[int, int] | tuple[int, int, int, int] | None:
     """The padding with which ``conv`` keeps its input's size: its own (PyTorch's or a PSConv2d's uneven
     pads, as given), the even numbers 'same' stands for, or None when it changes the size."""
     reach = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
@@ -140,7 +140,7 @@ def virtual_pool(model: nn.Module, layers: Sequence[str], input_shape: Sequence[
 
     shape = tuple(int(d) for d in input_shape) if input_shape is not None else default_input_shape(model)
     before = prior if prior is not None else measure(model, shape)
-    convs = list(dict.fromkeys(row.name for row in before.layers if isinstance(model.get_submodule(row.name), nn.Conv2d)))
+    convs = _run_order_convs(model, before)
     chosen, notes = _select(model, layers, convs)
     sizes = layer_inputs(model, chosen, shape)
     for name in chosen:
@@ -153,8 +153,19 @@ def virtual_pool(model: nn.Module, layers: Sequence[str], input_shape: Sequence[
                             before.config, [*before.notes, *notes])
 
 
-def _select(model: nn.Module, globs: Sequence[str], convs: list[str]) -> tuple[list[str], list[str]]:
-    """The convs to virtual-pool, in run order, and a note for each matching one that stays as it is."""
+def eligible_convs(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
+    """The convs of ``model`` a glob could virtual-pool, in run order (the first conv the net runs excluded)."""
+    convs = _run_order_convs(model, measure(model, tuple(input_shape)))
+    reasons = _reasons(model, convs, globs=())
+    return [name for name in convs if reasons[name] is None]
+
+
+def _run_order_convs(model: nn.Module, report: ConversionReport) -> list[str]:
+    return list(dict.fromkeys(row.name for row in report.layers if isinstance(model.get_submodule(row.name), nn.Conv2d)))
+
+
+def _reasons(model: nn.Module, convs: list[str], globs: Sequence[str]) -> dict[str, str | None]:
+    """Per conv, why it stays as it is (None: it can be virtual-pooled)."""
     first = convs[0] if convs else None
     reasons = {name: virtual_pool_reason(name, model.get_submodule(name)) for name in convs}
     if first is not None and reasons[first] is None and first not in globs:
@@ -162,6 +173,12 @@ def _select(model: nn.Module, globs: Sequence[str], convs: list[str]) -> tuple[l
     for parent in {name.rpartition(".")[0] for name in convs}:
         if parent and isinstance(model.get_submodule(parent), VirtualPoolConv2d):
             reasons[f"{parent}.conv"] = "already virtual-pooled"
+    return reasons
+
+
+def _select(model: nn.Module, globs: Sequence[str], convs: list[str]) -> tuple[list[str], list[str]]:
+    """The convs to virtual-pool, in run order, and a note for each matching one that stays as it is."""
+    reasons = _reasons(model, convs, globs)
     matched = []
     for glob in globs:
         names = [name for name in convs if fnmatch(name, glob)]

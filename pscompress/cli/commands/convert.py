@@ -31,12 +31,14 @@ from pscompress.cli.options import DATA_HELP, arch_option, input_metadata_option
 @click.option("--stencil", type=click.Choice(["5point", "4point"]),
               help="With --method lean: the depth-wise kernels' support, centre and 4 neighbours (5point) or the "
                    "4 neighbours alone (4point).  [default: 5point]")
-@click.option("--virtual-pool", "virtual_pool", multiple=True, metavar="GLOB",
+@click.option("--virtual-pool", "virtual_pool", multiple=True, metavar="GLOB|auto",
               help="Virtual Pooling: compute each stride-1 conv whose module name matches (fnmatch, e.g. "
                    "'layers.7.*') at stride 2, a quarter of its MACs, and upsample its output back by 2 with linear "
                    "interpolation. Convs of other strides or sizes stay as they are; the first conv only when named "
                    "exactly. Applied after --pattern (the pSConv layer is what runs at stride 2); not with "
-                   "--method lean. Repeatable.")
+                   "--method lean. Repeatable. 'auto' (or auto:LOSS) instead chooses the layers, with --data: those "
+                   "that save time on this CPU, ranked by agreement lost per millisecond saved, within LOSS of "
+                   "top-1 agreement with the dense model (default 0.01).")
 @click.option("--no-align", is_flag=True,
               help="Use the pattern's order as given with shift 0, instead of the order and shift that keep "
                    "the most weight energy.")
@@ -88,6 +90,7 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
     from pscompress.workstation.model_io import default_input_shape, input_meta
     from pscompress.workstation.sparsify import SparsifyConfig, sparsify
     from pscompress.workstation.virtual_pool import virtual_pool as apply_virtual_pool
+    from pscompress.workstation.virtual_pool_choice import choose_layers, parse_auto
 
     method = method or (None if virtual_pool and not patterns else "psconv")
     _check_method(method, stencil, patterns, period, dense_kernel, no_align, virtual_pool, bool(include or exclude))
@@ -98,6 +101,10 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
     shape = parse_input_shape(input_shape) if input_shape else default_input_shape(loaded.module, loaded.meta)
     preprocess = {"mean": mean, "std": std, "channel_order": channel_order, "resize": resize}
     recorded = input_meta(loaded, shape, classes, preprocess)
+    budget = parse_auto(virtual_pool)
+    if budget is not None and not spec:
+        raise UserError("--virtual-pool auto chooses layers by timing them and measuring their agreement with "
+                        "the dense model on real images: give --data SPEC")
     data = _measurement_data(spec, shape, recorded.get("preprocess")) if spec else None
     dense = copy.deepcopy(loaded.module) if data else None
     report, recipe = None, {}
@@ -113,8 +120,11 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
         report = sparsify(loaded.module, config, input_shape=shape)
         recipe = {"pattern": "; ".join(patterns), "sparsify": config.to_dict()}
     if virtual_pool:  # after sparsify: the conv that runs at stride 2 is the pSConv layer
-        report = apply_virtual_pool(loaded.module, virtual_pool, shape, prior=report)
         recipe["virtual_pool"] = list(virtual_pool)
+        if budget is not None:
+            virtual_pool = tuple(choose_layers(dense, loaded.module, shape, *data, budget, log=click.echo))
+            recipe["virtual_pool_layers"] = list(virtual_pool)
+        report = apply_virtual_pool(loaded.module, virtual_pool, shape, prior=report) if virtual_pool else report
     report.notes = [*loaded.notes, *report.notes]  # what loading a .pt2 program left dense, then by kernel size
     agreement = measure_conversion(dense, loaded.module, *data, bn_recalibrate) if data else None
     # The measured accuracy belonged to the dense weights; keep it under a name that says so.

@@ -17,7 +17,11 @@ _DEFAULTS = LadderBuildConfig(rungs=())
               help=f"Training, calibration and held-out images: {DATA_HELP} Accuracy is measured on its test split.")
 @click.option("--patterns", "rungs", default="dense,6of9,4of9,3of9,2of9", show_default=True, metavar="LIST",
               help="The rungs, comma-separated: dense, a pattern family such as 4of9, or lean (LeanResNet "
-                   "5-point); any of them ending in -int8 is that rung quantized to int8 (e.g. 4of9-int8).")
+                   "5-point); dense or a family may add +vip (Virtual Pooling of the --virtual-pool layers, "
+                   "e.g. 4of9+vip); any of them ending in -int8 is that rung quantized to int8 (e.g. 4of9-int8).")
+@click.option("--virtual-pool", "virtual_pool", multiple=True, metavar="GLOB|auto",
+              help="+vip rungs: the convs to virtual-pool (module-name globs, repeatable), or auto[:LOSS] to choose "
+                   "them per rung on this CPU and --data as `convert --virtual-pool auto` does.  [default: auto]")
 @click.option("--epochs", default=_DEFAULTS.epochs, show_default=True, type=click.IntRange(min=0),
               help="Fine-tuning epochs per converted rung, distilled from MODEL (0: no fine-tuning).")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N",
@@ -34,7 +38,7 @@ _DEFAULTS = LadderBuildConfig(rungs=())
               help="The ladder folder to write (created if needed); a rung already built there is kept.")
 @arch_option()
 @trust_pickle_option()
-def build(model: Path, spec: str, rungs: str, epochs: int, limit: int | None, lr: float, calibration: int,
+def build(model: Path, spec: str, rungs: str, virtual_pool: tuple[str, ...], epochs: int, limit: int | None, lr: float, calibration: int,
           threads: int | None, runs: int, min_gain: float, output: Path, arch: str | None, trust_pickle: bool) -> None:
     """Build a ladder of MODEL (a dense checkpoint) in OUTPUT: one rung per --patterns item.
 
@@ -48,7 +52,8 @@ def build(model: Path, spec: str, rungs: str, epochs: int, limit: int | None, lr
     from pscompress.board.ladder_measure import format_rungs
 
     config = LadderBuildConfig(rungs=parse_rungs(rungs), epochs=epochs, limit=limit, lr=lr, calibration=calibration,
-                               threads=threads, runs=runs, min_gain=min_gain)
+                               threads=threads, runs=runs, min_gain=min_gain,
+                               virtual_pool=virtual_pool or _DEFAULTS.virtual_pool)
     manifest = build_ladder(model, spec, output, config, arch=arch, trust_pickle=trust_pickle, log=click.echo)
     for line in format_rungs(manifest):
         click.echo(line)
