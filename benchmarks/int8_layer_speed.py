@@ -1,12 +1,13 @@
 """int8 QLinearPSConv vs onnxruntime's dense QLinearConv (the same masked int8 weights) vs the fp32
-native PSConv, on one 3x3 layer at the 4of9 squares patterns, 1 intra-op thread.
+native PSConv, on 3x3 layers at the 4of9 squares patterns, 1 intra-op thread: dense ones (the int8
+GEMM kernels) and depthwise ones (group = C: the int8 depthwise kernel, qdwconv.h).
 
 Process CPU time (time.process_time) per run, the three sessions' runs interleaved so that machine
 noise hits them alike; medians compared. Prints the CPU model, the kernel path, the onnxruntime
 version and the ratios. Not a unit test.
 
     .venv/bin/python benchmarks/int8_layer_speed.py
-    .venv/bin/python benchmarks/int8_layer_speed.py --runs 50
+    .venv/bin/python benchmarks/int8_layer_speed.py --runs 50 --layers depthwise
 """
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ import qlinear_models as qm  # noqa: E402
 from pscompress import runtime  # noqa: E402
 
 SQUARES = [27, 54, 216, 432]  # 4of9
-LAYERS = [(64, 32), (256, 8)]  # (channels in = out, image size)
+LAYERS = {  # (channels in = out, image size, group = 1 or C)
+    "dense": [(64, 32, 1), (256, 8, 1)],
+    "depthwise": [(c, size, c) for c in (96, 144) for size in (28, 14, 7)],
+}
 
 
 def cpu_model() -> str:
@@ -36,12 +40,12 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
-def sessions(channels: int) -> tuple[dict, dict]:
-    """(name -> session, name -> feeds builder) for one layer."""
+def sessions(channels: int, group: int) -> dict:
+    """name -> session, for one layer."""
     rng = np.random.default_rng(0)
-    attrs = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1,
+    attrs = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=group,
                  in_channels=channels, out_channels=channels, patterns=SQUARES, shift=0)
-    mask = qm.kept_mask(channels, channels, (3, 3), SQUARES, 0)
+    mask = qm.kept_mask(channels, channels // group, (3, 3), SQUARES, 0)
     w_int8 = (rng.integers(-128, 128, mask.shape) * mask).astype(np.int8)
     quant = {"x_scale": np.array(0.02, np.float32), "x_zero_point": np.array(128, np.uint8),
              "w_scale": rng.uniform(0.002, 0.02, channels).astype(np.float32),
@@ -75,18 +79,21 @@ def median_cpu_times(runs: dict, feeds: dict, count: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--layers", choices=["all", *LAYERS], default="all")
     args = parser.parse_args()
+    layers = [layer for kind, shapes in LAYERS.items() if args.layers in ("all", kind) for layer in shapes]
     print(f"CPU: {cpu_model()}; kernel path: {runtime.cpu_path()}; onnxruntime {ort.__version__}; 1 thread")
     rng = np.random.default_rng(1)
-    for channels, size in LAYERS:
-        runs = sessions(channels)
+    for channels, size, group in layers:
+        runs = sessions(channels, group)
         for batch in (1, 8):
             x_u8 = rng.integers(0, 256, (batch, channels, size, size)).astype(np.uint8)
             x_f32 = ((x_u8.astype(np.float32) - 128) * 0.02).astype(np.float32)
             feeds = {name: {"X": x_f32 if name.startswith("fp32") else x_u8} for name in runs}
             t = median_cpu_times(runs, feeds, args.runs)
             q, dense, fp32 = t["int8 QLinearPSConv"], t["ORT QLinearConv (dense)"], t["fp32 PSConv"]
-            print(f"C=M={channels} {size}x{size} batch {batch}: " +
+            kind = "depthwise" if group > 1 else "dense"
+            print(f"{kind} C=M={channels} {size}x{size} batch {batch}: " +
                   ", ".join(f"{name} {ms * 1e3:.3f} ms" for name, ms in t.items()) +
                   f" | dense QLinearConv / int8 pSConv = {dense / q:.2f}x, fp32 pSConv / int8 pSConv = {fp32 / q:.2f}x")
 

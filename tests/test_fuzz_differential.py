@@ -20,6 +20,7 @@ from native_cases import machine_paths
 import fuzz_cases as fc
 import fuzz_differential as fd
 import psconv_models
+import qlinear_models
 from pscompress import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,28 @@ def test_oracle_agrees_with_onnxruntime_conv_on_the_dense_weights(cases):
     assert checked > 250
 
 
+def test_int8_cases_are_depthwise_and_their_oracle_is_qlinear_conv():
+    """Every 8th valid case is an int8 depthwise QLinearPSConv (the native int8 depthwise
+    kernel); its exact oracle equals onnxruntime's QLinearConv on the dense masked weights, and
+    the comparison is exact natively, within 1 elsewhere."""
+    int8 = [fc.generate_valid(1, i) for i in range(7, 800, 8)]
+    assert all(c.op == "QLinearPSConv" for c in int8) and fc.generate_valid(1, 8).op != "QLinearPSConv"
+    assert {c.attrs["out_channels"] // c.attrs["group"] for c in int8} == {1, 2}
+    assert all(c.attrs["group"] == c.attrs["in_channels"] for c in int8)
+    assert {int(c.quant["x_zero_point"]) for c in int8} >= {0, 128, 255}
+    assert any(c.attrs["strides"] != [1, 1] for c in int8) and any(any(c.attrs["pads"]) for c in int8)
+    for case in int8[:40]:
+        want, scale, terms = fc.oracle(case)
+        wd = fc.dense_weights(case, case.inputs["W"]).astype(np.int8)
+        model = qlinear_models.qlinear_conv_model(case.attrs, wd, case.quant, case.inputs.get("B"))
+        got = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"X": case.inputs["X"]})[0]
+        assert fc.compare(got, want, scale, terms, exact=False) is None, case.describe()
+        off = want.astype(np.uint8)
+        off.reshape(-1)[0] = off.reshape(-1)[0] + 2 if off.reshape(-1)[0] < 254 else 0  # two steps away
+        assert fc.compare(off, want, scale, terms, exact=False) is not None
+        assert fc.compare(np.where(got < 255, got + 1, got - 1).astype(np.uint8), want, scale, terms) is not None
+
+
 def test_compare_is_nan_and_inf_exact_and_rounding_tolerant():
     want = np.array([1.0, np.nan, np.inf, -np.inf, 0.0, 3.0])
     scale = np.array([10.0, 0, 0, 0, 0.0, 3.0])
@@ -191,7 +214,7 @@ def test_portable_functions_and_reference_match_the_oracle():
 
 def test_reproducer_reruns_one_case():
     summary, output = run_fuzzer("none", "--kernels", "none", "--seed", "1", "--case", "7")
-    assert summary["cases"] == 1 and fc.generate(1, 7).describe() in output
+    assert summary["cases"] == 1 and fc.generate_valid(1, 7).describe() in output
 
 
 @pytest.mark.slow  # a fuzz campaign in a subprocess

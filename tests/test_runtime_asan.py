@@ -1,6 +1,6 @@
 """The native library under AddressSanitizer + UndefinedBehaviorSanitizer: the microkernel
-testers, GEMM and depthwise (every SIMD path vs the portable reference), >= 1,000 randomised malformed models and
-inputs (runtime/tests/fuzz_psconv.py), and the differential fuzzer (runtime/tests/
+testers, fp32 and int8, GEMM and depthwise (every SIMD path vs the portable reference),
+>= 1,000 randomised malformed models and inputs (runtime/tests/fuzz_psconv.py), and the differential fuzzer (runtime/tests/
 fuzz_differential.py, docs/fuzzing.md): >= 3,000 valid cases on every CPU path of this machine
 against the portable functions, onnx.reference and a numpy oracle, plus contract violations
 and mutated models. Zero crashes, zero sanitizer reports and zero mismatches allowed.
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # every test here needs the sanitizer tree, the f
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("tester", ["ukernel_tester", "dwconv_tester", "qgemm_tester"])  # GEMM, depthwise, int8 GEMM
+@pytest.mark.parametrize("tester", ["ukernel_tester", "dwconv_tester", "qgemm_tester", "qdwconv_tester"])
 def test_simd_microkernels_match_reference(asan_build: Path, tester: str) -> None:
     done = subprocess.run([str(asan_build / tester)], capture_output=True, text=True,
                           env=sanitizer_env(), timeout=120)

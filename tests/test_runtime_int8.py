@@ -100,6 +100,33 @@ def ow_cases() -> list[QCase]:
                   x_zero_point=[0, 128, 255][ow % 3]) for ow in range(1, 41)]
 
 
+def kept_taps(k: int) -> tuple[int, ...]:
+    """Two 3x3 supports of k kept taps each (1 to 9): the first k positions and the last k."""
+    return ((1 << k) - 1, ((1 << k) - 1) << (9 - k))
+
+
+def depthwise_cases() -> list[QCase]:
+    """Depthwise layers (the int8 depthwise kernel, qdwconv.h): every map from 1x1 to 7x7 and
+    wider odd ones, strides 1 and 2, pads, 1 to 9 kept taps (and a 5x5 kernel), channel counts
+    off the vector widths, multipliers 1 and 2, batches of 1 to 3, zero points 0, 128 and 255,
+    bias or not."""
+    maps = [(s, s) for s in range(1, 8)] + [(7, 13), (5, 9), (9, 17), (3, 31), (14, 14), (28, 28), (11, 23)]
+    pads = [(1, 1, 1, 1), (0, 0, 0, 0), (2, 1, 0, 2), (0, 1, 1, 0)]
+    cases = []
+    for index, (h, w) in enumerate(maps * 2):
+        c, mg = [1, 3, 17, 24, 33][index % 5], 1 + index % 3 // 2
+        pad = pads[index % 4]
+        cases.append(QCase(n=1 + index % 3, c=c, m=c * mg, group=c, h=max(h, 3 - pad[0] - pad[2]),
+                           w=max(w, 3 - pad[1] - pad[3]), strides=(1 + index // len(maps),) * 2, pads=pad,
+                           patterns=kept_taps(1 + index % 9), shift=index % 2, bias=index % 4 != 1,
+                           per_channel=index % 5 != 2, x_zero_point=[0, 128, 255][index % 3],
+                           y_zero_point=[128, 0, 255][index // 3 % 3]))
+    for stride in (1, 2):  # 5x5: 13 and 25 kept taps, MobileNet's stride-2 layers
+        cases.append(QCase(n=2, c=19, m=19, group=19, h=15, w=13, kernel=(5, 5), strides=(stride, stride),
+                           pads=(2, 2, 2, 2), patterns=(0x1FFFFFF, 0b1010101010101010101010101), shift=1))
+    return cases
+
+
 FIXED = [
     QCase(n=2, c=64, m=64, h=16, w=16),                                  # a ResNet layer
     QCase(n=1, c=32, m=48, h=14, w=14, strides=(2, 2), x_zero_point=0, y_zero_point=0),  # ReLU range
@@ -116,7 +143,7 @@ FIXED = [
     # 19 channels a group: a dot kernel's four-channel elements, then three with one channel each
     QCase(n=2, c=38, m=20, h=9, w=11, group=2, shift=1, x_zero_point=3),
 ]
-CASES = FIXED + ow_cases() + random_cases(60, seed=5)
+CASES = FIXED + ow_cases() + depthwise_cases() + random_cases(60, seed=5)
 
 
 def case_data(case: QCase, seed: int, full_range: bool) -> dict:

@@ -4,7 +4,8 @@
 // its phase planes. Then the same for the depthwise kernels (dwconv.h), one output channel of
 // MobileNetV2's depthwise shapes per call (2 * rows * n * k), and for the int8 kernels
 // (qgemm.h), pair and dot alike, on the GEMM shapes (2 * m * n * weights per row: k taps of one
-// channel, or k / 4 elements of four). Not a test.
+// channel, or k / 4 elements of four), and the int8 depthwise kernels (qdwconv.h) on the
+// depthwise shapes. Not a test.
 //   ukernel_bench [seconds per measurement, default 0.2]
 #include <time.h>
 
@@ -19,6 +20,7 @@
 
 #include "dispatch.h"
 #include "dwconv.h"
+#include "qdwconv.h"
 #include "qgemm.h"
 #include "ukernel.h"
 
@@ -180,30 +182,49 @@ int main(int argc, char** argv) {
     time_int8<QGemmArgs, QGemmPacking>("pairs", s, [](const CpuPath& p) { return p.qgemm; }, budget);
     time_int8<QDotArgs, QDotPacking>("dots", s, [](const CpuPath& p) { return p.qdot; }, budget);
   }
-  std::printf("\n%-20s %-9s %8s %10s\n", "depthwise channel", "path", "GFLOP/s", "vs scalar");
-  for (const DwShape& s : kDwShapes) {
-    const size_t plane = (s.rows + 2) * s.row_stride;  // the taps' rows and a spare one
-    std::vector<float> w(s.k, 0.5f), b(plane + kNR, 0.25f), y(s.rows * s.n);
-    std::vector<int64_t> offsets(s.k);
-    for (size_t t = 0; t < s.k; ++t) offsets[t] = static_cast<int64_t>(t / 3 * s.ws + t % 3);  // 3x3 taps
+  // One output channel of each depthwise shape: its 3x3 taps' offsets, its plane (the taps' rows
+  // and a spare one), then per path the seconds per call of `kernel(path)` on `args`.
+  auto time_depthwise = [&](const char* title, const char* unit, auto kernel, auto make_args) {
+    std::printf("\n%-20s %-9s %8s %10s\n", title, "path", unit, "vs scalar");
+    for (const DwShape& s : kDwShapes) {
+      std::vector<int64_t> offsets(s.k);
+      for (size_t t = 0; t < s.k; ++t) offsets[t] = static_cast<int64_t>(t / 3 * s.ws + t % 3);
+      const auto args = make_args(s, offsets, (s.rows + 2) * s.row_stride + kNR);
+      std::vector<double> times;
+      for (const CpuPath& path : paths) times.push_back(seconds_per_call(kernel(path), args.args, budget));
+      for (size_t p = 0; p < paths.size(); ++p)
+        std::printf("%-20s %-9s %8.2f %9.2fx\n", s.what, paths[p].name, 2e-9 * s.rows * s.n * s.k / times[p],
+                    times.back() / times[p]);
+    }
+  };
+  // The arguments and the buffers they point into (a move keeps the vectors' buffers).
+  struct Fp32 {
+    std::vector<float> w, b, y;
     DwconvArgs args{};
-    args.k = s.k;
-    args.w = w.data();
-    args.b = b.data();
-    args.b_offsets = offsets.data();
-    args.b_row_stride = s.row_stride;
-    args.rows = s.rows;
-    args.n = s.n;
-    args.y = y.data();
-    args.y_row_stride = s.n;
-    args.bias = 0.1f;
-    args.lo = 0.0f;
-    args.hi = 6.0f;
-    std::vector<double> times;
-    for (const CpuPath& path : paths) times.push_back(seconds_per_call(path.dwconv, args, budget));
-    for (size_t p = 0; p < paths.size(); ++p)
-      std::printf("%-20s %-9s %8.2f %9.2fx\n", s.what, paths[p].name, 2e-9 * s.rows * s.n * s.k / times[p],
-                  times.back() / times[p]);
-  }
+  };
+  struct Int8 {
+    std::vector<int8_t> w;
+    std::vector<int16_t> b;
+    std::vector<uint8_t> y;
+    QDwconvArgs args{};
+  };
+  time_depthwise(
+      "depthwise channel", "GFLOP/s", [](const CpuPath& p) { return p.dwconv; },
+      [](const DwShape& s, const std::vector<int64_t>& offsets, size_t elements) {
+        Fp32 t;
+        t.w.assign(s.k, 0.5f), t.b.assign(elements, 0.25f), t.y.resize(s.rows * s.n);
+        t.args = {s.k, t.w.data(), t.b.data(), offsets.data(), s.row_stride, s.rows, s.n, t.y.data(), s.n,
+                nullptr, 0.1f, 0.0f, 6.0f};
+        return t;
+      });
+  time_depthwise(
+      "int8 depthwise", "GOP/s", [](const CpuPath& p) { return p.qdwconv; },
+      [](const DwShape& s, const std::vector<int64_t>& offsets, size_t elements) {
+        Int8 t;
+        t.w.assign(s.k, 3), t.b.assign(elements, 25), t.y.resize(s.rows * s.n);
+        t.args = {s.k, t.w.data(), t.b.data(), offsets.data(), s.row_stride, s.rows, s.n, t.y.data(), s.n,
+                100, 1e-3f, 128};
+        return t;
+      });
   return 0;
 }

@@ -181,7 +181,7 @@ class QKernel {
  public:
   static constexpr const char* kName = "QLinearPSConv";
   explicit QKernel(const OrtKernelInfo* raw)
-      : path_(require_path()), conv_(read_quantized_attributes(Ort::ConstKernelInfo(raw)), {path_.qgemm, path_.qdot}) {
+      : path_(require_path()), conv_(read_quantized_attributes(Ort::ConstKernelInfo(raw)), {path_.qgemm, path_.qdot, path_.qdwconv}) {
     Ort::ConstKernelInfo info(raw);
     int is_constant = 0;
     Ort::ConstValue w = info.GetTensorConstantInput(kW, &is_constant);

@@ -14,7 +14,7 @@ CpuPath detect() {
   for (const CpuPath& path : paths)
     if (path.name == std::string(forced)) return path;
   static const std::string unsupported = std::string("unsupported:") + forced;  // detect() runs once
-  return {unsupported.c_str(), nullptr, nullptr, nullptr, nullptr};
+  return {unsupported.c_str(), nullptr, nullptr, nullptr, nullptr, nullptr};
 }
 
 }  // namespace
@@ -26,21 +26,26 @@ std::vector<CpuPath> supported_paths() {
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #if defined(PSCOMPRESS_HAVE_AVX512)
   // The AVX-512 GEMM kernel's epilogue is AVX2's. avx512-vnni is avx512f with the int8 dot
-  // kernel.
+  // and depthwise kernels (AVX-512 F, BW, VL and VNNI); both run the AVX2 int8 pair kernel.
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
-  if (avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
-    paths.push_back({"avx512-vnni", ukernel_6x16_avx512f, dwconv_6x16_avx512f, qgemm_6x16_avx2, qdot_6x16_avx512vnni});
-  if (avx512) paths.push_back({"avx512f", ukernel_6x16_avx512f, dwconv_6x16_avx512f, qgemm_6x16_avx2, nullptr});
+  if (avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512vnni"))
+    paths.push_back({"avx512-vnni", ukernel_6x16_avx512f, dwconv_6x16_avx512f, qgemm_6x16_avx2, qdot_6x16_avx512vnni,
+                     qdwconv_6x32_avx512vnni});
+  if (avx512) paths.push_back({"avx512f", ukernel_6x16_avx512f, dwconv_6x16_avx512f, qgemm_6x16_avx2, nullptr,
+                                qdwconv_6x16_avx2});
 #endif
-  if (avx2) paths.push_back({"avx2-fma", ukernel_6x16_avx2_fma, dwconv_6x8_avx2_fma, qgemm_6x16_avx2, nullptr});
+  if (avx2) paths.push_back({"avx2-fma", ukernel_6x16_avx2_fma, dwconv_6x8_avx2_fma, qgemm_6x16_avx2, nullptr,
+                             qdwconv_6x16_avx2});
 #endif
 #if defined(PSCOMPRESS_HAVE_NEON)
   // Advanced SIMD is mandatory on aarch64
-  paths.push_back({"neon", ukernel_6x16_neon, dwconv_6x8_neon, qgemm_6x16_neon, nullptr});
+  paths.push_back({"neon", ukernel_6x16_neon, dwconv_6x8_neon, qgemm_6x16_neon, nullptr, qdwconv_6x16_neon});
 #endif
   // The portable path runs the dot layout, so that every machine tests it; the pair kernel
   // still takes the layers with too few channels to fill its lanes.
-  paths.push_back({"scalar", ukernel_6x16_scalar, dwconv_6x8_scalar, qgemm_6x16_scalar, qdot_6x16_scalar});
+  paths.push_back({"scalar", ukernel_6x16_scalar, dwconv_6x8_scalar, qgemm_6x16_scalar, qdot_6x16_scalar,
+                   qdwconv_6x16_scalar});
   return paths;
 }
 

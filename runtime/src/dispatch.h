@@ -1,11 +1,13 @@
 // Picks the fastest microkernels this CPU supports, once per process: a path is one ISA's
-// GEMM kernel (ukernel.h), depthwise kernel (dwconv.h) and int8 GEMM kernel (qgemm.h), always
-// chosen together, with the int8 dot kernel (qgemm.h, "Dots") where the CPU has one.
+// GEMM kernel (ukernel.h), depthwise kernel (dwconv.h), int8 GEMM kernel (qgemm.h) and int8
+// depthwise kernel (qdwconv.h), always chosen together, with the int8 dot kernel (qgemm.h,
+// "Dots") where the CPU has one.
 #pragma once
 
 #include <vector>
 
 #include "dwconv.h"
+#include "qdwconv.h"
 #include "qgemm.h"
 #include "ukernel.h"
 
@@ -17,6 +19,7 @@ struct CpuPath {
   Dwconv dwconv;     // the same ISA's depthwise kernel; null likewise
   QGemm qgemm;       // the same ISA family's int8 pair kernel; null likewise
   QDot qdot;         // its int8 dot kernel; null where the ISA has no dot product the path may use
+  QDwconv qdwconv;   // the same ISA family's int8 depthwise kernel; null for an unsupported forced name
 };
 
 // The paths this build can run on this CPU, fastest first; "scalar" is always there.

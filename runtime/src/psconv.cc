@@ -1,11 +1,11 @@
 #include "psconv.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+#include "depthwise_tasks.h"
 #include "gemm_tiles.h"
 #include "phase_planes.h"
 
@@ -51,7 +51,7 @@ void PSConv::prepack(const float* w, size_t w_len) {
   }
 }
 
-// Depthwise layers hold one channel's planes per thread (compute_depthwise), others a chunk's.
+// Depthwise layers hold one channel's planes per thread (run_depthwise), others a chunk's.
 size_t PSConv::scratch_floats(const int64_t* x_shape) const {
   const Geometry g = layer_.geometry(x_shape);
   return (layer_.depthwise() ? g.channel : g.chunk() * g.image) + kNR;
@@ -66,62 +66,6 @@ std::vector<int64_t> PSConv::output_shape(const Inputs& in, bool residual) const
       fail("Z: expected the output's shape [N, out_channels, OH, OW]");
   }
   return y;
-}
-
-// A depthwise run's state, shared by its tasks; x, y, z are those of the current chunk.
-struct PSConv::Run {
-  const PSConv* conv;
-  uint64_t id;  // unique per run in the process (compute_depthwise)
-  const Plan* plan;
-  const float *x, *a, *bias, *z;  // a: W as it is
-  float* y;
-  Dwconv dwconv;
-  unsigned char* non_finite;  // per (image, channel) of the chunk: X holds an Inf or a NaN there
-};
-
-// Task (image, input channel) of a depthwise layer: copies the channel into planes of this
-// thread, where they stay in L1/L2, then computes the channel's Mg outputs, every row in one
-// call each. An output's tap offsets are those of its residue class. The padding is zeroed
-// once per run and thread: channels leave it as it is.
-// B reads: a row's last half reads at most 7 floats past the row's last pixel, which end
-// within the next plane row, the next phase's plane, or the kNR spare floats after the
-// thread's planes (the buffer holds geo.channel + kNR floats; the spare ones hold zeros or an
-// earlier run's values, read only into discarded lanes).
-void PSConv::compute_depthwise(const Run& run, size_t task) {
-  const PSConv& cv = *run.conv;
-  const SparseLayer& layer = cv.layer_;
-  const Plan& plan = *run.plan;
-  const Geometry& geo = plan.geo;
-  struct Planes {
-    std::vector<float> floats;  // kept for later runs, like gemm_tile_block's panels
-    uint64_t padded_for = 0;    // the run whose padding they hold
-  };
-  thread_local Planes planes;
-  if (planes.padded_for != run.id) {
-    if (planes.floats.size() < geo.channel + kNR) planes.floats.resize(geo.channel + kNR);
-    fill_padding(plan, planes.floats.data());
-    planes.padded_for = run.id;
-  }
-  run.non_finite[task] = copy_checked(layer, plan, run.x + task * geo.h * geo.w, planes.floats.data());
-  const size_t n = task / layer.c_, channel = task % layer.c_;
-  DwconvArgs args{};
-  args.b = planes.floats.data();
-  args.b_row_stride = geo.rs * geo.ws;
-  args.rows = geo.oh;
-  args.n = geo.ow;
-  args.y_row_stride = geo.ow;
-  args.lo = cv.lo_;
-  args.hi = cv.hi_;
-  for (size_t o = channel * layer.mg_; o < (channel + 1) * layer.mg_; ++o) {
-    const size_t r = layer.class_of(o), y_index = (n * layer.m_ + o) * geo.ohw;
-    args.k = layer.class_k(r);
-    args.w = run.a + layer.depthwise_weights(o);
-    args.b_offsets = plan.rel[r].data();
-    args.y = run.y + y_index;
-    args.z = run.z ? run.z + y_index : nullptr;
-    args.bias = run.bias ? run.bias[o] : 0.0f;
-    run.dwconv(args);
-  }
 }
 
 // Dense Conv multiplies every tap of a window, masked ones by zero, and 0 * Inf and 0 * NaN are
@@ -163,16 +107,34 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, con
   };
 
   if (layer_.depthwise()) {
-    static std::atomic<uint64_t> runs{0};
-    Run run{this, ++runs, &plan, nullptr, prepacked_.empty() ? in.w : prepacked_.data(), in.has_b ? in.b : nullptr,
-            nullptr, nullptr, dwconv, non_finite.data()};
-    auto task = [&](size_t t) { compute_depthwise(run, t); };
+    const float* const w = prepacked_.empty() ? in.w : prepacked_.data();
+    DwconvArgs args{};  // what every output shares
+    args.b_row_stride = geo.rs * geo.ws;
+    args.rows = geo.oh;
+    args.n = geo.ow;
+    args.y_row_stride = geo.ow;
+    args.lo = lo_;
+    args.hi = hi_;
     for (size_t n0 = 0; n0 < geo.n; n0 += geo.chunk()) {
       const size_t images = std::min(geo.chunk(), geo.n - n0);
-      run.x = in.x + n0 * x_image;
-      run.y = y + n0 * y_image;
-      run.z = in.z ? in.z + n0 * y_image : nullptr;
-      parallel_for(parallel, images * c, task);
+      const float* const x = in.x + n0 * x_image;
+      float* const y_chunk = y + n0 * y_image;
+      const float* const z = in.z ? in.z + n0 * y_image : nullptr;
+      auto fill = [&](size_t t, float* planes) {
+        non_finite[t] = copy_checked(layer_, plan, x + t * geo.h * geo.w, planes);
+      };
+      auto output = [&](const DepthwiseOutput& out, const float* planes) {
+        DwconvArgs a = args;
+        a.k = out.k;
+        a.w = w + out.weights;
+        a.b = planes;
+        a.b_offsets = out.b_offsets;
+        a.y = y_chunk + out.y;
+        a.z = z ? z + out.y : nullptr;
+        a.bias = in.has_b ? in.b[out.o] : 0.0f;
+        dwconv(a);
+      };
+      run_depthwise<float>(layer_, plan, parallel, images, fill, output);
       nan_pass(n0, images);
     }
     return;

@@ -47,9 +47,7 @@ class PSConv {
   size_t scratch_floats(const int64_t* x_shape) const;
 
  private:
-  struct Run;
   void nan_masked_non_finite(const Geometry& geo, size_t c, const float* image, float* y) const;
-  static void compute_depthwise(const Run& run, size_t task);
 
   SparseLayer layer_;
   float lo_, hi_;

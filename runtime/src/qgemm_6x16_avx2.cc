@@ -1,27 +1,18 @@
 // AVX2 int8 microkernel (qgemm.h): up to 6 rows x 16 pixels in 12 ymm int32 accumulators.
 // Compiled with -mavx2 for this file only and chosen at run time (see dispatch.cc).
-// Each step takes two taps: their B rows interleaved per pixel (vpunpcklwd / vpunpckhwd) meet
-// a row's broadcast weight pair in vpmaddwd, int16 x int16 pair sums into int32, exact for
-// |x - zp| <= 255 and |w| <= 128. Not vpmaddubsw (u8 x s8 pairs summed into int16, as
-// onnxruntime's AVX2 path does): two products of 255 x 127 overflow int16 and saturate.
-// Lanes: lo holds pixels 0-3 | 8-11, hi 4-7 | 12-15 (unpack works within 128-bit lanes).
+// Each step takes two taps: their B rows interleaved per pixel meet a row's broadcast weight
+// pair in vpmaddwd (qpairs_avx2.h says why not vpmaddubsw).
 #include <immintrin.h>
 
 #include <cstring>
 
 #include "qgemm_tile.h"
 #include "qint_ops_avx2.h"
+#include "qpairs_avx2.h"
 #include "taps_x86.h"
 
 namespace pscompress {
 namespace {
-
-// A B row, pixels 0-7 in the lower 128 bits and 8-15 (at p + split) in the upper.
-inline __m256i load_row(const int16_t* p, size_t split) {
-  const __m128i lower = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i upper = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + split));
-  return _mm256_inserti128_si256(_mm256_castsi128_si256(lower), upper, 1);
-}
 
 inline __m256i weight_pair(const int16_t* a) {
   int32_t pair;
@@ -58,9 +49,7 @@ void tile(const QGemmArgs& args) {
     a += 2 * kMR;
   };
   for_each_tap<2>(b_base, offsets, split, k_end, step);
-  // Pixels 0-7 are the lower lanes of lo and hi, 8-15 their upper lanes.
-#define PSC_HALVES(c_lo, c_hi) \
-  {_mm256_permute2x128_si256(c_lo, c_hi, 0x20), _mm256_permute2x128_si256(c_lo, c_hi, 0x31)}
+#define PSC_HALVES(c_lo, c_hi) {lower_pixels(c_lo, c_hi), upper_pixels(c_lo, c_hi)}
   const __m256i acc[kMR][2] = {PSC_HALVES(c00, c01), PSC_HALVES(c10, c11), PSC_HALVES(c20, c21),
                                PSC_HALVES(c30, c31), PSC_HALVES(c40, c41), PSC_HALVES(c50, c51)};
 #undef PSC_HALVES

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 
+#include "depthwise_tasks.h"
 #include "gemm_tiles.h"
 #include "phase_planes.h"
 
@@ -118,6 +119,7 @@ QLinearPSConv::QLinearPSConv(const LayerAttributes& a, QKernels kernels)
 }
 
 void QLinearPSConv::pack(const int8_t* w, Packed& packed) const {
+  if (layer_.depthwise()) return packed.depthwise.assign(w, w + layer_.packed_length());  // read as it is
   if (!uses_dot()) return layer_.pack<QGemmPacking>(w, layer_.pair_offsets<QGemmPacking>(), packed.pairs);
   layer_.pack<QDotPacking>(w, layer_.pair_offsets<QDotPacking>(), packed.dots);
   packed.sums.assign(layer_.m_, 0);  // |sum| <= 128 * 32768
@@ -164,6 +166,8 @@ std::vector<int64_t> QLinearPSConv::output_shape(const QInputs& in) const {
 
 void QLinearPSConv::run(const QInputs& in, const Requantization& rq, uint8_t* y, const Parallel& parallel) const {
   if (in.x_shape[0] == 0) return;
+  if (layer_.depthwise())  // W as it is
+    return run_depthwise(in, rq, y, is_prepacked_ ? prepacked_.depthwise.data() : in.w, parallel);
   Packed local;
   if (!is_prepacked_) pack(in.w, local);
   const Packed& packed = is_prepacked_ ? prepacked_ : local;
@@ -212,6 +216,33 @@ void QLinearPSConv::run_dots(const QInputs& in, const Requantization& rq, uint8_
       copy_image(layer_, plan, x + lane * p * channel, planes, CopyToLane{lane});
   };
   run_tiles<QDotPacking, QDotArgs>(layer_, plan, rq, bias.data(), packed.dots.data(), kernels_.dot, y, fill, parallel);
+}
+
+// Tasks (image, channel) as fp32 PSConv's (depthwise_tasks.h), on planes of x - x_zero_point.
+void QLinearPSConv::run_depthwise(const QInputs& in, const Requantization& rq, uint8_t* y, const int8_t* w,
+                                  const Parallel& parallel) const {
+  const Plan plan = layer_.plan(in.x_shape);
+  const Geometry& geo = plan.geo;
+  const SubtractZeroPoint convert{static_cast<int16_t>(rq.x_zero_point)};
+  QDwconvArgs args{};  // what every output shares
+  args.b_row_stride = geo.rs * geo.ws;
+  args.rows = geo.oh;
+  args.n = geo.ow;
+  args.y_row_stride = geo.ow;
+  args.y_zero_point = rq.y_zero_point;
+  auto fill = [&](size_t t, int16_t* planes) { copy_image(layer_, plan, in.x + t * geo.h * geo.w, planes, convert); };
+  auto output = [&](const DepthwiseOutput& out, const int16_t* planes) {
+    QDwconvArgs a = args;
+    a.k = out.k;
+    a.w = w + out.weights;
+    a.b = planes;
+    a.b_offsets = out.b_offsets;
+    a.y = y + out.y;
+    a.bias = in.has_b ? in.b[out.o] : 0;
+    a.scale = rq.scale[out.o];
+    kernels_.dwconv(a);
+  };
+  pscompress::run_depthwise<int16_t>(layer_, plan, parallel, geo.n, fill, output);
 }
 
 }  // namespace pscompress

@@ -5,7 +5,8 @@
 //   Y = clamp(nearbyint(float(acc + B) * ((x_scale * w_scale[o]) / y_scale)) + y_zero_point, 0, 255).
 // With a dot kernel (qgemm.h, "Dots") and channels enough to fill its lanes, the planes hold
 // X itself, four channels to an element, padding x_zero_point, and the bias carries
-// -x_zero_point * sum W[o]: the same acc. Else the pair kernel runs on X - x_zero_point.
+// -x_zero_point * sum W[o]: the same acc. Else the pair kernel runs on X - x_zero_point, or,
+// for depthwise layers (one input channel per group), the depthwise kernel (qdwconv.h).
 // The layer itself (attributes, planes, tiles, tasks) is the shared SparseLayer's. Every
 // violation of the contract throws std::invalid_argument naming the attribute or input,
 // before any tensor memory is written.
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "qdwconv.h"
 #include "qgemm.h"
 #include "sparse_layer.h"
 
@@ -50,10 +52,12 @@ struct QInputs {
   const int64_t* b_shape; size_t b_rank; const int32_t* b;
 };
 
-// One CPU path's int8 kernels: the pair kernel always, the dot kernel where the CPU has one.
+// One CPU path's int8 kernels: the pair and depthwise kernels always, the dot kernel where
+// the CPU has one.
 struct QKernels {
   QGemm gemm;
   QDot dot;  // nullable
+  QDwconv dwconv;
 };
 
 class QLinearPSConv {
@@ -74,17 +78,21 @@ class QLinearPSConv {
   void run(const QInputs& in, const Requantization& rq, uint8_t* y, const Parallel& parallel) const;
 
  private:
-  // Packed weights for one kernel: pairs (int16) or dots (int8, with each output's weight sum).
+  // Packed weights for one kernel: pairs (int16), dots (int8, with each output's weight sum),
+  // or W as it is for the depthwise kernel.
   struct Packed {
     std::vector<int16_t> pairs;
     std::vector<int8_t> dots;
     std::vector<int32_t> sums;
+    std::vector<int8_t> depthwise;
   };
   void pack(const int8_t* w, Packed& packed) const;
   void run_pairs(const QInputs& in, const Requantization& rq, uint8_t* y, const int16_t* a,
                  const Parallel& parallel) const;
   void run_dots(const QInputs& in, const Requantization& rq, uint8_t* y, const Packed& packed,
                 const Parallel& parallel) const;
+  void run_depthwise(const QInputs& in, const Requantization& rq, uint8_t* y, const int8_t* w,
+                     const Parallel& parallel) const;
 
   SparseLayer layer_;
   QKernels kernels_;

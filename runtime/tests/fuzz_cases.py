@@ -1,5 +1,6 @@
-"""Valid PSConv / PSConvAdd cases over the whole operator contract (docs/operator.md), the
-ONNX models that hold them and an independent numpy oracle. Shared by the fuzzers:
+"""Valid PSConv / PSConvAdd cases over the whole operator contract (docs/operator.md), and
+int8 depthwise QLinearPSConv ones (generate_valid: every 8th case), the ONNX models that hold
+them and an independent numpy oracle. Shared by the fuzzers:
 runtime/tests/fuzz_differential.py (valid and contract-violating cases, every runtime) and
 runtime/tests/fuzz_psconv.py (random malformed attributes, the native kernel only).
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import psconv_models  # next to this file: the one builder of PSConv nodes and their models
+import qlinear_models  # and of QLinearPSConv nodes, with the exact int8 reference
 
 OPTIONAL_DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "shift": 0,
                      "clip_min": -math.inf, "clip_max": math.inf}
@@ -30,8 +32,8 @@ MAX_PACKED_A = 2_000_000  # the native kernel's panels: groups * P * 6 * Cg * K2
 class Case:
     seed: int
     index: int
-    op: str                      # "PSConv" or "PSConvAdd"
-    attrs: dict                  # every attribute, defaults included
+    op: str                      # "PSConv", "PSConvAdd" or "QLinearPSConv"
+    attrs: dict                  # every attribute, defaults included (QLinearPSConv: no clip)
     omitted: tuple[str, ...]     # optional attributes left out of the node (they equal the default)
     n: int
     h: int
@@ -42,6 +44,7 @@ class Case:
     nonfinite: tuple[str, ...]   # inputs with NaN / +-Inf sprinkled in
     static_shapes: bool = False  # graph inputs declare their shapes (batch symbolic) or nothing
     inputs: dict = field(default_factory=dict, repr=False)  # name ("X", "W", "B", "Z") -> array
+    quant: dict = field(default_factory=dict, repr=False)   # QLinearPSConv: scales and zero points
 
     @property
     def residual(self) -> bool:
@@ -65,7 +68,8 @@ class Case:
         return (f"{self.op} N={self.n} C={a['in_channels']} H={self.h} W={self.w} M={a['out_channels']} "
                 f"Y={list(self.output_shape)} kernel={a['kernel_shape']} strides={a['strides']} pads={a['pads']} "
                 f"group={a['group']} P={len(pats)} patterns={shown} shift={a['shift']} "
-                f"clip=({a['clip_min']}, {a['clip_max']}) bias={int(self.bias)} w_constant={int(self.w_constant)} "
+                + (f"clip=({a['clip_min']}, {a['clip_max']}) " if "clip_min" in a else "")
+                + f"bias={int(self.bias)} w_constant={int(self.w_constant)} "
                 f"nonfinite={','.join(self.nonfinite) or '-'} omitted={','.join(self.omitted) or '-'} "
                 f"shapes={'declared' if self.static_shapes else 'unknown'}")
 
@@ -220,6 +224,47 @@ def generate(seed: int, index: int) -> Case:
     return case
 
 
+def generate_int8(seed: int, index: int) -> Case:
+    """Valid int8 depthwise case `index` of run `seed` (group == C, multiplier 1 or 2: the
+    native int8 depthwise kernel, qdwconv.h): the geometry and patterns of generate's draws,
+    zero points at the ends and middle of the range, weights in [-64, 63] (onnxruntime's own
+    QLinearConv, which the portable function calls, is exact there on every CPU)."""
+    rng = np.random.default_rng([seed, index, 8])
+    for _ in range(100):
+        kernel = _kernel_shape(rng)
+        c, mg = int(rng.integers(1, 41)), int(rng.choice([1, 1, 2]))
+        period = int(rng.integers(1, 5)) if rng.random() < 0.7 else int(rng.integers(5, 17))
+        patterns = [_pattern(rng, kernel[0] * kernel[1]) for _ in range(period)]
+        strides, pads, h, w = _geometry(rng, kernel)
+        attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": [1, 1], "group": c,
+                 "in_channels": c, "out_channels": c * mg, "patterns": patterns, "shift": int(rng.integers(0, period))}
+        n = int(rng.choice([1, 1, 1, 2, 3]))
+        if _fits(attrs, n, h, w):
+            break
+    else:  # pragma: no cover
+        raise RuntimeError(f"case {seed}:{index}: no draw fits the size bounds")
+    m, bias = c * mg, bool(rng.random() < 0.7)
+    zero_points = [0, 128, 255, int(rng.integers(0, 256))]
+    case = Case(seed, index, "QLinearPSConv", attrs, (), n, h, w, bias, w_constant=bool(rng.random() < 0.7),
+                b_constant=True, nonfinite=())
+    length = packed_length(kernel, patterns, attrs["shift"], m, 1)
+    case.inputs = {"X": rng.integers(0, 256, (n, c, h, w)).astype(np.uint8),
+                   "W": rng.integers(-64, 64, length).astype(np.int8)}
+    if bias:
+        case.inputs["B"] = rng.integers(-20000, 20000, m).astype(np.int32)
+    w_scale = rng.uniform(0.002, 0.02, m if rng.random() < 0.7 else 1).astype(np.float32)
+    case.quant = {"x_scale": np.array(rng.uniform(0.005, 0.05), np.float32),
+                  "x_zero_point": np.array(zero_points[int(rng.integers(0, 4))], np.uint8), "w_scale": w_scale,
+                  "y_scale": np.array(rng.uniform(0.02, 0.5) * 10.0 ** -rng.integers(0, 3), np.float32),
+                  "y_zero_point": np.array(zero_points[int(rng.integers(0, 4))], np.uint8)}
+    return case
+
+
+def generate_valid(seed: int, index: int) -> Case:
+    """Valid case `index` of run `seed`: every 8th an int8 depthwise one, the others fp32."""
+    return generate_int8(seed, index) if index % 8 == 7 else generate(seed, index)
+
+
 # ----------------------------------------------------------------------------------- models
 
 def node_attributes(case: Case) -> dict:
@@ -234,6 +279,11 @@ def case_parts(case: Case, inputs: dict | None = None, attrs: dict | None = None
     attrs = node_attributes(case) if attrs is None else attrs
     static_shapes = case.static_shapes if static_shapes is None else static_shapes
     p = case.name + "_"
+    if case.op == "QLinearPSConv":  # X and a run-time W are graph inputs, the rest initializers
+        node_inputs = () if case.w_constant else ("W",)
+        node, graph_inputs, inits, output = qlinear_models.qlinear_parts(
+            attrs, {**case.quant, **{k: v for k, v in inputs.items() if k != "X"}}, node_inputs, p, case.name)
+        return node, graph_inputs, inits, {p + k: inputs[k] for k in ("X", *node_inputs)}, output
     constants = {k: v for k, v in inputs.items() if {"W": case.w_constant, "B": case.b_constant}.get(k)}
     shapes = {k: [f"{p}N", *v.shape[1:]] if v.ndim == 4 else list(v.shape)  # the batch symbolic
               for k, v in inputs.items()} if static_shapes else None
@@ -264,11 +314,16 @@ def dense_weights(case: Case, w: np.ndarray) -> np.ndarray:
     return dense.reshape(m, cg, kh, kw)
 
 
-def oracle(case: Case) -> tuple[np.ndarray, np.ndarray, int]:
+def oracle(case: Case) -> tuple[np.ndarray, np.ndarray | None, int]:
     """(Y in float64 with IEEE NaN/Inf semantics, the sum of |terms| of each output, terms per
     output): direct convolution over the taps of the dense masked kernel, so a masked tap that
-    meets an Inf gives NaN (0 * Inf) exactly as Conv on Wd does."""
+    meets an Inf gives NaN (0 * Inf) exactly as Conv on Wd does. QLinearPSConv: (Y, None, 0),
+    Y from exact int64 sums and MLAS's float32 requantization (qlinear_models)."""
     a = case.attrs
+    if case.op == "QLinearPSConv":
+        wd = dense_weights(case, case.inputs["W"]).astype(np.int64)
+        acc = qlinear_models.accumulate(case.inputs["X"], wd, int(case.quant["x_zero_point"]), a)
+        return qlinear_models.requantize(acc, case.inputs.get("B"), case.quant), None, 0
     kh, kw = a["kernel_shape"]
     sh, sw = a["strides"]
     pt, pl, pb, pr = a["pads"]
@@ -304,13 +359,25 @@ def oracle(case: Case) -> tuple[np.ndarray, np.ndarray, int]:
     return y, scale, cg * kh * kw + 2
 
 
-def compare(got: np.ndarray, want: np.ndarray, scale: np.ndarray, terms: int) -> tuple[str, str] | None:
+def compare(got: np.ndarray, want: np.ndarray, scale: np.ndarray | None, terms: int,
+            exact: bool = True) -> tuple[str, str] | None:
     """None when got (float32) is want (float64) within float32 rounding, else (kind, detail).
     NaN where want has NaN and nowhere else; +-Inf exactly; finite values within the
-    worst-case error of a float32 sum of `terms` terms in any order, 2 (terms + 1) u sum|term|."""
+    worst-case error of a float32 sum of `terms` terms in any order, 2 (terms + 1) u sum|term|.
+    uint8 (QLinearPSConv, scale None): equal when `exact`, else within 1 (the contract's bound
+    for implementations other than the native kernel, which meets QLinearConv exactly)."""
     if got.shape != want.shape:
         return "shape", f"shape {list(got.shape)}, expected {list(want.shape)}"
     got64 = got.astype(np.float64)
+    if scale is None:
+        bad = np.abs(got64 - want) > (0 if exact else 1)
+        if got.dtype != np.uint8:
+            return "dtype", f"dtype {got.dtype}, expected uint8"
+        if not bad.any():
+            return None
+        where = tuple(int(v) for v in np.argwhere(bad)[0])
+        return "value", (f"{int(bad.sum())} of {bad.size} outputs differ, first at {list(where)}: "
+                         f"{int(got64[where])}, expected {int(want[where])}")
     nan_got, nan_want = np.isnan(got64), np.isnan(want)
     bad = nan_got != nan_want
     kind = "nan"

@@ -40,10 +40,11 @@ def psconv_parts(attrs: dict, *, residual: bool = False, bias: bool = True, cons
 
 
 def graph_model(parts: list, portable: bool = False):
-    """An onnx.ModelProto whose graph holds these nodes (psconv_parts, or any node with its graph
-    inputs, initializers and output name), each output a graph output. `portable` attaches the
-    model-local functions (exporters/psconv_onnx.py) that run it without the native library;
-    without them only the library can run it."""
+    """An onnx.ModelProto whose graph holds these nodes (psconv_parts, qlinear_models.qlinear_parts,
+    or any node with its graph inputs, initializers and output name), each output a graph output
+    (uint8 for QLinearPSConv). `portable` attaches the model-local functions (exporters/
+    psconv_onnx.py, qlinear_psconv_onnx.py) that run it without the native library; without
+    them only the library can run it."""
     from onnx import TensorProto, helper
 
     nodes, graph_inputs, initializers, outputs = [], [], [], []
@@ -51,13 +52,18 @@ def graph_model(parts: list, portable: bool = False):
         nodes.append(node)
         graph_inputs += node_inputs
         initializers += node_initializers
-        outputs.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, None))
+        int8 = node.op_type == "QLinearPSConv"  # qlinear_models.qlinear_parts
+        outputs.append(helper.make_tensor_value_info(output, TensorProto.UINT8 if int8 else TensorProto.FLOAT, None))
     graph = helper.make_graph(nodes, "psconv", graph_inputs, outputs, initializers)
     opsets, functions = {"": OPSET, DOMAIN: 1}, []
     if portable:
         from pscompress.exporters import psconv_onnx
 
         opsets, functions = psconv_onnx.opset_imports(), psconv_onnx.fallback_functions()
+        if any(node.op_type == "QLinearPSConv" for node in nodes):
+            from pscompress.exporters import qlinear_psconv_onnx
+
+            functions.append(qlinear_psconv_onnx.function())
     return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                              functions=functions, ir_version=IR_VERSION)
 

@@ -25,26 +25,37 @@ def packed(w_dense: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return w_dense[mask]
 
 
+QUANT_INPUTS = ("x_scale", "x_zero_point", "W", "w_scale", "y_scale", "y_zero_point")
+
+
+def qlinear_parts(attrs: dict, values: dict, inputs: tuple[str, ...] = (), prefix: str = "", name: str | None = None):
+    """(node, graph inputs, initializers, output name) of one QLinearPSConv node, in the form of
+    psconv_models.psconv_parts (so that several nodes can share a graph): X a graph input,
+    values (x_scale, x_zero_point, W, w_scale, y_scale, y_zero_point and optionally B, numpy
+    arrays) initializers unless named in `inputs`; names prefixed by `prefix`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    names = ["X", *QUANT_INPUTS] + (["B"] if "B" in values else [])
+    node = helper.make_node("QLinearPSConv", [prefix + k for k in names], [prefix + "Y"], name=name, domain=DOMAIN,
+                            **{k: v for k, v in attrs.items() if k in LAYER_ATTRIBUTES or k.startswith("clip")})
+    graph_inputs = [helper.make_tensor_value_info(prefix + "X", TensorProto.UINT8, None)]
+    graph_inputs += [helper.make_tensor_value_info(prefix + k, helper.np_dtype_to_tensor_dtype(values[k].dtype), None)
+                     for k in names[1:] if k in inputs]
+    initializers = [numpy_helper.from_array(values[k], prefix + k) for k in names[1:] if k not in inputs]
+    return node, graph_inputs, initializers, prefix + "Y"
+
+
 def qlinear_psconv_model(attrs: dict, w_packed: np.ndarray, quant: dict, b: np.ndarray | None,
                          inputs: tuple[str, ...] = ()) -> bytes:
     """One QLinearPSConv node: X a graph input, everything else an initializer unless named in
     `inputs` (then a graph input). quant holds x_scale, x_zero_point, w_scale, y_scale,
     y_zero_point as numpy arrays; b None leaves B out."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    values = {"W": w_packed, **quant}
-    names = ["X", "x_scale", "x_zero_point", "W", "w_scale", "y_scale", "y_zero_point"]
-    if b is not None:
-        values["B"] = b
-        names.append("B")
-    node = helper.make_node("QLinearPSConv", names, ["Y"], domain=DOMAIN,
-                            **{k: v for k, v in attrs.items() if k in LAYER_ATTRIBUTES or k.startswith("clip")})
-    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.UINT8, None)]
-    graph_inputs += [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(values[k].dtype), None)
-                     for k in names[1:] if k in inputs]
-    initializers = [numpy_helper.from_array(values[k], k) for k in names[1:] if k not in inputs]
+    values = {"W": w_packed, **quant, **({"B": b} if b is not None else {})}
+    node, graph_inputs, initializers, output = qlinear_parts(attrs, values, inputs)
     graph = helper.make_graph([node], "qlinear_psconv", graph_inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.UINT8, None)], initializers)
+                              [helper.make_tensor_value_info(output, TensorProto.UINT8, None)], initializers)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION).SerializeToString()
 
