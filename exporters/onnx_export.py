@@ -31,7 +31,7 @@ from pscompress.core.patterns import pattern_name
 from pscompress.exporters import psconv_onnx
 from pscompress.exporters.fold import fold_batchnorm
 from pscompress.exporters.fuse import densify, fuse_psconv, packable, upsample_ops
-from pscompress.exporters.pipeline import Prepared, at_other_size, not_fully_convolutional, prepare, verify
+from pscompress.exporters.pipeline import Prepared, at_other_size, not_fully_convolutional, output_records, prepare, verify
 from pscompress.exporters.summary import ExportSummary
 from pscompress.runtime import create_session, first_line, onnxruntime_errors
 from pscompress.workstation.checkpoint import LoadedModel
@@ -239,7 +239,7 @@ def _set_opsets(model: onnx.ModelProto) -> None:
 def _set_metadata(model: onnx.ModelProto, job: Prepared, layers: dict, dynamic_hw: bool) -> None:
     meta = export_metadata(job.loaded.meta, job.loaded.arch, job.input_shape, pattern=pattern_summary(layers.values()),
                            operator=f"{psconv_onnx.DOMAIN} v{psconv_onnx.VERSION}",
-                           outputs=[{"name": name, "shape": list(value.shape[1:])} for name, value in job.expected.items()],
+                           outputs=output_records(job),
                            dynamic_hw=dynamic_hw or None)  # None: not written
     del model.metadata_props[:]
     for key, value in encode_onnx_metadata(meta).items():

@@ -105,6 +105,11 @@ def verify(data: bytes, prepared: Prepared, run: Runner, tolerance: float, what:
     return worst
 
 
+def output_records(prepared: Prepared) -> list[dict]:
+    """The metadata's ``outputs``: each output's name and the shape of one image's output, in the model's order."""
+    return [{"name": name, "shape": list(value.shape[1:])} for name, value in prepared.expected.items()]
+
+
 def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b| / max |b|: one number that does not blow up on near-zero outputs (0 for empty outputs)."""
     if np.size(b) == 0:

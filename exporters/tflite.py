@@ -5,7 +5,9 @@ node is lowered to TFLite builtins in NHWC layout. pSConv filters are stored as 
 constants expanded once at load by DENSIFY. How numbers are stored is the lowering's
 ``Numerics``: float32 here, ``Float16`` (every weight float16, turned back into float32 by
 DEQUANTIZE) and ``tflite_int8.Int8`` (full-integer). The model's input is NHWC [1, H, W, C]
-float32 in [0, 1] (the same images as PyTorch's NCHW input, transposed); its output is the logits.
+float32 in [0, 1] (the same images as PyTorch's NCHW input, transposed); its outputs are PyTorch's, in
+its order and shapes (an image-shaped output is transposed back to NCHW), named as model_io.named_outputs
+names them.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from pscompress.board.tflite_predictor import TFLitePredictor, interpreter_module
 from pscompress.core.errors import UserError
@@ -28,7 +31,7 @@ from pscompress.core.files import atomic_output
 from pscompress.core.metadata import TFLITE_ENTRY, encode_tflite_metadata, export_metadata
 from pscompress.exporters.fuse import layer_pads
 from pscompress.exporters.padding import pair, tflite_padding
-from pscompress.exporters.pipeline import Prepared, prepare, verify
+from pscompress.exporters.pipeline import Prepared, output_records, prepare, verify
 from pscompress.exporters.summary import ExportSummary
 from pscompress.exporters.tflite_sparse import smallest_encoding
 from pscompress.exporters.tflite_writer import Quantization, TFLiteGraph, enum
@@ -47,7 +50,18 @@ _RELUS: dict[Any, str] = {nn.ReLU: "RELU", nn.ReLU6: "RELU6", F.relu: "RELU", to
 _ACTIVATIONS: dict[Any, str] = {**_RELUS, nn.Hardswish: "HARD_SWISH", F.hardswish: "HARD_SWISH", nn.Sigmoid: "LOGISTIC",
                                 torch.sigmoid: "LOGISTIC", "sigmoid": "LOGISTIC"}
 _BINARY: dict[Any, str] = {operator.add: "ADD", torch.add: "ADD", "add": "ADD", operator.mul: "MUL", torch.mul: "MUL",
-                           "mul": "MUL"}
+                           "mul": "MUL", operator.sub: "SUB", torch.sub: "SUB", "sub": "SUB", operator.truediv: "DIV",
+                           torch.div: "DIV", torch.true_divide: "DIV", "div": "DIV", "true_divide": "DIV"}
+_HARDSIGMOIDS = (nn.Hardsigmoid, F.hardsigmoid)
+# The functional pools and the module each builds from its arguments (PyTorch's parameter order).
+_POOL_FUNCTIONS: dict[Any, tuple[type, tuple[str, ...]]] = {
+    F.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    F.avg_pool2d: (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                  "divisor_override")),
+}
+_RESHAPES = ("view", "reshape", torch.reshape)
+_PERMUTES = ("permute", torch.permute, "transpose", torch.transpose)
+_BATCH = "batch"  # a static dimension that is the batch size, whatever it is at run time
 _CATS = (torch.cat, torch.concat, torch.concatenate)
 # NCHW dimension -> NHWC axis.
 _NHWC_AXIS = (0, 3, 1, 2)
@@ -70,7 +84,6 @@ def export_tflite(loaded: LoadedModel, path: str | os.PathLike, *, fp16: bool = 
         given = "--data" if data is not None else "--calibration"
         raise UserError(f"{given} calibrates an int8 TFLite file: add --int8, or leave {given} out")
     job = prepare(loaded, input_shape)
-    check_one_output(job)
     numerics = Float16() if fp16 else Numerics()
     with atomic_output(path) as tmp:
         data = serialize(job, numerics, sparse=True)
@@ -99,21 +112,14 @@ def build_tflite(loaded: LoadedModel, input_shape: Sequence[int], *, fp16: bool 
     return serialize(prepare(loaded, input_shape), Float16() if fp16 else Numerics(), sparse=sparse)
 
 
-def check_one_output(job: Prepared) -> None:
-    """UserError for a model with several outputs."""
-    if len(job.output_names) > 1:
-        # The lowering writes one output and the board's TFLite predictor reads one.
-        raise UserError(f"TFLite export takes models with one output; this one has {len(job.output_names)} "
-                        f"({', '.join(job.output_names)}): export it to ONNX instead")
-
-
 def serialize(job: Prepared, numerics: Numerics, sparse: bool = True, **metadata_fields: Any) -> bytes:
     """The .tflite bytes of the prepared model with numbers stored as ``numerics`` says."""
     with torch.no_grad():  # batch 1: the shapes the file declares (its batch dimension is dynamic)
-        ShapeProp(job.graph).propagate(torch.zeros(1, *job.input_shape))
+        _Shapes(job.graph).run(torch.zeros(1, *job.input_shape))
     graph = TFLiteGraph()
-    _Lowering(job.graph, graph, numerics, sparse=sparse).run()
-    metadata = _metadata(job.loaded, job.input_shape, fp16=isinstance(numerics, Float16), **metadata_fields)
+    _Lowering(job.graph, graph, numerics, sparse=sparse, output_names=job.output_names).run()
+    metadata = _metadata(job.loaded, job.input_shape, fp16=isinstance(numerics, Float16), outputs=output_records(job),
+                         **metadata_fields)
     return graph.serialize(description="pscompress TFLite export", metadata={TFLITE_ENTRY: metadata})
 
 
@@ -126,7 +132,7 @@ def interpreter_installed() -> bool:
 
 
 def _run_tflite(data: bytes, x: np.ndarray) -> list[np.ndarray]:
-    return [TFLitePredictor.from_bytes(data).predict_normalized(x)]  # the graph itself: no preprocessing
+    return list(TFLitePredictor.from_bytes(data).run_normalized(x).values())  # the graph itself: no preprocessing
 
 
 def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool, **fields: Any) -> bytes:
@@ -137,6 +143,40 @@ def _metadata(loaded: LoadedModel, input_shape: tuple[int, int, int], fp16: bool
                                                   fp16=fp16, psconv_layers=layers, meta=loaded.meta, **fields))
 
 
+class _Shapes(fx.Interpreter):
+    """fx's shape propagation (each node's ``tensor_meta``, as ShapeProp records it), with a node that fails on one
+    image (a reshape to a fixed batch size, say) a one-line error naming it."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False  # fx would append its node dump to the one-line error
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            cause = exc
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            reason = (str(cause).strip().splitlines() or [cause.__class__.__name__])[0][:200]
+            label = f"layer {n.target}" if n.op == "call_module" else f"operation {n.name}"
+            raise UserError(f"{label}: PyTorch's model does not run on one image ({reason}): TFLite export needs a model "
+                            "that takes any batch size") from exc
+        found = []
+
+        def extract(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                found.append(value)
+                return _extract_tensor_metadata(value)
+            return value
+
+        meta = map_aggregate(result, extract)
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
+
+
 class Numerics:
     """How the lowering stores numbers: float32 activations, weights and biases (Float16 and
     tflite_int8.Int8 store them otherwise)."""
@@ -145,9 +185,14 @@ class Numerics:
         """The tensor operators read for the float32 model input ``tensor`` (fx node ``name``)."""
         return tensor
 
-    def graph_output(self, graph: TFLiteGraph, tensor: int) -> int:
-        """The float32 tensor the model returns for the last operator's output ``tensor``."""
+    def graph_output(self, graph: TFLiteGraph, tensor: int, name: str) -> int:
+        """The float32 tensor the model returns as its output ``name`` for the lowered ``tensor``."""
+        graph.tensors[tensor].name = name
         return tensor
+
+    def scaled(self, graph: TFLiteGraph, name: str, shape: tuple[int, ...], of: str, factor: float) -> int:
+        """A tensor holding ``factor`` times the values of fx node ``of`` (what int8 quantizes it by)."""
+        return graph.activation(name, shape)
 
     def activation(self, graph: TFLiteGraph, name: str, shape: tuple[int, ...], like: int | None = None) -> int:
         """The output tensor of the fx node ``name``; ``like``: an input whose quantization it must share."""
@@ -213,10 +258,13 @@ class _Value:
 class _Lowering:
     """Walks the fx graph once, emitting TFLite operators for each node."""
 
-    def __init__(self, gm: fx.GraphModule, graph: TFLiteGraph, numerics: Numerics, sparse: bool) -> None:
+    def __init__(self, gm: fx.GraphModule, graph: TFLiteGraph, numerics: Numerics, sparse: bool,
+                 output_names: Sequence[str] = ("logits",)) -> None:
         self.gm, self.graph, self.numerics, self.sparse = gm, graph, numerics, sparse
+        self.output_names = list(output_names)
         self.modules = dict(gm.named_modules())
         self.values: dict[fx.Node, _Value] = {}
+        self.static: dict[fx.Node, Any] = {}  # shapes and sizes read from tensors (x.size(0)): known when exporting
 
     def run(self) -> None:
         for node in self.gm.graph.nodes:
@@ -243,17 +291,22 @@ class _Lowering:
         self.values[node] = _Value(self.numerics.graph_input(self.graph, tensor, node.name), True)
 
     def _output(self, node: fx.Node) -> None:
+        """Every output in the model's order, named as model_io.named_outputs names them (the recorded names);
+        an image-shaped one transposed back to PyTorch's NCHW, so each output has PyTorch's shape."""
         result = node.args[0]
-        if isinstance(result, (tuple, list)) and len(result) == 1:
-            result = result[0]  # a one-element tuple is the model's one output (model_io.named_outputs)
-        if not isinstance(result, fx.Node):
-            raise UserError("TFLite export supports models that return one tensor")
-        value = self._value(result, node)
-        if value.nhwc or value.tensor in self.graph.inputs:
-            raise UserError("the model must end in logits of shape [N, classes] to be exported to TFLite")
-        tensor = self.numerics.graph_output(self.graph, value.tensor)
-        self.graph.tensors[tensor].name = "logits"
-        self.graph.outputs.append(tensor)
+        results = list(result.values()) if isinstance(result, dict) else \
+            list(result) if isinstance(result, (tuple, list)) else [result]
+        if len(results) != len(self.output_names):
+            raise UserError(f"the model returns {len(results)} value(s) but {len(self.output_names)} output(s) when it "
+                            "runs: cannot export it to TFLite")
+        for name, source in zip(self.output_names, results):
+            if not isinstance(source, fx.Node):
+                raise UserError(f"output {name} is not a tensor computed from the input: cannot export it to TFLite")
+            value = self._value(source, node)
+            tensor = self._transpose(value.tensor, (0, 3, 1, 2), f"{name}/nchw") if value.nhwc else value.tensor
+            if tensor in self.graph.inputs or tensor in self.graph.outputs:
+                raise UserError(f"output {name} is the model's input or another output: cannot export it to TFLite")
+            self.graph.outputs.append(self.numerics.graph_output(self.graph, tensor, name))
 
     # -- dispatch
 
@@ -264,6 +317,8 @@ class _Lowering:
             self._linear(node, m)
         elif type(m) in _ACTIVATIONS:
             self._activation(node, _ACTIVATIONS[type(m)])
+        elif isinstance(m, nn.Hardsigmoid):
+            self._hardsigmoid(node)
         elif isinstance(m, nn.SiLU):
             self._silu(node)
         elif isinstance(m, nn.PReLU):
@@ -276,8 +331,8 @@ class _Lowering:
             self._resize_nearest(node, m)
         elif isinstance(m, Upsample2x):
             self._virtual_pool_upsample(node)
-        elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-            self._flatten(node)
+        elif isinstance(m, nn.Flatten):
+            self._flatten(node, m.start_dim, m.end_dim)
         elif isinstance(m, nn.Softmax) and m.dim in (1, -1):
             self._softmax(node)
         elif isinstance(m, (nn.Identity, nn.Dropout)):
@@ -289,10 +344,18 @@ class _Lowering:
 
     def _function(self, node: fx.Node) -> None:
         target = node.target
+        if self._static(node):
+            return
         if target in _BINARY and len(node.args) == 2 and not node.kwargs:
-            self._binary(node, _BINARY[target])
+            self._arithmetic(node, _BINARY[target])
         elif target in _ACTIVATIONS:
             self._activation(node, _ACTIVATIONS[target])
+        elif target in _HARDSIGMOIDS:
+            self._hardsigmoid(node)
+        elif target in _POOL_FUNCTIONS:
+            self._pool(node, self._pool_module(node, *_POOL_FUNCTIONS[target]))
+        elif target is F.adaptive_avg_pool2d:
+            self._adaptive_avg_pool(node)
         elif target is F.silu:
             self._silu(node)
         elif target is torch.prelu:
@@ -303,8 +366,15 @@ class _Lowering:
             self._mean(node)
         elif target is F.interpolate:
             self._resize_nearest(node, lambda x: F.interpolate(x, *node.args[1:], **node.kwargs))
-        elif target in (torch.flatten, "flatten") and tuple(node.args[1:]) == (1,) and not node.kwargs:
-            self._flatten(node)
+        elif target in (torch.flatten, "flatten"):
+            args = {**dict(zip(("start_dim", "end_dim"), node.args[1:])), **node.kwargs}
+            self._flatten(node, args.get("start_dim", 0), args.get("end_dim", -1))
+        elif target in _RESHAPES:
+            self._reshape(node)
+        elif target in _PERMUTES:
+            self._permute(node)
+        elif target in ("contiguous", "clone") and len(node.args) == 1:
+            self.values[node] = self._value(node.args[0], node)
         elif target in (F.softmax, torch.softmax, "softmax") and (node.args[1:] or (node.kwargs.get("dim"),))[0] in (1, -1):
             self._softmax(node)
         else:
@@ -379,9 +449,63 @@ class _Lowering:
         self.graph.op("FULLY_CONNECTED", [x.tensor, weight, bias_tensor], [out], "FullyConnectedOptions",
                       FusedActivationFunction=fused, KeepNumDims=False)
 
+    def _arithmetic(self, node: fx.Node, opcode: str) -> None:
+        """+, -, *, / of two tensors (no division) or of a tensor and a Python number (x / c as x * (1 / c),
+        x - c as x + (-c); not c / x): one ADD, SUB or MUL, the number a constant of the tensor's rank."""
+        a, b = node.args
+        if isinstance(a, fx.Node) and isinstance(b, fx.Node):
+            if opcode == "DIV":
+                raise UserError(f"operation {node.name}: TFLite export divides a tensor by a number only")
+            self._binary(node, opcode)
+            return
+        reverse = _is_number(a) and isinstance(b, fx.Node)
+        source, number = (b, a) if reverse else (a, b)
+        if not (isinstance(source, fx.Node) and _is_number(number)):
+            raise UserError(f"operation {node.name}: TFLite export supports {opcode.lower()} of two tensors or of a "
+                            "tensor and a number only")
+        if opcode == "DIV":
+            if reverse or number == 0:
+                raise UserError(f"operation {node.name}: TFLite export divides a tensor by a nonzero number only")
+            opcode, number = "MUL", 1.0 / number
+        elif opcode == "SUB" and not reverse:
+            opcode, number = "ADD", -number
+        x = self._value(source, node)
+        rank = len(self._shape(node))
+        constant = self.numerics.operand(self.graph, f"{node.name}/operand", np.full((1,) * rank, number, np.float32))
+        out, fused = self._result(node, self._tflite_shape(node, x.nhwc), nhwc=x.nhwc)
+        inputs = [constant, x.tensor] if reverse and opcode == "SUB" else [x.tensor, constant]
+        self.graph.op(opcode, inputs, [out], f"{opcode.title()}Options", FusedActivationFunction=fused)
+
+    def _hardsigmoid(self, node: fx.Node) -> None:
+        """TFLite has no HARD_SIGMOID: relu6(x + 3) / 6 as an ADD of 3 with RELU6 fused, then a MUL by 1/6. In int8
+        the ADD's output is quantized as six times the hardsigmoid's calibrated range, so the MUL loses nothing."""
+        x = self._value(node.args[0], node)
+        shape = self.graph.shape_of(x.tensor)
+        ones = (1,) * len(shape)
+        shifted = self.numerics.scaled(self.graph, f"{node.name}/relu6", shape, node.name, 6.0)
+        self.graph.op("ADD", [x.tensor, self.numerics.operand(self.graph, f"{node.name}/three", np.full(ones, 3, np.float32))],
+                      [shifted], "AddOptions", FusedActivationFunction=enum("ActivationFunctionType", "RELU6"))
+        out, fused = self._result(node, shape, nhwc=x.nhwc)
+        sixth = self.numerics.operand(self.graph, f"{node.name}/sixth", np.full(ones, 1 / 6, np.float32))
+        self.graph.op("MUL", [shifted, sixth], [out], "MulOptions", FusedActivationFunction=fused)
+
+    def _pool_module(self, node: fx.Node, cls: type, names: tuple[str, ...]) -> nn.Module:
+        """The module F.max_pool2d / F.avg_pool2d behaves as, built from the call's arguments: both forms have one
+        lowering (``_pool``)."""
+        params = {**dict(zip(names, node.args[1:])), **node.kwargs}
+        if any(isinstance(v, fx.Node) for v in params.values()):
+            raise UserError(f"operation {node.name}: its pooling parameters are computed at run time: cannot export "
+                            "it to TFLite")
+        if params.pop("return_indices", False):
+            raise UserError(f"operation {node.name}: a max pool that returns indices cannot be exported to TFLite")
+        try:
+            return cls(**params)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"operation {node.name}: cannot read its pooling parameters ({exc})") from exc
+
     def _binary(self, node: fx.Node, opcode: str) -> None:
         a, b = node.args
-        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or len(self._shape(a)) != len(self._shape(b)):
+        if len(self._shape(a)) != len(self._shape(b)):
             raise UserError(f"operation {node.name}: TFLite export supports {opcode.lower()} of two tensors of the same rank only")
         left, right = self._value(a, node), self._value(b, node)
         # Same rank, so the same layout: TFLite broadcasts NHWC [N, 1, 1, C] over [N, H, W, C] as PyTorch
@@ -436,7 +560,7 @@ class _Lowering:
         kernel, stride, pads = (pair(pool.kernel_size), pair(pool.stride or pool.kernel_size), pair(pool.padding))
         dilation = pair(getattr(pool, "dilation", 1))
         if dilation != (1, 1) or getattr(pool, "divisor_override", None) is not None:
-            raise UserError(f"layer {node.target}: this pooling window, stride and padding have no TFLite equivalent")
+            raise UserError(f"{self._label(node)}: this pooling window, stride and padding have no TFLite equivalent")
         padding = tflite_padding((h, w), (oh, ow), kernel, stride, dilation, pads)
         window = _window_pads((h, w), (oh, ow), kernel, stride, pads)
         is_max = isinstance(pool, nn.MaxPool2d)
@@ -446,7 +570,7 @@ class _Lowering:
             # PyTorch counts the zeros of its padding (not what reaches past it); TFLite's SAME counts
             # no padding: explicit zeros and VALID pooling match PyTorch when no window reaches past its pads.
             if not (pool.count_include_pad and window[2] <= pads[0] and window[3] <= pads[1]):
-                raise UserError(f"layer {node.target}: average pooling with this padding (count_include_pad="
+                raise UserError(f"{self._label(node)}: average pooling with this padding (count_include_pad="
                                 f"{pool.count_include_pad}, ceil_mode={pool.ceil_mode}) has no TFLite equivalent")
             x, padding = self._pad(x, node, window), "VALID"
         out = self.numerics.activation(self.graph, node.name, (1, oh, ow, c), like=x)  # int8 pools keep the scale
@@ -466,7 +590,7 @@ class _Lowering:
             self.graph.op("AVERAGE_POOL_2D", [x], [out], "Pool2DOptions", Padding=enum("Padding", "VALID"),
                           StrideH=h // oh, StrideW=w // ow, FilterHeight=h // oh, FilterWidth=w // ow)
         else:
-            raise UserError(f"layer {node.target}: adaptive average pooling from {h}x{w} to {oh}x{ow} has no TFLite equivalent")
+            raise UserError(f"{self._label(node)}: adaptive average pooling from {h}x{w} to {oh}x{ow} has no TFLite equivalent")
         self.values[node] = _Value(out, True)
 
     def _mean(self, node: fx.Node) -> None:
@@ -511,17 +635,97 @@ class _Lowering:
             self.graph.op("SLICE", [resized, begin, extent], [out])
         self.values[node] = _Value(out, True)
 
-    def _flatten(self, node: fx.Node) -> None:
-        source = node.args[0]
+    def _flatten(self, node: fx.Node, start: int, end: int) -> None:
+        """nn.Flatten, torch.flatten, x.flatten: a reshape that keeps the batch dimension."""
+        if start % len(self._shape(node.args[0])) == 0:
+            raise UserError(f"{self._label(node)}: TFLite export flattens each image on its own (start_dim 1 or more), "
+                            "not the batch")
+        self._reshape_to(node, node.args[0])
+
+    def _reshape(self, node: fx.Node) -> None:
+        """x.view, x.reshape, torch.reshape to a shape that keeps the batch first (x.size(0) or -1)."""
+        dims = node.args[1:] if node.args[1:] else (node.kwargs.get("shape"),)
+        dims = self._resolve(dims, node)
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        rest = self._shape(node.args[0])[1:]
+        batch_first = dims and (dims[0] == _BATCH or (dims[0] == -1 and all(isinstance(d, int) and d >= 0 for d in dims[1:])
+                                                      and math.prod(dims[1:]) == math.prod(rest)))
+        if not batch_first or _BATCH in dims[1:]:
+            raise UserError(f"operation {node.name}: TFLite export reshapes each image on its own: give the batch "
+                            "dimension first as x.size(0) or -1 (not a number)")
+        self._reshape_to(node, node.args[0])
+
+    def _reshape_to(self, node: fx.Node, source: Any) -> None:
+        """``source`` reshaped to ``node``'s shape as PyTorch reshapes it: in PyTorch's NCHW order (a TRANSPOSE first
+        and after where an image is not 1x1), the batch dimension dynamic."""
         x = self._value(source, node)
-        features = math.prod(self._shape(source)[1:])
-        tensor = x.tensor
-        if x.nhwc and self._shape(source)[2:] != (1, 1):  # PyTorch flattens C, H, W in that order
+        tensor, out_shape = x.tensor, self._shape(node)
+        if x.nhwc and self._shape(source)[2:] != (1, 1):  # PyTorch reads C, H, W in that order
             tensor = self._transpose(tensor, (0, 3, 1, 2), f"{node.name}/nchw")
-        shape = self.graph.constant(f"{node.name}/shape", np.array([-1, features], np.int32))
-        out = self.numerics.activation(self.graph, node.name, (1, features), like=tensor)
+        image = len(out_shape) == 4
+        reordered = image and out_shape[2:] != (1, 1)
+        target = (out_shape[0], *out_shape[2:], out_shape[1]) if image and not reordered else out_shape
+        shape = self.graph.constant(f"{node.name}/shape", np.array([-1, *target[1:]], np.int32))
+        out = self.numerics.activation(self.graph, f"{node.name}/nchw_out" if reordered else node.name, target,
+                                       like=tensor)
         self.graph.op("RESHAPE", [tensor, shape], [out])
-        self.values[node] = _Value(out, False)
+        if reordered:
+            out = self._transpose(out, (0, 2, 3, 1), node.name)
+        self.values[node] = _Value(out, image)
+
+    def _permute(self, node: fx.Node) -> None:
+        """x.permute, x.transpose, torch.permute, torch.transpose (the batch dimension stays first): one TRANSPOSE
+        from the stored layout to the result's (none when they coincide)."""
+        x = self._value(node.args[0], node)
+        rank = len(self._shape(node))
+        if node.target in ("transpose", torch.transpose):
+            pair_ = self._resolve(tuple(node.args[1:3]) or (node.kwargs.get("dim0"), node.kwargs.get("dim1")), node)
+            perm = list(range(rank))
+            i, j = (d % rank for d in pair_)
+            perm[i], perm[j] = perm[j], perm[i]
+        else:
+            dims = self._resolve(node.args[1:] or (node.kwargs.get("dims"),), node)
+            perm = [d % rank for d in (dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims)]
+        if perm[0] != 0:
+            raise UserError(f"operation {node.name}: TFLite export permutes each image's dimensions, not the batch's")
+        stored_in = (0, 3, 1, 2) if x.nhwc else tuple(range(rank))  # PyTorch's dimension -> stored one
+        stored_out = (0, 2, 3, 1) if rank == 4 else tuple(range(rank))
+        order = tuple(stored_in[perm[stored_out[j]]] for j in range(rank))
+        out = x.tensor if order == tuple(range(rank)) else self._transpose(x.tensor, order, node.name)
+        self.values[node] = _Value(out, rank == 4)
+
+    def _static(self, node: fx.Node) -> bool:
+        """Records a value known when exporting (a tensor's shape or size, an item of it, arithmetic on them);
+        False for any other node. The batch size is ``_BATCH``: only a reshape can use it, first."""
+        target, args = node.target, node.args
+        if target == "size" or (target is getattr and len(args) == 2 and args[1] == "shape"):
+            shape = (_BATCH, *self._shape(args[0])[1:])
+            dim = args[1] if target == "size" and len(args) > 1 else node.kwargs.get("dim")
+            self.static[node] = shape if dim is None or target is getattr else shape[dim]
+        elif target is operator.getitem and args[0] in self.static:
+            self.static[node] = self.static[args[0]][args[1]]
+        elif target in (operator.mul, operator.add, operator.sub, operator.floordiv) \
+                and any(isinstance(a, fx.Node) and a in self.static for a in args):
+            a, b = self._resolve(args, node)
+            if _BATCH in (a, b) or not (isinstance(a, int) and isinstance(b, int)):
+                raise UserError(f"operation {node.name}: TFLite export computes with image dimensions only, "
+                                "not the batch size")
+            self.static[node] = target(a, b)
+        else:
+            return False
+        return True
+
+    def _resolve(self, value: Any, user: fx.Node) -> Any:
+        """``value`` with the static nodes in it replaced by what they hold; UserError for a tensor in it."""
+        if isinstance(value, fx.Node):
+            if value not in self.static:
+                raise UserError(f"operation {user.name}: its shape or dimension {value.name} is computed at run time: "
+                                "cannot export it to TFLite")
+            return self.static[value]
+        if isinstance(value, (tuple, list)):
+            return tuple(self._resolve(v, user) for v in value)
+        return value
 
     def _softmax(self, node: fx.Node) -> None:
         x = self._value(node.args[0], node)
@@ -624,6 +828,10 @@ class _Lowering:
         outs = [self.numerics.activation(self.graph, f"{name}/split{i}", (n, h, w, c // parts), like=x) for i in range(parts)]
         self.graph.op("SPLIT", [axis, x], outs, "SplitOptions", NumSplits=parts)
         return outs
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _window_pads(size: tuple[int, int], out: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],

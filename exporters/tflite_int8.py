@@ -6,8 +6,8 @@ the calibration images' min and max of each traced tensor (its range widened to 
 weights int8 per output channel, symmetric; biases int32 at input scale x weight scale. The
 parameters are onnxruntime's own formulas (uint8 zero points shifted by -128), so the int8
 weights are identical. A ReLU fused into its producer is folded into that tensor's range.
-The file takes float32 NHWC images (a QUANTIZE first) and returns float32 logits (a DEQUANTIZE
-last), so predictors and ``eval`` use it as they use the float export. How and why: docs/tflite.md.
+The file takes float32 NHWC images (a QUANTIZE first) and returns float32 outputs (a DEQUANTIZE
+before each), so predictors and ``eval`` use it as they use the float export. How and why: docs/tflite.md.
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from pscompress.core.errors import UserError
 from pscompress.core.files import atomic_output
 from pscompress.exporters.pipeline import Prepared, prepare, relative_difference
 from pscompress.exporters.summary import ExportSummary
-from pscompress.exporters.tflite import (Numerics, check_one_output, interpreter_installed, serialize,
-                                         stored_constant)
+from pscompress.exporters.tflite import Numerics, interpreter_installed, serialize, stored_constant
 from pscompress.exporters.tflite_writer import Quantization, TFLiteGraph
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.surgery import psconv_layers
@@ -53,7 +52,6 @@ def export_tflite_int8(loaded: LoadedModel, path: str | os.PathLike, data: str, 
     if not interpreter_installed():
         raise UserError("int8 TFLite export checks the file in a TFLite interpreter: pip install ai-edge-litert")
     job = prepare(loaded, input_shape)
-    check_one_output(job)
     images = calibration_images(loaded, job.input_shape, data, calibration, split)
     with atomic_output(path) as tmp:
         ranges = calibrated_ranges(job.graph, _batches(images))
@@ -61,7 +59,7 @@ def export_tflite_int8(loaded: LoadedModel, path: str | os.PathLike, data: str, 
         record = _record(len(images), data, split)
         content = serialize(job, numerics, sparse=True, int8=record)
         dense = serialize(job, numerics, sparse=False, int8=record)
-        diff = verify_int8(content, job, images, numerics.output_scale)
+        diff = verify_int8(content, job, images, numerics.output_scales)
         tmp.write_bytes(content)
     return ExportSummary(path=str(path), bytes=len(content), input_shape=job.input_shape,
                          psconv_layers=len(psconv_layers(loaded.module)), max_rel_diff=diff, dense_bytes=len(dense))
@@ -72,7 +70,6 @@ def build_tflite_int8(loaded: LoadedModel, input_shape: Sequence[int], calibrati
     """The bytes of the int8 .tflite model calibrated on ``calibration_batches`` (float32 NCHW, as the
     graph takes them); ``sparse=False`` stores pSConv filters dense (for size comparisons)."""
     job = prepare(loaded, input_shape)
-    check_one_output(job)
     batches = [np.asarray(batch, dtype=np.float32) for batch in calibration_batches]
     return serialize(job, Int8(calibrated_ranges(job.graph, iter(batches))), sparse=sparse,
                      int8=_record(sum(len(batch) for batch in batches)))
@@ -157,18 +154,23 @@ class Int8(Numerics):
 
     def __init__(self, ranges: dict[str, tuple[float, float]]) -> None:
         self.ranges = ranges
-        self.output_scale: float | None = None  # the logits' quantization step, known once lowered
+        self.output_scales: dict[str, float] = {}  # each output's quantization step, by name, known once lowered
 
     def graph_input(self, graph: TFLiteGraph, tensor: int, name: str) -> int:
         quantized = self.activation(graph, name, graph.shape_of(tensor))
         graph.op("QUANTIZE", [tensor], [quantized])
         return quantized
 
-    def graph_output(self, graph: TFLiteGraph, tensor: int) -> int:
-        out = graph.activation(f"{graph.tensors[tensor].name}/float32", graph.shape_of(tensor))
+    def graph_output(self, graph: TFLiteGraph, tensor: int, name: str) -> int:
+        out = graph.activation(name, graph.shape_of(tensor))
         graph.op("DEQUANTIZE", [tensor], [out])
-        self.output_scale = float(graph.quantization_of(tensor).scale[0])
+        self.output_scales[name] = float(graph.quantization_of(tensor).scale[0])
         return out
+
+    def scaled(self, graph: TFLiteGraph, name: str, shape: tuple[int, ...], of: str, factor: float) -> int:
+        self._calibrated(of)  # a UserError when the calibration saw no tensor for it
+        lo, hi = self.ranges[of]
+        return graph.activation(name, shape, dtype=np.int8, quantization=activation_quantization(factor * lo, factor * hi))
 
     def activation(self, graph: TFLiteGraph, name: str, shape: tuple[int, ...], like: int | None = None) -> int:
         quantization = graph.quantization_of(like) if like is not None else self._calibrated(name)
@@ -211,21 +213,33 @@ class Int8(Numerics):
         return activation_quantization(*self.ranges[name])
 
 
-def verify_int8(content: bytes, job: Prepared, images: np.ndarray, output_scale: float) -> float:
-    """Relative difference between the file's and PyTorch's logits on ``images``; UserError when
-    the classes or logits disagree beyond VERIFY_AGREEMENT, VERIFY_STEPS and VERIFY_RELATIVE."""
+def verify_int8(content: bytes, job: Prepared, images: np.ndarray, output_scales: dict[str, float]) -> float:
+    """Largest relative difference, over every output, between the file's and PyTorch's outputs on ``images``;
+    UserError, naming the output when there are several, when one is further than VERIFY_STEPS of its
+    quantization steps plus VERIFY_RELATIVE of PyTorch's largest value, or a 2-D [N, classes] one predicts
+    PyTorch's class on fewer than VERIFY_AGREEMENT of the images."""
     from pscompress.board.tflite_predictor import TFLitePredictor
+    from pscompress.workstation.model_io import named_outputs
 
-    got = TFLitePredictor.from_bytes(content).predict_normalized(images)
+    got = TFLitePredictor.from_bytes(content).run_normalized(images)
     with torch.no_grad():
-        expected = job.loaded.module(torch.from_numpy(images)).numpy()
-    agreement = float(np.mean(got.argmax(1) == expected.argmax(1)))
-    worst = float(np.max(np.abs(got - expected)))
-    bound = VERIFY_STEPS * output_scale + VERIFY_RELATIVE * float(np.max(np.abs(expected)))
-    if agreement < VERIFY_AGREEMENT or worst > bound:
-        raise UserError(f"the int8 TFLite model disagrees with PyTorch on the calibration images ({agreement:.1%} "
-                        f"same class, logits up to {worst:.3g} apart, allowed {bound:.3g}): export float32 instead")
-    return relative_difference(got, expected)
+        expected = {name: value.numpy() for name, value in named_outputs(job.loaded.module(torch.from_numpy(images))).items()}
+    worst_relative = 0.0
+    for name, want in expected.items():
+        have = got[name]
+        if have.shape != want.shape:
+            raise UserError(f"the int8 TFLite model's output {name} has shape {list(have.shape)}, PyTorch's "
+                            f"{list(want.shape)}: please report this")
+        agreement = float(np.mean(have.argmax(1) == want.argmax(1))) if want.ndim == 2 and want.shape[1] > 1 else 1.0
+        worst = float(np.max(np.abs(have - want))) if want.size else 0.0
+        bound = VERIFY_STEPS * output_scales[name] + VERIFY_RELATIVE * (float(np.max(np.abs(want))) if want.size else 0.0)
+        if agreement < VERIFY_AGREEMENT or worst > bound:
+            label = f"'s output {name}" if len(expected) > 1 else ""
+            raise UserError(f"the int8 TFLite model{label} disagrees with PyTorch on the calibration images "
+                            f"({agreement:.1%} same class, values up to {worst:.3g} apart, allowed {bound:.3g}): "
+                            "export float32 instead")
+        worst_relative = max(worst_relative, relative_difference(have, want))
+    return worst_relative
 
 
 def _batches(images: np.ndarray) -> Iterator[np.ndarray]:

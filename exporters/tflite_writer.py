@@ -30,7 +30,7 @@ _OP_VERSIONS = {
     ("ADD", _INT8): 2, ("MUL", _INT8): 2, ("MEAN", _INT8): 2, ("MAX_POOL_2D", _INT8): 2, ("AVERAGE_POOL_2D", _INT8): 2,
     ("PAD", _INT8): 2, ("PADV2", _INT8): 2, ("TRANSPOSE", _INT8): 2, ("RELU", _INT8): 2, ("RELU6", _INT8): 2,
     ("LOGISTIC", _INT8): 2, ("CONCATENATION", _INT8): 2, ("SPLIT", _INT8): 2, ("RESIZE_NEAREST_NEIGHBOR", _INT8): 2,
-    ("RESIZE_BILINEAR", _INT8): 2, ("SLICE", _INT8): 2,
+    ("RESIZE_BILINEAR", _INT8): 2, ("SLICE", _INT8): 2, ("SUB", _INT8): 2,
 }
 _DATA_INPUT = {"SPLIT": 1}  # the input op_version.cc types the operator by (SPLIT's first input is the axis)
 
@@ -196,6 +196,8 @@ class _Serializer:
             # An int8 MUL whose input scales multiply to at least its output scale needs version 3.
             a, b, out = (tensors[t].quantization.scale[0] for t in (*op.inputs, *op.outputs))
             return 3 if a * b / out >= 1 else 2
+        if op.opcode == "TRANSPOSE" and len(data.shape) > 4:
+            return 6 if len(data.shape) > 5 else 5  # 5-D and 6-D permutations (op_version.cc)
         return _OP_VERSIONS.get((op.opcode, data.dtype), 1)
 
     def _sparsity(self, s: SparseTensor) -> int:

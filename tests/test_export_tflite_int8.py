@@ -146,7 +146,7 @@ def test_graph_is_full_integer_between_a_quantize_and_a_dequantize(files):
     assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE" and ops.count("QUANTIZE") == ops.count("DEQUANTIZE") == 1
     assert ops.count("DENSIFY") == summary.psconv_layers == 18 and "RELU" not in ops
     predictor = TFLitePredictor(paths["int8.tflite"])
-    assert predictor._input["dtype"] == np.float32 and predictor._output["dtype"] == np.float32
+    assert predictor._input["dtype"] == np.float32 and predictor._outputs[0]["dtype"] == np.float32
     assert inner_dtypes(predictor) == {np.dtype(np.int8)}
     assert predictor.meta["int8"]["calibration_images"] == 100 and predictor.meta["fp16"] is False
 

@@ -1,6 +1,7 @@
 """The operators real CNNs need beyond ResNet-20's, lowered to TFLite and checked against PyTorch (the oracle):
 depthwise and grouped convolution (pSConv ones too), PReLU, Hardswish, Sigmoid, SiLU, ReLU6, padded max and
-average pools, concatenation, broadcast multiply/add (squeeze-and-excitation) and nearest upsampling.
+average pools, concatenation, broadcast multiply/add (squeeze-and-excitation), nearest upsampling, Hardsigmoid,
+the functional pools, arithmetic with Python numbers and view/reshape/permute/transpose.
 float32 in ai-edge-litert (XNNPACK on and off) and tflite-runtime, int8 in ai-edge-litert; refusals in one line."""
 from __future__ import annotations
 
@@ -137,14 +138,63 @@ class _Blocks(nn.Module):
         return self.fc(torch.cat([torch.flatten(self.pool(x), 1), torch.mean(s, dim=(-1, -2))], dim=1))
 
 
+class _Functional(nn.Module):
+    """Hardsigmoid (module and function), a hand-written hard-swish (x * relu6(x + 3) / 6), every form of arithmetic
+    with a Python number, and the functional pools (padded max, average, adaptive to 1 and to a divisor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.hardsigmoid = nn.Hardsigmoid()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4 + 8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x * F.relu6(x + 3) / 6
+        x = F.max_pool2d(x, 3, 2, padding=1)                       # 16x16 -> 8x8: PADV2 + VALID
+        x = self.hardsigmoid(x) + F.hardsigmoid(self.conv(x)) * x
+        x = 1 + 0.5 * x - 0.25                                      # c + x, c * x, x - c
+        x = 2 - x * 1.5                                             # c - x, x * c
+        x = F.avg_pool2d(x / 3, kernel_size=2) + F.adaptive_avg_pool2d(x, (4, 4))
+        return self.fc(torch.cat([torch.flatten(x, 1), torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)], 1))
+
+
+class _Reshapes(nn.Module):
+    """view/reshape keeping the batch (x.size(0), x.shape[0], -1), squeeze-and-excitation through view(b, c, 1, 1),
+    ShuffleNet's channel shuffle (5-D view, transpose, view back), permute to NHWC and back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.reduce = nn.Linear(8, 4)
+        self.expand = nn.Linear(4, 8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        b, c, h, w = x.size()
+        s = x.mean((2, 3)).view(b, c)
+        x = x * torch.sigmoid(self.expand(torch.relu(self.reduce(s)))).view(b, c, 1, 1)
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+        x = self.grouped(x)
+        nhwc = x.permute(0, 2, 3, 1)                                 # [N, H, W, C]
+        x = x + nhwc.permute(0, 3, 1, 2)
+        return self.fc(x.reshape(x.shape[0], -1)) + 0.5 * self.fc(nhwc.reshape(-1, h * w * c))
+
+
 MODELS: dict[str, Callable[[], nn.Module]] = {"convs": _Convs, "psconv_convs": _psconv_convs, "activations": _Activations,
-                                              "pools": _Pools, "blocks": _Blocks}
+                                              "pools": _Pools, "blocks": _Blocks, "functional": _Functional,
+                                              "reshapes": _Reshapes}
 OPERATORS = {  # what each file must hold
     "convs": {"DEPTHWISE_CONV_2D", "PAD", "SPLIT", "CONV_2D", "CONCATENATION"},
     "psconv_convs": {"DENSIFY", "DEPTHWISE_CONV_2D", "SPLIT", "CONCATENATION"},
     "activations": {"PRELU", "HARD_SWISH", "LOGISTIC", "MUL", "RELU6"},
     "pools": {"PADV2", "MAX_POOL_2D", "PAD", "AVERAGE_POOL_2D", "CONCATENATION"},
     "blocks": {"CONCATENATION", "MEAN", "LOGISTIC", "MUL", "ADD", "RESIZE_NEAREST_NEIGHBOR"},
+    "functional": {"PADV2", "MAX_POOL_2D", "AVERAGE_POOL_2D", "MEAN", "ADD", "SUB", "MUL"},
+    "reshapes": {"MEAN", "RESHAPE", "TRANSPOSE", "SPLIT"},
 }
 
 
@@ -294,7 +344,19 @@ class _Function(nn.Module):
     (_Function(lambda x: F.interpolate(x, scale_factor=3, mode="bicubic")),
      r"^operation interpolate: only nearest-neighbour upsampling by an integer factor"),
     (_Function(lambda x: torch.cat([x, x], 0)), r"^operation cat: TFLite export concatenates a list of tensors along"),
-    (_Function(lambda x: x * 2), r"^operation mul: TFLite export supports mul of two tensors of the same rank only$"),
+    (_Function(lambda x: 2 / x), r"^operation truediv: TFLite export divides a tensor by a nonzero number only$"),
+    (_Function(lambda x: x / x), r"^operation truediv: TFLite export divides a tensor by a number only$"),
+    (_Function(lambda x: F.adaptive_avg_pool2d(x, 3)),
+     r"^operation adaptive_avg_pool2d: adaptive average pooling from 16x16 to 3x3 has no TFLite equivalent$"),
+    (nn.AdaptiveAvgPool2d(5), r"^layer bad: adaptive average pooling from 16x16 to 5x5 has no TFLite equivalent$"),
+    (_Function(lambda x: x.reshape(1, -1).reshape(-1, 8, 16, 16)),
+     r"^operation reshape: TFLite export reshapes each image on its own: give the batch dimension first"),
+    (_Function(lambda x: x.reshape(2, 8, 16, 16)),
+     r"^operation reshape: PyTorch's model does not run on one image \(shape '\[2, 8, 16, 16\]' is invalid"),
+    (_Function(lambda x: x.transpose(0, 1).transpose(0, 1)),
+     r"^operation transpose: TFLite export permutes each image's dimensions, not the batch's$"),
+    (_Function(lambda x: F.max_pool2d(x, 3, 1, 1, dilation=2)),
+     r"^operation max_pool2d: this pooling window, stride and padding have no TFLite equivalent$"),
     (_Function(lambda x: x - x.mean(1, keepdim=True)), r"^operation mean: TFLite export takes the mean of an image over its"),
     (nn.GroupNorm(2, 8), r"^layer bad \(GroupNorm\) cannot be exported to TFLite$"),
 ])

@@ -1,4 +1,5 @@
-"""Models with several outputs (a tuple or a dict): export, verification, info, run, eval and the Predictor."""
+"""Models with several outputs (a tuple or a dict): export (ONNX and TFLite fp32 and int8), verification, info, run,
+eval and the predictors."""
 from __future__ import annotations
 
 import numpy as np
@@ -141,13 +142,92 @@ def test_cli_export_info_run_eval(run_cli, pickled_heads, tmp_path):
     assert code == 2 and "--output" in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_tflite_refuses_several_outputs(run_cli, pickled_heads, tmp_path):
-    out_path = tmp_path / "heads.tflite"
-    code, out, err = run_cli("export", pickled_heads, "--trust-pickle", "--input-shape", f"1,{HW},{HW}", "-o", out_path)
-    assert code == 2
-    assert err == ("Error: TFLite export takes models with one output; this one has 2 (output0, output1): "
-                   "export it to ONNX instead\n")
-    assert not out_path.exists()
+def _torch_outputs(loaded: LoadedModel, x: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        result = loaded.module(torch.from_numpy(x))
+    return [v.numpy() for v in (result.values() if isinstance(result, dict) else result)]
+
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["tuple", "dict"])
+def test_tflite_every_output_matches_pytorch(as_dict, tmp_path):
+    """fp32: every output a graph output in the model's order, with its name and PyTorch's shape, within 1e-4;
+    int8: within a few quantization steps of each output; both record the outputs as ONNX files do."""
+    pytest.importorskip("ai_edge_litert")
+    from pscompress.board.tflite_predictor import TFLitePredictor
+    from pscompress.exporters.tflite import export_tflite
+    from pscompress.exporters.tflite_int8 import build_tflite_int8
+
+    loaded = two_heads_model(as_dict=as_dict, hw=HW)
+    names = ["boxes", "scores"] if as_dict else ["output0", "output1"]
+    records = [{"name": names[0], "shape": [4, HW // 2, HW // 2]}, {"name": names[1], "shape": [10]}]
+    export_tflite(loaded, tmp_path / "heads.tflite")
+    x = _images(8)
+    expected = _torch_outputs(loaded, x)
+    for xnnpack in (True, False):
+        p = TFLitePredictor(tmp_path / "heads.tflite", xnnpack=xnnpack)
+        assert p.output_names == names and p.meta["outputs"] == records and p.output is None
+        got = p.predict_all(x)
+        assert list(got) == names
+        for name, want in zip(names, expected):
+            assert got[name].shape == want.shape
+            np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-4, err_msg=name)
+    assert [d["name"] for d in p._interpreter.get_output_details()] == names  # graph outputs, in order, named
+
+    calibration = np.random.default_rng(3).random((64, 1, HW, HW), dtype=np.float32)
+    int8 = TFLitePredictor.from_bytes(build_tflite_int8(loaded, (1, HW, HW), [calibration]))
+    assert int8.output_names == names and int8.meta["outputs"] == records
+    # The quantization step of each output: the scale of the int8 tensor its DEQUANTIZE reads.
+    scales = {t["index"]: t["quantization"][0] for t in int8._interpreter.get_tensor_details()}
+    dequantized = {op["outputs"][0]: op["inputs"][0] for op in int8._interpreter._get_ops_details()
+                   if op["op_name"] == "DEQUANTIZE"}
+    got = int8.predict_all(x)
+    for detail, want in zip(int8._interpreter.get_output_details(), expected):
+        step = scales[dequantized[detail["index"]]]
+        assert np.abs(got[detail["name"]] - want).max() <= 4 * step, detail["name"]
+    assert np.mean(got[names[1]].argmax(1) == expected[1].argmax(1)) >= 0.9
+    chosen = TFLitePredictor.from_bytes(build_tflite_int8(loaded, (1, HW, HW), [calibration]), output=names[1])
+    assert chosen.num_outputs == 10 and chosen.topk(x, k=3).indices.shape == (8, 3)
+    with pytest.raises(UserError, match=f"2 outputs \\({names[0]}, {names[1]}\\)"):
+        int8.predict(x)
+
+
+def test_cli_tflite_export_info_run_eval(run_cli, pickled_heads, tmp_path):
+    """The same commands as for ONNX on fp32 and int8 TFLite exports of a two-head model."""
+    pytest.importorskip("ai_edge_litert")
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "data.npz", x=rng.random((20, 1, HW, HW), dtype=np.float32), y=rng.integers(0, 10, 20))
+    x = _images(2)
+    np.save(tmp_path / "x.npy", x)
+    with torch.no_grad():
+        best = TwoHeads.forward(two_heads_model(hw=HW).module, torch.from_numpy(x))[1].argmax(1)
+    for extra in ([], ["--int8", "--data", tmp_path / "data.npz", "--calibration", "20"]):
+        path = tmp_path / f"heads{len(extra)}.tflite"
+        code, out, err = run_cli("export", pickled_heads, "--trust-pickle", "--input-shape", f"1,{HW},{HW}", "-o", path,
+                                 *extra)
+        assert code == 0, err
+        assert f"wrote {path} (tflite)" in out and "verified against PyTorch" in out
+
+        code, out, err = run_cli("info", path)
+        assert code == 0, err
+        assert f"outputs:     output0 [N, 4, {HW // 2}, {HW // 2}]; output1 [N, 10]" in out
+        assert ("int8:" in out) == bool(extra)
+
+        code, out, err = run_cli("run", path, "--input", tmp_path / "x.npy", "-k", "3")
+        assert code == 0, err
+        assert f"output output0 [2, 4, {HW // 2}, {HW // 2}]: min " in out and "output output1 [2, 10]" in out
+        assert out.count("1. ") == 2 and out.count("3. ") == 2 and "Traceback" not in out + err
+        image_lines = [line for line in out.splitlines() if line.strip().startswith("1. ")]
+        if not extra:  # int8 may swap near-equal logits
+            assert [int(line.split()[1]) for line in image_lines] == best.tolist()
+
+        code, out, err = run_cli("eval", path, "--data", tmp_path / "data.npz")
+        assert code == 2 and "2 outputs (output0, output1)" in err and "--output" in err
+        assert len(err.strip().splitlines()) == 1
+        code, out, err = run_cli("eval", path, "--data", tmp_path / "data.npz", "--output", "output1")
+        assert code == 0, err
+        assert "top-1" in out
+        code, out, err = run_cli("eval", path, "--data", tmp_path / "data.npz", "--output", "boxes")
+        assert code == 2 and "no output 'boxes'; its outputs: output0, output1" in err
 
 
 def test_run_summarises_a_single_output_that_is_not_logits(run_cli, tmp_path):

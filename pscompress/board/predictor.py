@@ -59,7 +59,7 @@ class Predictor(Protocol):
     channel order and at its size (``load_input`` makes them from a file).
 
     For a model with several outputs, ``predict`` returns the one chosen as the classifier
-    (``open_predictor``'s ``output``), or the only one; the ONNX and PyTorch predictors return
+    (``open_predictor``'s ``output``), or the only one; every predictor returns
     all of them from ``predict_all`` (by name, in the model's order). Implementations subclass
     this protocol to inherit ``topk`` and ``class_name``.
     """
@@ -96,7 +96,7 @@ FORMATS = {
     ".pth": Format("pytorch", "pscompress.workstation.torch_predictor", "TorchPredictor",
                    ("threads", "trust_pickle", "output")),
     ".onnx": Format("onnx", "pscompress.board.onnx_predictor", "OnnxPredictor", ("threads", "native", "output")),
-    ".tflite": Format("tflite", "pscompress.board.tflite_predictor", "TFLitePredictor", ("threads",)),
+    ".tflite": Format("tflite", "pscompress.board.tflite_predictor", "TFLitePredictor", ("threads", "output")),
 }
 WORKSTATION_EXTRA = "pip install 'pscompress[workstation]'"
 
@@ -116,15 +116,13 @@ def open_predictor(path: str | os.PathLike, native: bool | None = None, threads:
                    trust_pickle: bool = False, output: str | None = None) -> Predictor:
     """Open a .pt/.pth, .onnx or .tflite model. ``native`` (ONNX only): None = use the kernel library if found.
 
-    ``output`` (.pt and .onnx): the output ``predict`` returns, for a model with several.
+    ``output``: the output ``predict`` returns, for a model with several.
     """
     fmt = _format(path)
     if not Path(path).is_file():
         raise UserError(f"cannot read {path}: no such file")
     if native is not None and "native" not in fmt.options:
         raise UserError(f"`native` applies to .onnx models only, not {Path(path).name}", "native")
-    if output is not None and "output" not in fmt.options:
-        raise UserError(f"`output` applies to .onnx and .pt models only ({Path(path).name} has one output)", "output")
     try:
         module = importlib.import_module(fmt.module)
     except ModuleNotFoundError as exc:

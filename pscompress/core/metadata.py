@@ -22,7 +22,7 @@ the code can trust them):
   to the model's H x W; absent: stretch it to H x W). The graph takes (x - mean) / std of images
   x in [0, 1]; pscompress's predictors apply mean and std themselves (``PREPROCESS_KEYS``). A key
   this version does not know is refused rather than silently skipped.
-- ``outputs`` (ONNX): the model's outputs in order, each ``{"name", "shape"}`` with the shape
+- ``outputs`` (ONNX, TFLite): the model's outputs in order, each ``{"name", "shape"}`` with the shape
   of one image's output (no batch dimension); absent in older files, which have one
   output, ``logits``.
 - ``tune`` (ONNX, written by ``pscompress tune``): the plan the file runs and how it was measured:

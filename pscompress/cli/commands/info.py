@@ -1,4 +1,4 @@
-"""``pscompress info``: what an exported ONNX model holds. Needs neither PyTorch nor onnx."""
+"""``pscompress info``: what an exported ONNX or TFLite model holds. Needs neither PyTorch, onnx nor TFLite."""
 from __future__ import annotations
 
 import json
@@ -10,14 +10,19 @@ import click
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
 def info(model: Path) -> None:
-    """Describe MODEL (.onnx): its layers with their pattern and density, file size,
+    """Describe MODEL (.onnx or .tflite): its layers with their pattern and density, file size,
     IR version and operator sets, its outputs with their shapes, and the metadata pscompress
-    wrote (classes, accuracy, the preprocessing run applies to an image, the plan `pscompress tune` chose...)."""
+    wrote (classes, accuracy, the preprocessing run applies to an image, the plan `pscompress tune` chose...).
+    A .tflite file: its size and the metadata pscompress wrote (its outputs and pSConv layers included)."""
     from pscompress.board.onnx_reader import read_onnx
     from pscompress.core.errors import UserError
 
+    if model.suffix.lower() == ".tflite":
+        for line in describe_tflite(model):
+            click.echo(line)
+        return
     if model.suffix.lower() != ".onnx":
-        raise UserError(f"{model.name}: info describes .onnx models")
+        raise UserError(f"{model.name}: info describes .onnx models and .tflite models")
     summary = read_onnx(model)
     for line in describe(summary, model.stat().st_size, source=str(model)):
         click.echo(line)
@@ -27,7 +32,7 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
     """The lines `info` prints for a parsed model; UserError when its metadata or a PSConv node is malformed."""
     from pscompress.board.onnx_reader import DENSE_DOMAIN, PSCONV_DOMAIN, WEIGHT_INPUT, psconv_attributes
     from pscompress.core.errors import UserError
-    from pscompress.core.metadata import decode_onnx_metadata, describe_preprocess, pattern_text, patterns_text
+    from pscompress.core.metadata import decode_onnx_metadata, pattern_text
     from pscompress.core.patterns import pattern_name
 
     meta = decode_onnx_metadata(summary.metadata, source)
@@ -36,22 +41,7 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
              "opsets:      " + ", ".join(f"{d or 'ai.onnx'} v{v}" for d, v in sorted(summary.opsets.items()))]
     if summary.functions:
         lines.append("functions:   " + ", ".join(summary.functions) + " (portable fallback)")
-    if isinstance(meta.get("pattern"), str):  # older files may hold any length
-        meta["pattern"] = patterns_text(meta["pattern"].split("; "))
-    if meta.get("dynamic_hw"):  # export --dynamic-hw: input_shape is only the default size
-        meta["dynamic_hw"] = "any input height and width"
-    for key in ("version", "arch", "pattern", "input_shape", "dynamic_hw", "accuracy", "classes"):
-        if key in meta:
-            lines.append(f"{key + ':':<13}{_show(meta[key])}")
-    if meta.get("preprocess"):
-        lines.append(f"preprocess:  {describe_preprocess(meta['preprocess'])}")
-    if "outputs" in meta:
-        lines.append("outputs:     " + "; ".join(f"{o['name']} [{', '.join(['N', *map(str, o['shape'])])}]"
-                                                 for o in meta["outputs"]))
-    if "quantization" in meta:
-        lines.append("quantized:   " + _quantization(meta["quantization"]))
-    if "tune" in meta:
-        lines += _plan(meta["tune"])
+    lines += _metadata_lines(meta)
 
     rows, kept_total, dense_total = [], 0, 0
     # QDQ files (pscompress quantize): a Conv's weights are the output of a DequantizeLinear of the initializer
@@ -91,6 +81,49 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
         lines.append("")
         lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
         lines.append(f"total: {kept_total:,} of {dense_total:,} weights kept (density {_density(kept_total, dense_total)})")
+    return lines
+
+
+def describe_tflite(path: Path) -> list[str]:
+    """The lines `info` prints for a .tflite file: its size, how its numbers are stored, the metadata pscompress
+    wrote (the fields ONNX files share) and its pSConv layers."""
+    from pscompress.board.tflite_predictor import read_metadata
+
+    meta = read_metadata(path)
+    lines = [f"file size:   {path.stat().st_size:,} bytes", "format:      TFLite, input NHWC float32"]
+    if isinstance(meta.get("int8"), dict):
+        record = meta["int8"]
+        lines.append(f"int8:        full integer, calibrated on {_show(record.get('calibration_images', '?'))} images "
+                     f"of {_show(record.get('calibration_data') or 'arrays')}")
+    elif meta.get("fp16") is True:
+        lines.append("fp16:        float16 weights")
+    lines += _metadata_lines(meta)
+    if isinstance(meta.get("psconv_layers"), dict) and meta["psconv_layers"]:
+        lines.append(f"pSConv:      {len(meta['psconv_layers'])} layer(s), filters stored sparse")
+    return lines
+
+
+def _metadata_lines(meta: dict) -> list[str]:
+    """The metadata lines of ONNX and TFLite files alike (one schema: pscompress.core.metadata)."""
+    from pscompress.core.metadata import describe_preprocess, patterns_text
+
+    lines: list[str] = []
+    if isinstance(meta.get("pattern"), str):  # older files may hold any length
+        meta["pattern"] = patterns_text(meta["pattern"].split("; "))
+    if meta.get("dynamic_hw"):  # export --dynamic-hw: input_shape is only the default size
+        meta["dynamic_hw"] = "any input height and width"
+    for key in ("version", "arch", "pattern", "input_shape", "dynamic_hw", "accuracy", "classes"):
+        if key in meta:
+            lines.append(f"{key + ':':<13}{_show(meta[key])}")
+    if meta.get("preprocess"):
+        lines.append(f"preprocess:  {describe_preprocess(meta['preprocess'])}")
+    if "outputs" in meta:
+        lines.append("outputs:     " + "; ".join(f"{o['name']} [{', '.join(['N', *map(str, o['shape'])])}]"
+                                                 for o in meta["outputs"]))
+    if "quantization" in meta:
+        lines.append("quantized:   " + _quantization(meta["quantization"]))
+    if "tune" in meta:
+        lines += _plan(meta["tune"])
     return lines
 
 

@@ -1,4 +1,4 @@
-"""``pscompress run``: classify an image or a .npy batch with an exported ONNX model (no PyTorch)."""
+"""``pscompress run``: classify an image or a .npy batch with an exported ONNX or TFLite model (no PyTorch)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,14 +30,14 @@ from pscompress.cli.options import input_shape_option, native_option, threads_op
 @native_option()
 def run(model: Path | None, input_path: Path, ladder_dir: Path | None, deadline_ms: float | None, top_k: int,
         input_shape: str | None, threads: int | None, native: bool | None) -> None:
-    """Run MODEL (.onnx) on an input FILE and print the top classes of each image with their probabilities.
+    """Run MODEL (.onnx or .tflite) on an input FILE and print the top classes of each image with their probabilities.
 
     A model with several outputs prints each one: the top classes of a 2-D output [N, classes],
     the shape and value range of any other. With --ladder DIR --deadline-ms D in place of MODEL,
     streams a folder of images and prints per image the rung used, its latency and whether it met
     the deadline, then a summary.
     """
-    from pscompress.board.onnx_predictor import OnnxPredictor
+    from pscompress.board.predictor import open_predictor
     from pscompress.core.errors import UserError
     from pscompress.core.inputs import load_input, parse_input_shape
 
@@ -50,9 +50,9 @@ def run(model: Path | None, input_path: Path, ladder_dir: Path | None, deadline_
             raise UserError("--input-shape does not apply to --ladder: the rungs take the size they were exported for")
         _stream_ladder(ladder_dir, input_path, deadline_ms, threads, native)
         return
-    if model.suffix.lower() != ".onnx":
-        raise UserError(f"{model.name}: run takes an exported .onnx model (see `pscompress export`)")
-    predictor = OnnxPredictor(model, threads=threads, native=native)
+    if model.suffix.lower() not in (".onnx", ".tflite"):
+        raise UserError(f"{model.name}: run takes an exported .onnx or .tflite model (see `pscompress export`)")
+    predictor = open_predictor(model, threads=threads, native=native)
     shape = parse_input_shape(input_shape) if input_shape else predictor.input_shape
     if not predictor.takes(shape):
         size = "x".join(map(str, predictor.input_shape))
@@ -61,7 +61,8 @@ def run(model: Path | None, input_path: Path, ladder_dir: Path | None, deadline_
         raise UserError(f"--input-shape {input_shape}: {model.name} takes {kind}")
     images = load_input(input_path, shape, predictor.preprocess)  # predict applies mean/std
     outputs = predictor.predict_all(images)
-    kernel = "native PSConv kernels" if predictor.native else "portable ONNX functions"
+    kernel = "TFLite interpreter" if predictor.native is None else \
+        "native PSConv kernels" if predictor.native else "portable ONNX functions"
     click.echo(f"{model.name} on {input_path.name}: {len(images)} image(s), {kernel}")
     for name, value in outputs.items():
         if len(outputs) > 1 or value.ndim != 2:
