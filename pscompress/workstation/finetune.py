@@ -31,11 +31,12 @@ from torch import nn
 from tqdm import tqdm
 
 from pscompress.board.data import ArrayDataset, check_compatible
+from pscompress.board.predictor import classifier_output
 from pscompress.core.errors import UserError
 from pscompress.core.files import atomic_output
 from pscompress.workstation.agreement import model_inputs, recalibrate_batchnorm
 from pscompress.workstation.checkpoint import LoadedModel, save_checkpoint
-from pscompress.workstation.model_io import model_io
+from pscompress.workstation.model_io import known_io, named_outputs
 from pscompress.workstation.surgery import psconv_layers
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -58,6 +59,7 @@ class FinetuneConfig:
     seed: int = 0
     workers: int = 0
     limit: int | None = None
+    train_output: str | None = None  # the output trained as the classifier (a multi-output model's); None: the only one
 
 
 @dataclass
@@ -82,7 +84,7 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
     epoch (the model passed in then only supplies the architecture: weights come from ``out``).
     """
     _check_config(config)
-    _check_data(model, train, test)
+    _check_data(model, train, test, config.train_output)
     preprocess = model.meta.get("preprocess")
     train = model_inputs(train.subset(config.limit), preprocess)
     test = model_inputs(test, preprocess)
@@ -116,7 +118,7 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
         started = time.perf_counter()
         _train_epoch(replica, teacher, train, optimizer, scheduler, config, epoch, world, rank)
         _sync_buffers(net, world)
-        accuracy = sharded_accuracy(net, test, config.batch_size, world, rank)
+        accuracy = sharded_accuracy(net, test, config.batch_size, world, rank, config.train_output)
         accuracies.append(accuracy)
         seconds.append(time.perf_counter() - started)
         model.meta.update(_meta(model, train, test, config, accuracies, world, epoch + 1, _replica_digests(net, world)))
@@ -131,7 +133,8 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
 
 
 @torch.no_grad()
-def sharded_accuracy(net: nn.Module, data: ArrayDataset, batch_size: int = 256, world: int = 1, rank: int = 0) -> float:
+def sharded_accuracy(net: nn.Module, data: ArrayDataset, batch_size: int = 256, world: int = 1, rank: int = 0,
+                     output: str | None = None) -> float:
     """Top-1 in [0, 1] during training; under DDP each rank scores a shard and the counts are summed.
 
     The model's own evaluation (any format, latency, per-class) is pscompress.board.evaluate.
@@ -140,12 +143,31 @@ def sharded_accuracy(net: nn.Module, data: ArrayDataset, batch_size: int = 256, 
     net.eval()
     counts = torch.zeros(2, dtype=torch.float64)
     for x, y in data.batches(batch_size, np.arange(rank, len(data), world)):
-        logits = net(torch.from_numpy(x))
+        logits = classifier_scores(net(torch.from_numpy(x)), output)
         counts += torch.tensor([(logits.argmax(1) == torch.from_numpy(y)).sum().item(), len(y)], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(counts)
     net.train(was_training)
     return float(counts[0] / counts[1]) if counts[1] else float("nan")
+
+
+def classifier_scores(result, output: str | None = None) -> torch.Tensor:
+    """The class scores [N, classes] in a forward's ``result``: its output named ``output`` (None: the
+    only one). A head of 1x1 maps [N, classes, 1, 1] (a fully convolutional detector on a crop of its
+    window size) counts as [N, classes]. UserError for any other shape (a segmenter's per-pixel scores)."""
+    outputs = named_outputs(result)
+    chosen = classifier_output(list(outputs), output, "the model")
+    if chosen is None:
+        raise UserError(f"the model has {len(outputs)} outputs ({', '.join(outputs)}): choose the classifier to "
+                        "train with `train_output`", "train_output")
+    scores = outputs[chosen]
+    if scores.dim() == 4 and tuple(scores.shape[2:]) == (1, 1):
+        scores = scores.flatten(1)
+    if scores.dim() != 2:
+        shape = ", ".join(["N", *map(str, scores.shape[1:])])
+        raise UserError(f"the model's output {chosen} is [{shape}]: finetune trains an image classifier, whose "
+                        "output is [N, classes] (per-pixel or other labels are not supported)")
+    return scores
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
@@ -187,10 +209,10 @@ def _train_epoch(replica: nn.Module, teacher: nn.Module | None, train: ArrayData
     for x, y in bar:
         if config.augment:
             x = _augment(x, augment_rng)
-        logits = replica(x)
+        logits = classifier_scores(replica(x), config.train_output)
         if teacher is not None:
             with torch.no_grad():
-                target = teacher(x)
+                target = classifier_scores(teacher(x), config.train_output)
             loss = distillation_loss(logits, target, y, config.distill_alpha, config.distill_temperature)
         else:
             loss = F.cross_entropy(logits, y)
@@ -239,13 +261,34 @@ def _check_config(config: FinetuneConfig) -> None:
                         "distill_temperature")
 
 
-def _check_data(model: LoadedModel, train: ArrayDataset, test: ArrayDataset) -> None:
-    in_channels, num_classes = model_io(model.module)
+def _check_data(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, output: str | None = None) -> None:
+    in_channels, _ = known_io(model.module.state_dict())
+    if in_channels is None:
+        raise UserError("the model has no convolution: it is not an image classifier")
     input_shape = model.meta.get("input_shape")
+    if train.shape[0] != in_channels:
+        raise UserError(f"data set {train.name} has {train.shape[0]}-channel images, the model expects {in_channels}")
+    num_classes = _classes(model.module, tuple(input_shape or train.shape), output)
     for data in (train, test):
         check_compatible(data, in_channels, num_classes, input_shape[1:] if input_shape else None)
     if train.shape != test.shape:
         raise UserError(f"train images are {train.shape}, test images {test.shape}: they must match")
+
+
+@torch.no_grad()
+def _classes(module: nn.Module, shape: tuple[int, ...], output: str | None) -> int:
+    """How many classes the trained output scores: one run on a blank image (in eval mode, so batch-norm
+    statistics are untouched)."""
+    was_training = module.training
+    module.eval()
+    try:
+        result = module(torch.zeros(1, *shape))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise UserError(f"the model cannot run on images of shape {list(shape)}: {reason}") from exc
+    finally:
+        module.train(was_training)
+    return int(classifier_scores(result, output).shape[1])
 
 
 def _init_distributed() -> tuple[int, int]:

@@ -39,12 +39,15 @@ _DEFAULTS = FinetuneConfig()
 @click.option("--limit", type=int, help="Train on the first N training examples only (for quick runs).")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed for shuffling and augmentation.")
 @click.option("--workers", type=int, default=_DEFAULTS.workers, show_default=True, help="Data-loading worker processes.")
+@click.option("--train-output", metavar="NAME",
+              help="The output to train as the classifier, for a model with several (a detector's face/no-face head: "
+                   "output0 of a tuple, a dict's key); as `eval --output` names it.")
 @arch_option()
 @trust_pickle_option()
 def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, optimizer: str, batch_size: int,
              weight_decay: float, augment: bool, bn_recalibrate: int, distill_from: Path | None, distill_alpha: float,
              distill_temperature: float, resume: bool, limit: int | None, seed: int, workers: int,
-             arch: str | None, trust_pickle: bool) -> None:
+             train_output: str | None, arch: str | None, trust_pickle: bool) -> None:
     """Fine-tune MODEL on a data set with its pSConv masks fixed, and write the result to OUTPUT.
 
     Masked weights stay exactly zero. Prints the test accuracy after each epoch and records the
@@ -59,7 +62,8 @@ def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, 
 
     config = FinetuneConfig(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
                             weight_decay=weight_decay, augment=augment, bn_recalibrate=bn_recalibrate, distill_alpha=distill_alpha,
-                            distill_temperature=distill_temperature, seed=seed, workers=workers, limit=limit)
+                            distill_temperature=distill_temperature, seed=seed, workers=workers, limit=limit,
+                            train_output=train_output)
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     if loaded.arch is None:
         raise UserError(f"{model} is a pickled module of no built-in architecture: fine-tuning writes pscompress checkpoints only")
