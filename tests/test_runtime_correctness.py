@@ -3,6 +3,7 @@ own Conv, both on the dense masked weights rebuilt here from the operator contra
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import re
 import subprocess
@@ -181,3 +182,21 @@ def test_malformed_models_get_clear_errors(attrs: dict, constant_w: bool, messag
         session = ort.InferenceSession(model.SerializeToString(), runtime.session_options(native=True),
                                        providers=["CPUExecutionProvider"])
         session.run(None, feeds)
+
+
+@pytest.mark.parametrize("group", [1, 24])
+def test_overlapping_runs_of_other_shapes_each_get_their_own_plan(group: int) -> None:
+    # The plan is cached per shape (SparseLayer::cached_plan) while runs of one session may overlap.
+    case = Case(n=1, c=24, m=24, h=9, w=9, group=group, strides=(2, 2) if group == 1 else (1, 1))
+    rng = np.random.default_rng(3)
+    w_dense = dense_weight(case, rng)
+    b = rng.standard_normal(case.m).astype(np.float32)
+    native = ort.InferenceSession(case_model(case, packed(w_dense), b, portable=False),
+                                  runtime.session_options(threads=1, native=True), providers=["CPUExecutionProvider"])
+    conv = ort.InferenceSession(dense_model(case, w_dense, b), providers=["CPUExecutionProvider"])
+    inputs = [rng.random((n, case.c, h, w), dtype=np.float32) for n, h, w in [(1, 9, 9), (2, 7, 11), (1, 16, 5), (3, 4, 4)]]
+    expected = [conv.run(None, {"X": x})[0] for x in inputs]
+    with ThreadPoolExecutor(4) as pool:  # onnxruntime releases the GIL while it runs
+        results = list(pool.map(lambda i: (i % 4, native.run(None, {"X": inputs[i % 4]})[0]), range(200)))
+    for i, got in results:
+        assert_close(got, expected[i])

@@ -96,7 +96,8 @@ void PSConv::nan_masked_non_finite(const Geometry& geo, size_t c, const float* i
 
 void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, const Parallel& parallel) const {
   if (in.x_shape[0] == 0) return;
-  const Plan plan = layer_.plan(in.x_shape);
+  const std::shared_ptr<const Plan> cached = layer_.cached_plan(in.x_shape);
+  const Plan& plan = *cached;
   const Geometry& geo = plan.geo;
   const size_t c = layer_.c_, m = layer_.m_, p = layer_.p_, ohw = geo.ohw;
   const size_t x_image = c * geo.h * geo.w, y_image = m * ohw;

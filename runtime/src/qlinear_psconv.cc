@@ -177,7 +177,8 @@ void QLinearPSConv::run(const QInputs& in, const Requantization& rq, uint8_t* y,
 
 void QLinearPSConv::run_pairs(const QInputs& in, const Requantization& rq, uint8_t* y, const int16_t* a,
                               const Parallel& parallel) const {
-  const Plan plan = layer_.plan(in.x_shape);
+  const std::shared_ptr<const Plan> cached = layer_.cached_plan(in.x_shape);
+  const Plan& plan = *cached;
   const size_t x_image = layer_.c_ * plan.geo.h * plan.geo.w;
   const SubtractZeroPoint convert{static_cast<int16_t>(rq.x_zero_point)};
   auto fill = [&](size_t n0, size_t task, int16_t* planes) {
@@ -189,7 +190,8 @@ void QLinearPSConv::run_pairs(const QInputs& in, const Requantization& rq, uint8
 
 void QLinearPSConv::run_dots(const QInputs& in, const Requantization& rq, uint8_t* y, const Packed& packed,
                              const Parallel& parallel) const {
-  const Plan plan = layer_.plan(in.x_shape);
+  const std::shared_ptr<const Plan> cached = layer_.cached_plan(in.x_shape);
+  const Plan& plan = *cached;
   const size_t channel = plan.geo.h * plan.geo.w, x_image = layer_.c_ * channel;
   const size_t p = layer_.p_, cg = layer_.cg_, cq = layer_.cq_, per_image = layer_.plane_channels();
   // sum W * (x - zp) = sum W * x - zp * sum W; within int32 as |B| <= 2^30 and |zp * sum W| < 2^23.
@@ -221,7 +223,8 @@ void QLinearPSConv::run_dots(const QInputs& in, const Requantization& rq, uint8_
 // Tasks (image, channel) as fp32 PSConv's (depthwise_tasks.h), on planes of x - x_zero_point.
 void QLinearPSConv::run_depthwise(const QInputs& in, const Requantization& rq, uint8_t* y, const int8_t* w,
                                   const Parallel& parallel) const {
-  const Plan plan = layer_.plan(in.x_shape);
+  const std::shared_ptr<const Plan> cached = layer_.cached_plan(in.x_shape);
+  const Plan& plan = *cached;
   const Geometry& geo = plan.geo;
   const SubtractZeroPoint convert{static_cast<int16_t>(rq.x_zero_point)};
   QDwconvArgs args{};  // what every output shares

@@ -197,6 +197,19 @@ TileLayout choose_layout(size_t ow) {
   return TileLayout::kGathered;
 }
 
+std::shared_ptr<const Plan> SparseLayer::cached_plan(const int64_t* x_shape) const {
+  PlanCache& cache = *plan_cache_;
+  {
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    if (cache.plan && std::equal(x_shape, x_shape + 4, cache.shape)) return cache.plan;
+  }
+  auto fresh = std::make_shared<const Plan>(plan(x_shape));  // outside the lock: runs of other shapes go on
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  std::copy(x_shape, x_shape + 4, cache.shape);
+  cache.plan = fresh;
+  return fresh;
+}
+
 Plan SparseLayer::plan(const int64_t* x_shape) const {
   Plan plan{};
   plan.geo = geometry(x_shape);

@@ -7,6 +7,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -118,6 +120,9 @@ class SparseLayer {
   void check_per_output(const int64_t* shape, size_t rank, const char* name) const;
   Geometry geometry(const int64_t* x_shape) const;
   Plan plan(const int64_t* x_shape) const;
+  // plan(x_shape), computed once per shape: a session runs one shape again and again, and a plan
+  // is several allocations (6% of a 7x7 depthwise layer's run). Safe under concurrent runs.
+  std::shared_ptr<const Plan> cached_plan(const int64_t* x_shape) const;
 
   // Packing, the microkernel's layout of a panel of kMR rows (ukernel.h, qgemm.h), has
   // slots(k): entries per row for a reduction of k plane-channel taps, at(i, m): where weight
@@ -169,6 +174,12 @@ class SparseLayer {
   std::vector<std::vector<Tap>> pattern_taps_;  // per pattern, its kept taps in W's order
   std::vector<size_t> period_starts_;  // depthwise: where output o's weights start in W, for o < P, then P
   size_t packed_len_ = 0;
+  struct PlanCache {  // the last shape's plan; shared by copies, which have the same attributes
+    std::mutex mutex;
+    int64_t shape[4] = {-1, -1, -1, -1};
+    std::shared_ptr<const Plan> plan;
+  };
+  std::shared_ptr<PlanCache> plan_cache_ = std::make_shared<PlanCache>();
 };
 
 template <class Packing>
