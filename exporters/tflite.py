@@ -40,6 +40,8 @@ from pscompress.workstation.layers import PSConv2d
 from pscompress.workstation.surgery import psconv_layers
 from pscompress.workstation.virtual_pool import FACTOR, Upsample2x
 
+aten = torch.ops.aten
+
 # Export fails when the TFLite interpreter's logits differ from PyTorch's by more than this
 # (relative); float16 weights round every weight, so they get a looser bound.
 VERIFY_TOLERANCE = {False: 1e-4, True: 1e-2}
@@ -63,6 +65,31 @@ _RESHAPES = ("view", "reshape", torch.reshape)
 _PERMUTES = ("permute", torch.permute, "transpose", torch.transpose)
 _BATCH = "batch"  # a static dimension that is the batch size, whatever it is at run time
 _CATS = (torch.cat, torch.concat, torch.concatenate)
+_PADS = {F.pad: ("pad", "mode", "value"), aten.pad.default: ("pad", "mode", "value"),
+         aten.constant_pad_nd.default: ("pad", "value")}  # their arguments after the input, in order
+# A torch.export program's graph (pscompress.workstation.program) calls aten operators where a module graph calls
+# functions and methods: each lowers as the form of the module graph it stands for, whose arguments it takes in the
+# same order. (F.interpolate's lowering runs the call itself; aten.hardtanh and aten.clamp are ReLU6 or ReLU for the
+# bounds of one, see _form; F.pad's arguments are read by target.)
+_ATEN_FORMS: dict[Any, Any] = {
+    aten.relu.default: torch.relu, aten.relu6.default: F.relu6, aten.sigmoid.default: torch.sigmoid,
+    aten.hardswish.default: F.hardswish, aten.hardsigmoid.default: F.hardsigmoid, aten.silu.default: F.silu,
+    aten.prelu.default: torch.prelu, aten.max_pool2d.default: F.max_pool2d, aten.avg_pool2d.default: F.avg_pool2d,
+    aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d, aten.mean.dim: torch.mean, aten.cat.default: torch.cat,
+    aten.add.Tensor: operator.add, aten.add.Scalar: operator.add, aten.sub.Tensor: operator.sub,
+    aten.sub.Scalar: operator.sub, aten.mul.Tensor: operator.mul, aten.mul.Scalar: operator.mul,
+    aten.div.Tensor: operator.truediv, aten.div.Scalar: operator.truediv,
+    aten.upsample_nearest2d.vec: F.interpolate, aten.upsample_nearest2d.default: F.interpolate,
+    aten.upsample_bilinear2d.vec: F.interpolate, aten.flatten.using_ints: torch.flatten, aten.view.default: "view",
+    aten._unsafe_view.default: "view", aten.reshape.default: "reshape", aten.permute.default: "permute",
+    aten.transpose.int: "transpose", aten.contiguous.default: "contiguous", aten.clone.default: "clone",
+    aten.alias.default: "clone", aten.rsub.Scalar: operator.sub, aten.rsub.Tensor: operator.sub,
+    aten.linear.default: F.linear,
+    aten.softmax.int: F.softmax, aten._softmax.default: F.softmax, aten.sym_size.int: "size",
+    aten.pad.default: F.pad, aten.constant_pad_nd.default: F.pad,
+}
+_SWAPPED = (aten.rsub.Scalar, aten.rsub.Tensor)  # rsub(x, c) is c - x
+_CLAMPS = {aten.hardtanh.default: (-1, 1), aten.clamp.default: (None, None)}  # their default (min, max)
 # NCHW dimension -> NHWC axis.
 _NHWC_AXIS = (0, 3, 1, 2)
 
@@ -265,6 +292,7 @@ class _Lowering:
         self.modules = dict(gm.named_modules())
         self.values: dict[fx.Node, _Value] = {}
         self.static: dict[fx.Node, Any] = {}  # shapes and sizes read from tensors (x.size(0)): known when exporting
+        self.conv_pads: dict[fx.Node, tuple[int, int, int, int]] = {}  # F.pad nodes whose one reader is a conv
 
     def run(self) -> None:
         for node in self.gm.graph.nodes:
@@ -343,11 +371,13 @@ class _Lowering:
             raise UserError(f"layer {node.target} ({type(m).__name__}) cannot be exported to TFLite")
 
     def _function(self, node: fx.Node) -> None:
-        target = node.target
-        if self._static(node):
+        target = _form(node)
+        if self._static(node, target):
             return
         if target in _BINARY and len(node.args) == 2 and not node.kwargs:
-            self._arithmetic(node, _BINARY[target])
+            self._arithmetic(node, _BINARY[target], node.args[::-1] if node.target in _SWAPPED else node.args)
+        elif target is F.linear:
+            self._linear(node, self._linear_module(node))
         elif target in _ACTIVATIONS:
             self._activation(node, _ACTIVATIONS[target])
         elif target in _HARDSIGMOIDS:
@@ -364,21 +394,23 @@ class _Lowering:
             self._concat(node)
         elif target in (torch.mean, "mean"):
             self._mean(node)
-        elif target is F.interpolate:
-            self._resize_nearest(node, lambda x: F.interpolate(x, *node.args[1:], **node.kwargs))
+        elif target is F.interpolate:  # the call itself, F.interpolate's or an aten upsample's, picks the pixels
+            self._resize_nearest(node, lambda x: node.target(x, *node.args[1:], **node.kwargs))
+        elif target is F.pad:
+            self._explicit_pad(node)
         elif target in (torch.flatten, "flatten"):
             args = {**dict(zip(("start_dim", "end_dim"), node.args[1:])), **node.kwargs}
             self._flatten(node, args.get("start_dim", 0), args.get("end_dim", -1))
         elif target in _RESHAPES:
             self._reshape(node)
         elif target in _PERMUTES:
-            self._permute(node)
+            self._permute(node, target)
         elif target in ("contiguous", "clone") and len(node.args) == 1:
             self.values[node] = self._value(node.args[0], node)
         elif target in (F.softmax, torch.softmax, "softmax") and (node.args[1:] or (node.kwargs.get("dim"),))[0] in (1, -1):
             self._softmax(node)
         else:
-            name = getattr(target, "__name__", str(target))
+            name = getattr(node.target, "__name__", str(node.target))
             raise UserError(f"operation {node.name} ({name}) cannot be exported to TFLite")
 
     # -- operators
@@ -386,13 +418,16 @@ class _Lowering:
     def _conv(self, node: fx.Node, conv: nn.Conv2d) -> None:
         if conv.padding_mode != "zeros":
             raise UserError(f"layer {node.target}: padding_mode={conv.padding_mode!r} cannot be exported to TFLite (only zeros)")
-        x = self._nhwc(node.args[0], node)
-        _, c, h, w = self._shape(node.args[0])
+        source, before = node.args[0], self.conv_pads.get(node.args[0], (0, 0, 0, 0))
+        if source in self.conv_pads:  # the zeros an F.pad before it adds (TF-style 'same' padding) are its own
+            source = source.args[0]
+        x = self._nhwc(source, node)
+        _, c, h, w = self._shape(source)
         _, out_c, oh, ow = self._shape(node)
         # A pSConv filter is its masked weight, whatever the groups: sparse storage sees the zeros.
         weight = (conv.masked_weight() if isinstance(conv, PSConv2d) else conv.weight).detach().numpy()
         bias = conv.bias.detach().numpy() if conv.bias is not None else np.zeros(out_c, np.float32)
-        pads = layer_pads(conv)
+        pads = tuple(a + b for a, b in zip(layer_pads(conv), before))
         padding = tflite_padding((h, w), (oh, ow), conv.kernel_size, conv.stride, conv.dilation, pads[:2])
         if padding is None:  # PyTorch's padding is not what SAME would pad: pad explicitly
             x = self._pad(x, node, pads)
@@ -440,7 +475,7 @@ class _Lowering:
     def _linear(self, node: fx.Node, linear: nn.Linear) -> None:
         x = self._value(node.args[0], node)
         if x.nhwc or len(self._shape(node.args[0])) != 2:
-            raise UserError(f"layer {node.target}: TFLite export supports Linear on flattened [N, features] inputs only")
+            raise UserError(f"{self._label(node)}: TFLite export supports Linear on flattened [N, features] inputs only")
         weight = self.numerics.weight(self.graph, f"{node.name}/weight", linear.weight.detach().numpy(), sparse=False,
                                       channel_axis=0)
         bias = linear.bias.detach().numpy() if linear.bias is not None else np.zeros(linear.out_features, np.float32)
@@ -449,14 +484,15 @@ class _Lowering:
         self.graph.op("FULLY_CONNECTED", [x.tensor, weight, bias_tensor], [out], "FullyConnectedOptions",
                       FusedActivationFunction=fused, KeepNumDims=False)
 
-    def _arithmetic(self, node: fx.Node, opcode: str) -> None:
+    def _arithmetic(self, node: fx.Node, opcode: str, args: Sequence[Any]) -> None:
         """+, -, *, / of two tensors (no division) or of a tensor and a Python number (x / c as x * (1 / c),
-        x - c as x + (-c); not c / x): one ADD, SUB or MUL, the number a constant of the tensor's rank."""
-        a, b = node.args
+        x - c as x + (-c); not c / x): one ADD, SUB or MUL, the number a constant of the tensor's rank. ``args``:
+        the operands in the operation's order."""
+        a, b = args
         if isinstance(a, fx.Node) and isinstance(b, fx.Node):
             if opcode == "DIV":
                 raise UserError(f"operation {node.name}: TFLite export divides a tensor by a number only")
-            self._binary(node, opcode)
+            self._binary(node, opcode, a, b)
             return
         reverse = _is_number(a) and isinstance(b, fx.Node)
         source, number = (b, a) if reverse else (a, b)
@@ -503,8 +539,21 @@ class _Lowering:
         except (TypeError, ValueError) as exc:
             raise UserError(f"operation {node.name}: cannot read its pooling parameters ({exc})") from exc
 
-    def _binary(self, node: fx.Node, opcode: str) -> None:
-        a, b = node.args
+    def _linear_module(self, node: fx.Node) -> nn.Linear:
+        """The nn.Linear F.linear (aten.linear) of model parameters behaves as: both forms have one lowering
+        (``_linear``)."""
+        args = {**dict(zip(("weight", "bias"), node.args[1:])), **node.kwargs}
+        weight = self._parameter(args.get("weight"), node)
+        bias = None if args.get("bias") is None else self._parameter(args["bias"], node)
+        if weight.dim() != 2:
+            raise UserError(f"operation {node.name}: TFLite export supports linear layers of a 2-D weight only")
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        if bias is not None:
+            linear.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        return linear
+
+    def _binary(self, node: fx.Node, opcode: str, a: fx.Node, b: fx.Node) -> None:
         if len(self._shape(a)) != len(self._shape(b)):
             raise UserError(f"operation {node.name}: TFLite export supports {opcode.lower()} of two tensors of the same rank only")
         left, right = self._value(a, node), self._value(b, node)
@@ -635,6 +684,24 @@ class _Lowering:
             self.graph.op("SLICE", [resized, begin, extent], [out])
         self.values[node] = _Value(out, True)
 
+    def _explicit_pad(self, node: fx.Node) -> None:
+        """F.pad (aten.pad, aten.constant_pad_nd) of an image's height and width with zeros: the padding of the
+        convolution that is its one reader (``_conv``), else one PAD."""
+        args = {**dict(zip(_PADS[node.target], node.args[1:])), **node.kwargs}
+        pads = args.get("pad")
+        if not (isinstance(pads, (tuple, list)) and len(pads) in (2, 4) and all(type(p) is int and p >= 0 for p in pads)) \
+                or args.get("mode", "constant") != "constant" or args.get("value") not in (None, 0):
+            raise UserError(f"operation {node.name}: TFLite export pads an image's height and width with zeros only")
+        left, right, top, bottom = (*pads, 0, 0)[:4]
+        x = self._nhwc(node.args[0], node)
+        readers = list(node.users)
+        if len(readers) == 1 and readers[0].op == "call_module" and readers[0].args[0] is node \
+                and isinstance(self.modules[readers[0].target], nn.Conv2d):
+            self.conv_pads[node] = (top, left, bottom, right)  # the conv pads (_conv): SAME where that matches
+            self.values[node] = _Value(x, True)  # nothing else reads it
+            return
+        self.values[node] = _Value(self._pad(x, node, (top, left, bottom, right)), True)
+
     def _flatten(self, node: fx.Node, start: int, end: int) -> None:
         """nn.Flatten, torch.flatten, x.flatten: a reshape that keeps the batch dimension."""
         if start % len(self._shape(node.args[0])) == 0:
@@ -674,12 +741,12 @@ class _Lowering:
             out = self._transpose(out, (0, 2, 3, 1), node.name)
         self.values[node] = _Value(out, image)
 
-    def _permute(self, node: fx.Node) -> None:
+    def _permute(self, node: fx.Node, target: Any) -> None:
         """x.permute, x.transpose, torch.permute, torch.transpose (the batch dimension stays first): one TRANSPOSE
         from the stored layout to the result's (none when they coincide)."""
         x = self._value(node.args[0], node)
         rank = len(self._shape(node))
-        if node.target in ("transpose", torch.transpose):
+        if target in ("transpose", torch.transpose):
             pair_ = self._resolve(tuple(node.args[1:3]) or (node.kwargs.get("dim0"), node.kwargs.get("dim1")), node)
             perm = list(range(rank))
             i, j = (d % rank for d in pair_)
@@ -695,10 +762,10 @@ class _Lowering:
         out = x.tensor if order == tuple(range(rank)) else self._transpose(x.tensor, order, node.name)
         self.values[node] = _Value(out, rank == 4)
 
-    def _static(self, node: fx.Node) -> bool:
+    def _static(self, node: fx.Node, target: Any) -> bool:
         """Records a value known when exporting (a tensor's shape or size, an item of it, arithmetic on them);
         False for any other node. The batch size is ``_BATCH``: only a reshape can use it, first."""
-        target, args = node.target, node.args
+        args = node.args
         if target == "size" or (target is getattr and len(args) == 2 and args[1] == "shape"):
             shape = (_BATCH, *self._shape(args[0])[1:])
             dim = args[1] if target == "size" and len(args) > 1 else node.kwargs.get("dim")
@@ -752,7 +819,7 @@ class _Lowering:
         if node.op == "call_module":
             return _RELUS.get(type(self.modules[node.target]))
         if node.op in ("call_function", "call_method"):
-            return _RELUS.get(node.target)
+            return _RELUS.get(_form(node))
         return None
 
     def _elementwise(self, opcode: str, x: int, name: str) -> int:
@@ -828,6 +895,19 @@ class _Lowering:
         outs = [self.numerics.activation(self.graph, f"{name}/split{i}", (n, h, w, c // parts), like=x) for i in range(parts)]
         self.graph.op("SPLIT", [axis, x], outs, "SplitOptions", NumSplits=parts)
         return outs
+
+
+def _form(node: fx.Node) -> Any:
+    """The function or method name of the module graph that ``node``'s call stands for: its target, or for an aten
+    operator of a torch.export program, the form in ``_ATEN_FORMS`` (a clamp to [0, 6] is ReLU6, to [0, inf) ReLU)."""
+    target = node.target
+    if target in _CLAMPS:
+        bounds = dict(zip(("min", "max"), _CLAMPS[target]))
+        bounds.update(zip(("min", "max"), node.args[1:]))
+        bounds.update({key.split("_")[0]: value for key, value in node.kwargs.items()})  # min_val, max_val
+        low, high = bounds["min"], bounds["max"]
+        return F.relu6 if (low, high) == (0, 6) else torch.relu if low == 0 and high is None else target
+    return _ATEN_FORMS.get(target, target) if isinstance(target, torch._ops.OpOverload) else target
 
 
 def _is_number(value: Any) -> bool:

@@ -1,8 +1,10 @@
 """The operators real CNNs need beyond ResNet-20's, lowered to TFLite and checked against PyTorch (the oracle):
 depthwise and grouped convolution (pSConv ones too), PReLU, Hardswish, Sigmoid, SiLU, ReLU6, padded max and
 average pools, concatenation, broadcast multiply/add (squeeze-and-excitation), nearest upsampling, Hardsigmoid,
-the functional pools, arithmetic with Python numbers and view/reshape/permute/transpose.
-float32 in ai-edge-litert (XNNPACK on and off) and tflite-runtime, int8 in ai-edge-litert; refusals in one line."""
+the functional pools, arithmetic with Python numbers, view/reshape/permute/transpose and zero padding (F.pad).
+float32 in ai-edge-litert (XNNPACK on and off) and tflite-runtime, int8 in ai-edge-litert; refusals in one line.
+The same models as torch.export programs (pscompress.workstation.program), whose graphs call aten operators
+instead, lower to the same operators with the same parity."""
 from __future__ import annotations
 
 import os
@@ -23,6 +25,7 @@ from pscompress.exporters.tflite_int8 import build_tflite_int8
 from pscompress.exporters.tflite_writer import Quantization, TFLiteGraph, schema
 from pscompress.workstation.checkpoint import LoadedModel
 from pscompress.workstation.layers import PSConv2d
+from pscompress.workstation.program import program_module
 from pscompress.workstation.sparsify import sparsify
 
 from test_export_tflite import operator_names, torch_logits
@@ -240,6 +243,41 @@ def test_fp32_matches_pytorch(modules, fp32_files, images, name, xnnpack):
     np.testing.assert_allclose(got, torch_logits(modules[name], images), rtol=0, atol=FP32_ATOL)
 
 
+# A program of a pSConv model multiplies its weights by the mask in the graph: pscompress converts a program's dense
+# convolutions itself (tests/test_zoo.py), so that model is left out here.
+PROGRAMS = [name for name in MODELS if name != "psconv_convs"]
+
+
+def _program(module: nn.Module) -> nn.Module:
+    """``module`` exported with torch.export (any batch size) and rebuilt as pscompress reads a .pt2."""
+    program = torch.export.export(module, (torch.rand(2, *SHAPE),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return program_module(program, "test program").module
+
+
+@pytest.fixture(scope="module")
+def programs(modules) -> dict[str, nn.Module]:
+    return {name: _program(modules[name]) for name in PROGRAMS}
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_a_program_lowers_its_aten_operators_as_the_module_forms(modules, programs, fp32_files, images, tmp_path, name):
+    """Pooling, mean, activations, concat, upsample, arithmetic and reshapes as aten calls: the module's file's
+    operators, in float32 with its parity, in int8 with its agreement."""
+    graph = programs[name].graph
+    assert any(str(n.target).startswith("aten.") for n in graph.nodes if n.op == "call_function")
+    path = tmp_path / f"{name}.tflite"
+    export_tflite(_loaded(programs[name]), path)  # checks the file against PyTorch before writing
+    assert sorted(operator_names(path)) == sorted(operator_names(fp32_files[name]))
+    want = torch_logits(modules[name], images)
+    np.testing.assert_allclose(TFLitePredictor(path).predict(images), want, rtol=0, atol=FP32_ATOL)
+    calibration = np.random.default_rng(1).random((64, *SHAPE), dtype=np.float32)
+    (tmp_path / "int8.tflite").write_bytes(build_tflite_int8(_loaded(programs[name]), SHAPE, [calibration]))
+    predictor = TFLitePredictor(tmp_path / "int8.tflite")
+    got = predictor.predict(images)
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= INT8_AGREEMENT
+    assert np.abs(got - want).max() <= INT8_STEPS * _output_step(predictor._interpreter)
+
+
 def test_depthwise_and_grouped_psconv_filters_are_stored_sparse(modules, fp32_files):
     module = modules["psconv_convs"]
     psconv = [m for m in module.modules() if isinstance(m, PSConv2d)]
@@ -369,3 +407,48 @@ def test_unsupported_operation_is_one_line_naming_it_and_nothing_is_written(tmp_
         export_tflite(_loaded(module), tmp_path / "bad.tflite")
     assert len(str(caught.value).splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("function, message", [
+    (lambda x: F.hardtanh(x), r"^operation hardtanh_default \(hardtanh.default\) cannot be exported to TFLite$"),
+    (lambda x: x.clamp(0, 2), r"^operation clamp_default \(clamp.default\) cannot be exported to TFLite$"),
+    (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"),
+     r"^operation \w+: TFLite export pads an image's height and width with zeros only$"),
+    (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"),
+     r"^operation upsample_bilinear2d_vec: only nearest-neighbour upsampling by an integer factor"),
+    (lambda x: torch.cat([x, x], 0), r"^operation cat_default: TFLite export concatenates a list of tensors along"),
+    (lambda x: F.elu(x), r"^operation elu_default \(elu.default\) cannot be exported to TFLite$"),
+])
+def test_an_unsupported_aten_operation_of_a_program_is_one_line_naming_it(tmp_path, function, message):
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Function(function), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(8, 4)).eval()
+    with pytest.raises(UserError, match=message) as caught:
+        export_tflite(_loaded(_program(module)), tmp_path / "bad.tflite")
+    assert len(str(caught.value).splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Pads(nn.Module):
+    """F.pad with zeros: TF-style 'same' before a stride-2 conv (its SAME), uneven before a conv (one PAD of both
+    paddings), before a pool (a PAD of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.same = nn.Conv2d(3, 8, 3, stride=2)
+        self.uneven = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 5 * 6, 5)
+
+    def forward(self, x):
+        x = self.same(F.pad(x, (0, 1, 0, 1)))                        # 16x16 -> 17x17 -> 8x8
+        x = torch.relu(self.uneven(F.pad(x, (1, 2, 0, 1))))          # -> 9x11 -> 9x11
+        return self.fc(torch.flatten(F.max_pool2d(F.pad(x, (0, 1, 1, 0)), 2), 1))  # -> 10x12 -> 5x6
+
+
+@pytest.mark.parametrize("form", ["module", "program"])
+def test_zero_padding_becomes_the_convolution_s_padding(tmp_path, images, form):
+    torch.manual_seed(0)
+    module = _Pads().eval()
+    path = tmp_path / "pads.tflite"
+    export_tflite(_loaded(module if form == "module" else _program(module)), path)  # verified against PyTorch
+    assert operator_names(path).count("PAD") == 2  # the uneven conv's and the pool's; the 'same' one is SAME
+    np.testing.assert_allclose(TFLitePredictor(path).predict(images), torch_logits(module, images), rtol=0, atol=FP32_ATOL)

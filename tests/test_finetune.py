@@ -220,3 +220,45 @@ def test_size_mismatch_is_refused_before_training(tmp_path):
                           [str(i) for i in range(10)], "padded")
     with pytest.raises(ft.UserError, match="32x32 images, the model expects 28x28"):
         finetune(_model(), images, images, tmp_path / "o.pt", FinetuneConfig())
+
+
+class _SwappedHeads(torch.nn.Module):
+    """A PNet whose outputs come in the other order: its output0 is the 4-value box map, not the face scores."""
+
+    def __init__(self, pnet: torch.nn.Module) -> None:
+        super().__init__()
+        self.pnet = pnet
+
+    def forward(self, x):
+        face, box = self.pnet(x)
+        return box, face
+
+
+def test_cli_distills_a_model_without_a_linear_layer_from_its_dense_form(tmp_path, run_cli):
+    """PNet (fully convolutional, no nn.Linear) distilled from its dense .pt2: the teacher is checked as the student
+    is, by the output --train-output names; a teacher whose output scores other classes is refused in one line."""
+    from pscompress.workstation.zoo import ZOO, build
+
+    entry = ZOO["face_pnet"]
+    shape = entry.input_shape()
+    example = (torch.rand(1, *shape),)
+    torch.export.save(torch.export.export(build("face_pnet"), example), str(tmp_path / "dense.pt2"))
+    torch.export.save(torch.export.export(_SwappedHeads(build("face_pnet")).eval(), example), str(tmp_path / "swapped.pt2"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (32, *shape), dtype=np.uint8), y=rng.integers(0, 2, 32))
+    code, out, err = run_cli("convert", tmp_path / "dense.pt2", "--pattern", "4of9", "-o", tmp_path / "sparse.pt")
+    assert code == 0, err
+    common = ["finetune", tmp_path / "sparse.pt", "--data", tmp_path / "data.npz", "--epochs", "1", "--batch-size", "16",
+              "--train-output", entry.classifier_output]
+
+    code, out, err = run_cli(*common, "--distill-from", tmp_path / "dense.pt2", "-o", tmp_path / "tuned.pt")
+    assert code == 0, err
+    tuned = load_model(tmp_path / "tuned.pt")
+    assert tuned.meta["finetune"]["distill_alpha"] == FinetuneConfig().distill_alpha and len(psconv_layers(tuned.module)) == 2
+
+    code, out, err = run_cli(*common, "--distill-from", tmp_path / "swapped.pt2", "-o", tmp_path / "never.pt")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "scores 4 classes, the model 2: they must match" in err and "swapped.pt2" in err
+    code, out, err = run_cli(*common[:-2], "--distill-from", tmp_path / "dense.pt2", "-o", tmp_path / "never.pt")
+    assert code == 2 and err.count("\n") == 1 and "--train-output" in err, err  # two outputs: which one, for both
+    assert not (tmp_path / "never.pt").exists()

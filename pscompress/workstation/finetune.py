@@ -84,7 +84,7 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
     epoch (the model passed in then only supplies the architecture: weights come from ``out``).
     """
     _check_config(config)
-    _check_data(model, train, test, config.train_output)
+    check_data(model, train, test, config.train_output)
     preprocess = model.meta.get("preprocess")
     train = model_inputs(train.subset(config.limit), preprocess)
     test = model_inputs(test, preprocess)
@@ -261,7 +261,9 @@ def _check_config(config: FinetuneConfig) -> None:
                         "distill_temperature")
 
 
-def _check_data(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, output: str | None = None) -> None:
+def check_data(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, output: str | None = None) -> None:
+    """UserError unless ``train`` and ``test`` can train ``model``: channels, image size, and as many
+    classes as its classifier output (``output``, a multi-output model's) scores."""
     in_channels, _ = known_io(model.module.state_dict())
     if in_channels is None:
         raise UserError("the model has no convolution: it is not an image classifier")

@@ -57,8 +57,7 @@ def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, 
     from pscompress.board.data import load_dataset
     from pscompress.core.errors import UserError
     from pscompress.workstation.checkpoint import load_model
-    from pscompress.workstation.finetune import finetune as run_finetune
-    from pscompress.workstation.model_io import model_io
+    from pscompress.workstation.finetune import check_data, finetune as run_finetune
 
     config = FinetuneConfig(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
                             weight_decay=weight_decay, augment=augment, bn_recalibrate=bn_recalibrate, distill_alpha=distill_alpha,
@@ -67,14 +66,42 @@ def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, 
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     if loaded.arch is None:
         raise UserError(f"{model} is a pickled module of no built-in architecture: fine-tuning writes pscompress checkpoints only")
+    train, test = load_dataset(data_spec, "train"), load_dataset(data_spec, "test")
     teacher = None
     if distill_from is not None:
-        teacher_model = load_model(distill_from, arch=arch, trust_pickle=trust_pickle)
-        if model_io(teacher_model.module) != model_io(loaded.module):
-            raise UserError(f"teacher {distill_from} maps {model_io(teacher_model.module)} (channels, classes), "
-                            f"the model {model_io(loaded.module)}: they must match")
-        teacher = teacher_model.module
-    train, test = load_dataset(data_spec, "train"), load_dataset(data_spec, "test")
+        teacher = load_model(distill_from, arch=arch, trust_pickle=trust_pickle).module
+        check_data(loaded, train, test, train_output)  # the student first, as finetune checks it
+        _check_teacher(teacher, loaded.module, tuple(loaded.meta.get("input_shape") or train.shape), train_output,
+                       distill_from)
     result = run_finetune(loaded, train, test, output, config, teacher=teacher, resume=resume, log=click.echo)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 reports
         click.echo(f"wrote {output}: test accuracy {result.accuracy:.2%}")
+
+
+def _check_teacher(teacher, student, shape: tuple[int, ...], train_output: str | None, path: Path) -> None:
+    """The teacher scores what the student (already checked) trains: on one blank image of the student's input
+    shape, its output ``train_output`` (finetune's classifier_scores, as the student's is read) has the student's
+    classes. A model without a linear layer (a fully convolutional detector) is a teacher like any other."""
+    import torch
+
+    from pscompress.core.errors import UserError
+    from pscompress.workstation.finetune import classifier_scores
+
+    def scores(module, what: str) -> torch.Tensor:
+        was_training = module.training
+        module.eval()  # batch-norm statistics untouched
+        try:
+            with torch.no_grad():
+                return classifier_scores(module(torch.zeros(1, *shape)), train_output)
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            raise UserError(f"{what} cannot run on images of shape {list(shape)}: {reason}") from exc
+        except UserError as exc:
+            raise UserError(f"{what}: {exc}", *exc.parameters) from exc
+        finally:
+            module.train(was_training)
+
+    want = scores(student, "the model").shape[1]
+    got = scores(teacher, f"teacher {path}").shape[1]
+    if got != want:
+        raise UserError(f"teacher {path} scores {got} classes, the model {want}: they must match")
