@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pscompress.workstation.archs import BasicBlock
+
 
 class SqueezeExcite(nn.Module):
     """x * sigmoid(expand(relu(reduce(mean(x))))), the gate [N, C, 1, 1] broadcast over H and W."""
@@ -22,21 +24,12 @@ class SqueezeExcite(nn.Module):
         return x * gate
 
 
-class SEBlock(nn.Module):
-    """Two 3x3 convs with batch norm, squeeze-excitation, then the residual (a 1x1 projection when shapes change)."""
+class SEBlock(BasicBlock):
+    """The CIFAR ResNets' BasicBlock with squeeze-excitation on its second conv's output, before the residual."""
 
     def __init__(self, cin: int, cout: int, stride: int, reduction: int = 4) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        super().__init__(cin, cout, stride)
         self.se = SqueezeExcite(cout, reduction)
-        self.relu1 = nn.ReLU()
-        self.relu2 = nn.ReLU()
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))
