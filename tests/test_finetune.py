@@ -162,6 +162,51 @@ def test_distillation_loss_against_its_definition():
     expected = 0.3 * F.cross_entropy(student, labels) + 0.7 * t * t * kl
     torch.testing.assert_close(distillation_loss(student, teacher, labels, 0.7, t), expected)
     torch.testing.assert_close(distillation_loss(student, student, labels, 0.9, t), 0.1 * F.cross_entropy(student, labels))
+    torch.testing.assert_close(distillation_loss(student, teacher, None, 0.7, t), t * t * kl)  # per pixel: no labels
+
+
+def _segmenter_pair(train: ArrayDataset) -> tuple[torch.nn.Module, LoadedModel]:
+    """A dense U-Net for Fashion-MNIST's 1x28x28 images (batch norms estimated on real images, so its per-pixel
+    classes vary) and its 4of9 conversion."""
+    from pscompress.workstation.zoo.unet import UNet
+
+    torch.manual_seed(0)
+    teacher = UNet(num_classes=3, base=8, depth=2, in_channels=1)
+    recalibrate_batchnorm(teacher, train, len(train))
+    student = copy.deepcopy(teacher)
+    sparsify(student, "4of9", input_shape=(1, 28, 28))
+    return teacher.eval(), LoadedModel(student, None, {}, {"input_shape": [1, 28, 28]})  # saved pickled
+
+
+def test_a_segmenter_trains_by_distillation_alone(fashion, tmp_path):
+    """Data sets label whole images: a per-pixel model learns its teacher's per-pixel classes, and its metric
+    is the per-pixel agreement with the teacher, as agreement.top1_agreement counts it independently."""
+    from pscompress.workstation.agreement import predictions, top1_agreement
+
+    train, test = fashion
+    test = test.subset(100)
+    teacher, student = _segmenter_pair(train)
+    converted = top1_agreement(teacher, student.module, test)
+    result = finetune(student, train, test, tmp_path / "seg.pt",
+                      FinetuneConfig(epochs=4, lr=0.003, optimizer="adamw", batch_size=32, bn_recalibrate=256),
+                      teacher=teacher, log=lambda _: None)
+    assert result.metric == ft.AGREEMENT
+    assert result.accuracy == pytest.approx(top1_agreement(teacher, student.module, test))
+    majority = np.bincount(predictions(teacher, test).ravel()).max() / predictions(teacher, test).size
+    assert result.accuracy > max(converted + 0.25, majority), (converted, majority, result.accuracy)
+    saved = load_model(tmp_path / "seg.pt", trust_pickle=True).meta
+    assert saved["agreement"] == pytest.approx(result.accuracy) and "accuracy" not in saved
+    assert saved["finetune"]["metric"] == ft.AGREEMENT and "classes" not in saved  # the images' labels are no pixel classes
+    for layer in psconv_layers(student.module).values():
+        assert torch.count_nonzero(layer.weight[~layer.mask]) == 0
+
+
+def test_a_segmenter_without_a_teacher_is_refused(fashion, tmp_path):
+    train, test = fashion
+    _, student = _segmenter_pair(train.subset(32))
+    with pytest.raises(ft.UserError, match="distillation alone.*`teacher`"):
+        finetune(student, train, test, tmp_path / "never.pt", FinetuneConfig(epochs=1), log=lambda _: None)
+    assert not (tmp_path / "never.pt").exists()
 
 
 def test_distillation_from_dense_teacher(sample, fashion, tmp_path):

@@ -1,5 +1,6 @@
 """The model zoo (pscompress.workstation.zoo) through the user's path, every model by the same code:
-a torch.export program (.pt2) -> convert -> finetune -> export ONNX (-> run, eval, info) and TFLite
+a torch.export program (.pt2) -> convert -> finetune (the segmenter by distillation from the dense program)
+-> export ONNX (-> run, eval, info) and TFLite
 float32 and int8 (-> run, eval), and a pickled module (--trust-pickle) -> convert -> export TFLite (the
 module graph's forms of the same operators); every output checked against PyTorch within 1e-4 by the
 exporters and again here, independently (onnxruntime and the TFLite interpreter on the same input as
@@ -61,11 +62,6 @@ def _assert_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], what:
         assert relative_difference(got[key], value) <= TOLERANCE, (what, key, relative_difference(got[key], value))
 
 
-def _trains(name: str) -> bool:
-    """Whether `finetune` takes the model: one classifier output, or a detector whose face head is chosen."""
-    return ZOO[name].task != "segmenter"
-
-
 _MADE: dict[str, dict[str, Path]] = {}
 
 
@@ -88,13 +84,14 @@ def _made(name: str, tmp_path_factory, run_cli) -> dict[str, Path]:
     code, out, err = run_cli("convert", files["pt2"], *_patterns(name), "-o", files["converted"])
     assert code == 0, err
     assert f"{EXPECTED_PSCONV[name]} layer(s) converted" in out, out
-    files["tuned"] = files["converted"]
-    if _trains(name):
-        files["tuned"] = folder / "m-f.pt"
-        extra = ["--train-output", entry.classifier_output] if entry.classifier_output else []
-        code, out, err = run_cli("finetune", files["converted"], "--data", files["data"], "--epochs", "1",
-                                 "--batch-size", "16", "--bn-recalibrate", "16", *extra, "-o", files["tuned"])
-        assert code == 0, err
+    files["tuned"] = folder / "m-f.pt"
+    extra = ["--train-output", entry.classifier_output] if entry.classifier_output else []
+    if entry.task == "segmenter":  # data sets label whole images: distillation alone, from the dense program
+        extra = ["--distill-from", files["pt2"]]
+    code, out, err = run_cli("finetune", files["converted"], "--data", files["data"], "--epochs", "1",
+                             "--batch-size", "16", "--bn-recalibrate", "16", *extra, "-o", files["tuned"])
+    assert code == 0, err
+    assert ("pixel agreement with the teacher" in out) == (entry.task == "segmenter"), out
     files["pickle_converted"] = folder / "m-pickle-c.pt"
     code, out, err = run_cli("convert", files["pickle"], "--trust-pickle", *_patterns(name),  # a pickle records no input size
                              "--input-shape", ",".join(map(str, shape)), "-o", files["pickle_converted"])
@@ -140,8 +137,7 @@ def test_convert_and_finetune_keep_the_masks(name, tmp_path_factory, run_cli):
     assert kernels == {PATTERN_KERNELS[spec] for spec in ZOO[name].patterns}  # every pattern found its layers
     for layer in layers.values():
         assert bool((layer.weight[~layer.mask] == 0).all())
-    if _trains(name):
-        assert 0 <= loaded.meta["accuracy"] <= 1
+    assert 0 <= loaded.meta["agreement" if ZOO[name].task == "segmenter" else "accuracy"] <= 1
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -175,6 +171,7 @@ def test_onnx_export_matches_pytorch_on_every_output_and_runs(name, tmp_path_fac
         assert code == 0, err
     code, out, err = run_cli("info", onnx_file)
     assert code == 0 and "PSConv" in out, err
+    assert ("agreement:" in out) == (entry.task == "segmenter") != ("accuracy:" in out), out  # what finetune measured
     if entry.task != "segmenter":
         extra = ["--output", entry.classifier_output] if entry.classifier_output else []
         code, out, err = run_cli("eval", onnx_file, "--data", files["data"], *extra, "--json", "-")
@@ -221,13 +218,18 @@ def test_tflite_export_matches_pytorch_and_runs(name, source, tmp_path_factory, 
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if ZOO[n].task == "segmenter"])
-def test_finetune_refuses_a_segmenter_in_one_line(name, tmp_path_factory, run_cli):
-    """Per-pixel labels are not a data set finetune reads yet: the refusal says what the model is."""
+def test_finetune_refuses_a_segmenter_without_a_teacher_in_one_line(name, tmp_path_factory, run_cli):
+    """Data sets label whole images: without a teacher the refusal says how a per-pixel model trains; a
+    teacher that scores whole images is refused too."""
     files = _made(name, tmp_path_factory, run_cli)
+    never = files["converted"].with_name("never.pt")
+    code, out, err = run_cli("finetune", files["converted"], "--data", files["data"], "--epochs", "1", "-o", never)
+    assert code == 2 and err.count("\n") == 1 and "distillation alone" in err and "--teacher" in err, err
+    classifier = _made("senet", tmp_path_factory, run_cli)["converted"]
     code, out, err = run_cli("finetune", files["converted"], "--data", files["data"], "--epochs", "1",
-                             "-o", files["converted"].with_name("never.pt"))
-    assert code == 2 and err.count("\n") == 1 and "classifier" in err, err
-    assert not files["converted"].with_name("never.pt").exists()
+                             "--teacher", classifier, "-o", never)
+    assert code == 2 and err.count("\n") == 1 and "teacher" in err, err
+    assert not never.exists()
 
 
 def test_psconv_layers_of_the_zoo_are_psconv2d():

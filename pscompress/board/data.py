@@ -154,13 +154,14 @@ def load_dataset(spec: str, split: str = "train") -> ArrayDataset:
     raise UserError(f"cannot use {spec} as a data set: expected an image folder or an .npz file")
 
 
-def check_compatible(dataset: ArrayDataset, in_channels: int, num_classes: int,
+def check_compatible(dataset: ArrayDataset, in_channels: int, num_classes: int | None,
                      input_hw: Sequence[int] | None = None) -> None:
-    """Raise UserError when the data set's images or labels cannot feed the model."""
+    """Raise UserError when the data set's images or labels cannot feed the model (``num_classes`` None:
+    its labels go unused)."""
     channels, h, w = dataset.shape
     if channels != in_channels:
         raise UserError(f"data set {dataset.name} has {channels}-channel images, the model expects {in_channels}")
-    if len(dataset.classes) != num_classes:
+    if num_classes is not None and len(dataset.classes) != num_classes:
         raise UserError(f"data set {dataset.name} has {len(dataset.classes)} classes, the model has {num_classes} outputs")
     if input_hw is not None and (h, w) != tuple(input_hw):
         raise UserError(f"data set {dataset.name} has {h}x{w} images, the model expects {input_hw[0]}x{input_hw[1]}")

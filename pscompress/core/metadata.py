@@ -8,7 +8,9 @@ the code can trust them):
 - ``input_shape`` [C, H, W]; ``dynamic_hw`` (ONNX, true when the graph's H and W are symbolic,
   ``export --dynamic-hw``: the model runs at any image size, ``input_shape`` is the default one);
   ``input_layout`` ("NCHW" or "NHWC", the exported graph's);
-  ``classes`` (names); ``accuracy``, ``dense_accuracy`` (fractions); ``arch``.
+  ``classes`` (names); ``accuracy``, ``dense_accuracy`` (fractions); ``agreement`` (a fraction: a
+  per-pixel model's top-1 agreement with the teacher it was fine-tuned from, on the test images,
+  where a classifier records ``accuracy``); ``arch``.
 - ``pattern`` (the layers' pattern families, "4of9", at most ``MAX_PATTERN_TEXT`` characters:
   ``pattern_text``, ``patterns_text``); ``operator`` (ONNX: the custom operator
   set); ``fp16``, ``psconv_layers`` (TFLite: per layer, its kernel size, patterns and shift);
@@ -55,7 +57,7 @@ from pscompress.core.limits import MAX_CHANNELS, MAX_CLASSES, check_input_shape,
 SCHEMA = 1
 ONNX_PREFIX = "pscompress."
 TFLITE_ENTRY = "pscompress"  # the Model.metadata entry name
-_FRACTIONS = ("accuracy", "dense_accuracy")
+_FRACTIONS = ("accuracy", "dense_accuracy", "agreement")
 _MAPPINGS = ("finetune", "conversion", "sparsify", "tune", "quantization")  # the records finetune, convert, tune, quantize write
 # A pattern's name in metadata and `info`: a family ("4of9") or explicit supports such as
 # "0,1,3,4/4,5,7,8" (8 characters a 4-position support, so about ten of them, or the papers'
@@ -76,8 +78,9 @@ def export_metadata(source_meta: Mapping[str, Any], arch: str | None, input_shap
     meta: dict[str, Any] = {"schema": SCHEMA, "version": __version__, "input_shape": list(input_shape)}
     if source_meta.get("classes"):
         meta["classes"] = [str(c) for c in source_meta["classes"]]
-    if source_meta.get("accuracy") is not None:
-        meta["accuracy"] = float(source_meta["accuracy"])
+    for measured in ("accuracy", "agreement"):
+        if source_meta.get(measured) is not None:
+            meta[measured] = float(source_meta[measured])
     if source_meta.get("preprocess"):
         meta["preprocess"] = dict(source_meta["preprocess"])
     if arch:

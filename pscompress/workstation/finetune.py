@@ -12,6 +12,11 @@ every evaluation, so all replicas hold the same weights and buffers at each chec
 Data sets hold images in [0, 1]; the checkpoint's recorded ``preprocess`` mean and std are
 applied to every batch (training, batch-norm recalibration, evaluation) exactly as the
 predictors apply them, and the checkpoint written keeps that record.
+
+A dense-prediction model (a segmenter: scores [N, classes, H, W] for every pixel) trains by
+distillation alone: data sets label whole images, so its loss is the softened KL divergence to
+a dense teacher at every pixel, and its test metric is per-pixel top-1 agreement with that
+teacher (meta["agreement"]), not label accuracy.
 """
 from __future__ import annotations
 
@@ -62,11 +67,16 @@ class FinetuneConfig:
     train_output: str | None = None  # the output trained as the classifier (a multi-output model's); None: the only one
 
 
+ACCURACY = "test accuracy"
+AGREEMENT = "test pixel agreement with the teacher"
+
+
 @dataclass
 class FinetuneResult:
-    accuracy: float             # test top-1 after the last epoch, in [0, 1]
+    accuracy: float             # the metric after the last epoch, in [0, 1]
     epoch_accuracies: list[float]
     epoch_seconds: list[float]  # wall time of each epoch run by this call (training + evaluation)
+    metric: str = ACCURACY      # what `accuracy` measures: ACCURACY, or AGREEMENT for a per-pixel model
 
 
 def state_path(out: str | os.PathLike) -> Path:
@@ -79,12 +89,17 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
              log: Callable[[str], None] = tqdm.write) -> FinetuneResult:
     """Train ``model`` in place for ``config.epochs`` epochs and write ``out`` after each one.
 
-    ``out`` is a pscompress checkpoint whose meta["accuracy"] is the test top-1 so far;
-    ``out.state`` lets a later call with ``resume=True`` continue after the last finished
-    epoch (the model passed in then only supplies the architecture: weights come from ``out``).
+    ``out`` is a pscompress checkpoint whose meta["accuracy"] is the test top-1 so far
+    (meta["agreement"] for a per-pixel model, which needs a ``teacher``); ``out.state`` lets a
+    later call with ``resume=True`` continue after the last finished epoch (the model passed in
+    then only supplies the architecture: weights come from ``out``).
     """
     _check_config(config)
-    check_data(model, train, test, config.train_output)
+    per_pixel = check_data(model, train, test, config.train_output)
+    if per_pixel and teacher is None:
+        raise UserError("the model scores every pixel ([N, classes, H, W]) and data sets label whole images: "
+                        "fine-tune it by distillation alone, from its dense original as `teacher`", "teacher")
+    metric = AGREEMENT if per_pixel else ACCURACY
     preprocess = model.meta.get("preprocess")
     train = model_inputs(train.subset(config.limit), preprocess)
     test = model_inputs(test, preprocess)
@@ -118,43 +133,47 @@ def finetune(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, out: s
         started = time.perf_counter()
         _train_epoch(replica, teacher, train, optimizer, scheduler, config, epoch, world, rank)
         _sync_buffers(net, world)
-        accuracy = sharded_accuracy(net, test, config.batch_size, world, rank, config.train_output)
+        accuracy = sharded_accuracy(net, test, config.batch_size, world, rank, config.train_output,
+                                    teacher if per_pixel else None)
         accuracies.append(accuracy)
         seconds.append(time.perf_counter() - started)
-        model.meta.update(_meta(model, train, test, config, accuracies, world, epoch + 1, _replica_digests(net, world)))
+        model.meta.update(_meta(model, train, test, config, accuracies, world, epoch + 1, _replica_digests(net, world),
+                                per_pixel))
         if is_main:
-            log(f"epoch {epoch + 1}/{config.epochs}: test accuracy {accuracy:.2%} ({seconds[-1]:.0f} s)")
+            log(f"epoch {epoch + 1}/{config.epochs}: {metric} {accuracy:.2%} ({seconds[-1]:.0f} s)")
             _write(model, optimizer, scheduler, out, epoch + 1)
         if world > 1:
             dist.barrier()
     net.eval()
-    final = accuracies[-1] if accuracies else float(model.meta.get("accuracy", float("nan")))
-    return FinetuneResult(final, accuracies, seconds)
+    final = accuracies[-1] if accuracies else float(model.meta.get(_metric_key(per_pixel), float("nan")))
+    return FinetuneResult(final, accuracies, seconds, metric)
 
 
 @torch.no_grad()
 def sharded_accuracy(net: nn.Module, data: ArrayDataset, batch_size: int = 256, world: int = 1, rank: int = 0,
-                     output: str | None = None) -> float:
-    """Top-1 in [0, 1] during training; under DDP each rank scores a shard and the counts are summed.
-
-    The model's own evaluation (any format, latency, per-class) is pscompress.board.evaluate.
+                     output: str | None = None, teacher: nn.Module | None = None) -> float:
+    """Top-1 in [0, 1] during training: against the labels, or with a ``teacher`` its agreement with the
+    teacher's top-1 (per pixel for a per-pixel model). Under DDP each rank scores a shard and the counts are
+    summed. The model's own evaluation (any format, latency, per-class) is pscompress.board.evaluate.
     """
     was_training = net.training
     net.eval()
     counts = torch.zeros(2, dtype=torch.float64)
     for x, y in data.batches(batch_size, np.arange(rank, len(data), world)):
-        logits = classifier_scores(net(torch.from_numpy(x)), output)
-        counts += torch.tensor([(logits.argmax(1) == torch.from_numpy(y)).sum().item(), len(y)], dtype=torch.float64)
+        images = torch.from_numpy(x)
+        predicted = class_scores(net(images), output).argmax(1)
+        wanted = torch.from_numpy(y) if teacher is None else class_scores(teacher(images), output).argmax(1)
+        counts += torch.tensor([(predicted == wanted).sum().item(), predicted.numel()], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(counts)
     net.train(was_training)
     return float(counts[0] / counts[1]) if counts[1] else float("nan")
 
 
-def classifier_scores(result, output: str | None = None) -> torch.Tensor:
-    """The class scores [N, classes] in a forward's ``result``: its output named ``output`` (None: the
-    only one). A head of 1x1 maps [N, classes, 1, 1] (a fully convolutional detector on a crop of its
-    window size) counts as [N, classes]. UserError for any other shape (a segmenter's per-pixel scores)."""
+def class_scores(result, output: str | None = None) -> torch.Tensor:
+    """The class scores in a forward's ``result``: its output named ``output`` (None: the only one), as
+    [N, classes] or, per pixel, [N, classes, H, W]. A head of 1x1 maps [N, classes, 1, 1] (a fully
+    convolutional detector on a crop of its window size) counts as [N, classes]. UserError for any other shape."""
     outputs = named_outputs(result)
     chosen = classifier_output(list(outputs), output, "the model")
     if chosen is None:
@@ -163,20 +182,27 @@ def classifier_scores(result, output: str | None = None) -> torch.Tensor:
     scores = outputs[chosen]
     if scores.dim() == 4 and tuple(scores.shape[2:]) == (1, 1):
         scores = scores.flatten(1)
-    if scores.dim() != 2:
+    if scores.dim() not in (2, 4):
         shape = ", ".join(["N", *map(str, scores.shape[1:])])
-        raise UserError(f"the model's output {chosen} is [{shape}]: finetune trains an image classifier, whose "
-                        "output is [N, classes] (per-pixel or other labels are not supported)")
+        raise UserError(f"the model's output {chosen} is [{shape}]: finetune trains a model that scores classes per "
+                        "image ([N, classes]) or per pixel ([N, classes, H, W])")
     return scores
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
                       alpha: float, temperature: float) -> torch.Tensor:
-    """(1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || student) on softened logits."""
-    hard = F.cross_entropy(student, labels)
-    soft = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
-                    reduction="batchmean", log_target=True)
-    return (1 - alpha) * hard + alpha * temperature ** 2 * soft
+    """(1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || student) on softened logits [rows, classes];
+    without ``labels`` (a per-pixel model, whose data labels whole images) the distillation term alone."""
+    soft = temperature ** 2 * F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
+                                       reduction="batchmean", log_target=True)
+    if labels is None:
+        return soft
+    return (1 - alpha) * F.cross_entropy(student, labels) + alpha * soft
+
+
+def _pixel_rows(scores: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] per-pixel scores as [N*H*W, C]: one row per pixel, as the losses take them."""
+    return scores.permute(0, 2, 3, 1).reshape(-1, scores.shape[1])
 
 
 class _BatchSource(torch.utils.data.Dataset):
@@ -209,11 +235,15 @@ def _train_epoch(replica: nn.Module, teacher: nn.Module | None, train: ArrayData
     for x, y in bar:
         if config.augment:
             x = _augment(x, augment_rng)
-        logits = classifier_scores(replica(x), config.train_output)
+        logits = class_scores(replica(x), config.train_output)
         if teacher is not None:
             with torch.no_grad():
-                target = classifier_scores(teacher(x), config.train_output)
-            loss = distillation_loss(logits, target, y, config.distill_alpha, config.distill_temperature)
+                target = class_scores(teacher(x), config.train_output)
+            if logits.dim() == 4:
+                loss = distillation_loss(_pixel_rows(logits), _pixel_rows(target), None, 1.0,
+                                         config.distill_temperature)
+            else:
+                loss = distillation_loss(logits, target, y, config.distill_alpha, config.distill_temperature)
         else:
             loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
@@ -261,36 +291,43 @@ def _check_config(config: FinetuneConfig) -> None:
                         "distill_temperature")
 
 
-def check_data(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, output: str | None = None) -> None:
+def check_data(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, output: str | None = None) -> bool:
     """UserError unless ``train`` and ``test`` can train ``model``: channels, image size, and as many
-    classes as its classifier output (``output``, a multi-output model's) scores."""
+    classes as its classifier output (``output``, a multi-output model's) scores. Returns whether that
+    output scores every pixel (then the data's labels go unused, and their classes need not match)."""
     in_channels, _ = known_io(model.module.state_dict())
     if in_channels is None:
         raise UserError("the model has no convolution: it is not an image classifier")
     input_shape = model.meta.get("input_shape")
     if train.shape[0] != in_channels:
         raise UserError(f"data set {train.name} has {train.shape[0]}-channel images, the model expects {in_channels}")
-    num_classes = _classes(model.module, tuple(input_shape or train.shape), output)
+    scores = trained_scores(model.module, tuple(input_shape or train.shape), output)
+    per_pixel = scores.dim() == 4
     for data in (train, test):
-        check_compatible(data, in_channels, num_classes, input_shape[1:] if input_shape else None)
+        check_compatible(data, in_channels, None if per_pixel else scores.shape[1],
+                         input_shape[1:] if input_shape else None)
     if train.shape != test.shape:
         raise UserError(f"train images are {train.shape}, test images {test.shape}: they must match")
+    return per_pixel
 
 
 @torch.no_grad()
-def _classes(module: nn.Module, shape: tuple[int, ...], output: str | None) -> int:
-    """How many classes the trained output scores: one run on a blank image (in eval mode, so batch-norm
-    statistics are untouched)."""
+def trained_scores(module: nn.Module, shape: tuple[int, ...], output: str | None, what: str = "the model") -> torch.Tensor:
+    """The trained output's scores (class_scores) of one run on a blank image of ``shape`` (in eval mode, so
+    batch-norm statistics are untouched); ``what`` names the module in a UserError."""
     was_training = module.training
     module.eval()
     try:
-        result = module(torch.zeros(1, *shape))
+        return class_scores(module(torch.zeros(1, *shape)), output)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise UserError(f"the model cannot run on images of shape {list(shape)}: {reason}") from exc
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise UserError(f"{what} cannot run on images of shape {list(shape)}: {reason}") from exc
+    except UserError as exc:
+        if what == "the model":
+            raise
+        raise UserError(f"{what}: {exc}", *exc.parameters) from exc
     finally:
         module.train(was_training)
-    return int(classifier_scores(result, output).shape[1])
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -326,19 +363,24 @@ def _replica_digests(net: nn.Module, world: int) -> list[str]:
 
 
 def _meta(model: LoadedModel, train: ArrayDataset, test: ArrayDataset, config: FinetuneConfig,
-          accuracies: list[float], world: int, epochs_done: int, digests: list[str]) -> dict:
+          accuracies: list[float], world: int, epochs_done: int, digests: list[str], per_pixel: bool) -> dict:
     meta = {
-        "accuracy": accuracies[-1],
+        _metric_key(per_pixel): accuracies[-1],
         "accuracy_data": test.name,
         "finetune": {**asdict(config), "train_data": train.name, "train_examples": len(train),
+                     "metric": AGREEMENT if per_pixel else ACCURACY,
                      "epochs_done": epochs_done, "epoch_accuracies": list(accuracies),
                      "world_size": world, "replica_digests": digests,
                      "sparse_layers": len(psconv_layers(model.module))},
     }
     meta.setdefault("input_shape", list(model.meta.get("input_shape") or train.shape))
-    if "classes" not in model.meta:
+    if "classes" not in model.meta and not per_pixel:  # a per-pixel model's classes are not the images' labels
         meta["classes"] = list(train.classes)
     return meta
+
+
+def _metric_key(per_pixel: bool) -> str:
+    return "agreement" if per_pixel else "accuracy"
 
 
 def _write(model: LoadedModel, optimizer, scheduler, out: str | os.PathLike, epochs_done: int) -> None:

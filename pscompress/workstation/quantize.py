@@ -101,7 +101,7 @@ def _strip_annotations(model: onnx.ModelProto) -> None:
 def quantize_metadata(source_metadata: dict[str, str], spec: str, images: int, source: str) -> dict[str, str]:
     """The input file's metadata, with a ``quantization`` record of how the int8 file was made."""
     meta = decode_onnx_metadata(source_metadata, source)
-    for stale in ("tune", "accuracy"):  # measured on the fp32 file: they do not hold for int8
+    for stale in ("tune", "accuracy", "agreement"):  # measured on the fp32 file: they do not hold for int8
         meta.pop(stale, None)
     meta["quantization"] = {**_QDQ_FORMAT, "calibration_data": spec, "calibration_images": images}
     return encode_onnx_metadata(meta)

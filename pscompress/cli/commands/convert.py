@@ -130,6 +130,7 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
     # The measured accuracy belonged to the dense weights; keep it under a name that says so.
     if "accuracy" in loaded.meta:
         loaded.meta["dense_accuracy"] = loaded.meta.pop("accuracy")
+    loaded.meta.pop("agreement", None)  # with the teacher it was fine-tuned from: it does not hold after conversion
     conversion = report.summary() | ({"agreement": agreement.summary()} if agreement else {})
     loaded.meta.update({**recipe, "input_shape": list(shape), "conversion": conversion, **recorded})
     if report_json is None:

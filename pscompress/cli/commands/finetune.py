@@ -29,8 +29,9 @@ _DEFAULTS = FinetuneConfig()
               help="Random crop (zero padding) and horizontal flip of training images.")
 @click.option("--bn-recalibrate", type=int, default=_DEFAULTS.bn_recalibrate, show_default=True, metavar="N",
               help="Before training, re-estimate batch-norm statistics on N training images (0: keep them).")
-@click.option("--distill-from", type=click.Path(dir_okay=False, path_type=Path),
-              help="Dense teacher checkpoint: add a knowledge-distillation loss on its softened outputs.")
+@click.option("--distill-from", "--teacher", "distill_from", type=click.Path(dir_okay=False, path_type=Path),
+              help="Dense teacher checkpoint: add a knowledge-distillation loss on its softened outputs "
+                   "(required for a per-pixel model, a segmenter, which trains by distillation alone).")
 @click.option("--distill-alpha", type=float, default=_DEFAULTS.distill_alpha, show_default=True,
               help="Weight of the distillation loss (1 - alpha weighs the label loss).")
 @click.option("--distill-temperature", type=float, default=_DEFAULTS.distill_temperature, show_default=True,
@@ -52,7 +53,10 @@ def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, 
 
     Masked weights stay exactly zero. Prints the test accuracy after each epoch and records the
     final one in the checkpoint's meta["accuracy"] (a fraction in [0, 1]). A dense model trains
-    the same way. Runs unchanged under `torchrun --nproc-per-node N` (DistributedDataParallel).
+    the same way. A segmenter (scores per pixel, [N, classes, H, W]) trains by distillation alone
+    from --distill-from, since data sets label whole images: its metric is the per-pixel top-1
+    agreement with the teacher on the test images, recorded as meta["agreement"]. Runs unchanged
+    under `torchrun --nproc-per-node N` (DistributedDataParallel).
     """
     from pscompress.board.data import load_dataset
     from pscompress.core.errors import UserError
@@ -75,33 +79,20 @@ def finetune(model: Path, data_spec: str, output: Path, epochs: int, lr: float, 
                        distill_from)
     result = run_finetune(loaded, train, test, output, config, teacher=teacher, resume=resume, log=click.echo)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 reports
-        click.echo(f"wrote {output}: test accuracy {result.accuracy:.2%}")
+        click.echo(f"wrote {output}: {result.metric} {result.accuracy:.2%}")
 
 
 def _check_teacher(teacher, student, shape: tuple[int, ...], train_output: str | None, path: Path) -> None:
     """The teacher scores what the student (already checked) trains: on one blank image of the student's input
-    shape, its output ``train_output`` (finetune's classifier_scores, as the student's is read) has the student's
-    classes. A model without a linear layer (a fully convolutional detector) is a teacher like any other."""
-    import torch
-
+    shape, its output ``train_output`` has the student's classes and form (per image or per pixel). A model
+    without a linear layer (a fully convolutional detector) is a teacher like any other."""
     from pscompress.core.errors import UserError
-    from pscompress.workstation.finetune import classifier_scores
+    from pscompress.workstation.finetune import trained_scores
 
-    def scores(module, what: str) -> torch.Tensor:
-        was_training = module.training
-        module.eval()  # batch-norm statistics untouched
-        try:
-            with torch.no_grad():
-                return classifier_scores(module(torch.zeros(1, *shape)), train_output)
-        except RuntimeError as exc:
-            reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-            raise UserError(f"{what} cannot run on images of shape {list(shape)}: {reason}") from exc
-        except UserError as exc:
-            raise UserError(f"{what}: {exc}", *exc.parameters) from exc
-        finally:
-            module.train(was_training)
-
-    want = scores(student, "the model").shape[1]
-    got = scores(teacher, f"teacher {path}").shape[1]
-    if got != want:
-        raise UserError(f"teacher {path} scores {got} classes, the model {want}: they must match")
+    want = trained_scores(student, shape, train_output).shape
+    got = trained_scores(teacher, shape, train_output, f"teacher {path}").shape
+    if got[1] != want[1]:
+        raise UserError(f"teacher {path} scores {got[1]} classes, the model {want[1]}: they must match")
+    if len(got) != len(want):
+        forms = {2: "per image", 4: "per pixel"}
+        raise UserError(f"teacher {path} scores classes {forms[len(got)]}, the model {forms[len(want)]}: they must match")

@@ -112,7 +112,7 @@ def _metadata_lines(meta: dict) -> list[str]:
         meta["pattern"] = patterns_text(meta["pattern"].split("; "))
     if meta.get("dynamic_hw"):  # export --dynamic-hw: input_shape is only the default size
         meta["dynamic_hw"] = "any input height and width"
-    for key in ("version", "arch", "pattern", "input_shape", "dynamic_hw", "accuracy", "classes"):
+    for key in ("version", "arch", "pattern", "input_shape", "dynamic_hw", "accuracy", "agreement", "classes"):
         if key in meta:
             lines.append(f"{key + ':':<13}{_show(meta[key])}")
     if meta.get("preprocess"):
