@@ -278,6 +278,29 @@ def test_a_built_in_model_as_a_program_converts_as_its_checkpoint_does(tmp_path,
     assert reports["r20.pt2"]["total"] == reports["r20.pt"]["total"]
 
 
+def test_a_program_of_a_psconv_model_converts_unchanged(tmp_path, run_cli):
+    """A pSConv model trained elsewhere (PSConv2d: weight times mask in forward) exported as a program: each conv's
+    product of two constants is folded, its periodic zeros are recognised, and the model computes what it did."""
+    from pscompress.workstation.sparsify import sparsify
+
+    torch.manual_seed(0)
+    model = _trained_like(build("resnet20", in_channels=1))
+    sparsify(model, "4of9", input_shape=(1, 28, 28))
+    save_program(model, tmp_path / "ps.pt2", shape=(1, 28, 28))
+    converted, onnx_file = tmp_path / "c.pt", tmp_path / "c.onnx"
+    status, stdout, stderr = run_cli("convert", tmp_path / "ps.pt2", "--pattern", "4of9", "-o", converted,
+                                     "--report-json", tmp_path / "r.json")
+    assert status == 0, stderr
+    layers = [layer for layer in json.loads((tmp_path / "r.json").read_text())["layers"] if layer["method"]]
+    assert len(layers) == 18 and {layer["method"] for layer in layers} == {"recognised"}
+    assert "no fine-tuning needed" in stdout and "next: fine-tune" not in stdout, stdout
+    loaded = load_model(converted)  # rebuilt from the program's bytes: the fold again, then the state dict
+    assert set(psconv_layers(loaded.module)) == set(psconv_layers(model))
+    assert _outputs_match(loaded.module, model, shape=(1, 28, 28)) < 1e-6
+    status, stdout, stderr = run_cli("export", converted, "-o", onnx_file)
+    assert status == 0 and "18 pSConv layer(s)" in stdout and "verified" in stdout, stderr
+
+
 def test_a_converted_program_records_layers_the_rewrite_rebuilds(program, tmp_path, run_cli):
     """The checkpoint holds the program's bytes and the state dict: loading rebuilds the same PSConv2d layers."""
     folder, _ = program

@@ -299,7 +299,7 @@ def _replace_convolution(root: nn.Module, graph: fx.Graph, node: fx.Node) -> str
         return "it is a transposed convolution"
     if any(args.get("output_padding") or []):
         return "it has an output padding"
-    weight = _constant(root, args["weight"], users=1)
+    weight, weight_targets = _masked_weight(root, args["weight"])
     bias = None if args["bias"] is None else _constant(root, args["bias"], users=1)
     if weight is None or (args["bias"] is not None and bias is None):
         return "its weight or bias is computed in the graph or shared, not a constant of its own"
@@ -314,9 +314,32 @@ def _replace_convolution(root: nn.Module, graph: fx.Graph, node: fx.Node) -> str
     conv.weight = _parameter(weight)
     if bias is not None:
         conv.bias = _parameter(bias)
-    targets = [args["weight"].target] + ([args["bias"].target] if bias is not None else [])
+    targets = weight_targets + ([args["bias"].target] if bias is not None else [])
     _call_instead(root, graph, node, conv, targets, args["input"])
+    if args["weight"].op == "call_function":  # the product and its mask: the new module holds no mask to read
+        factors = list(args["weight"].args)
+        graph.erase_node(args["weight"])
+        for factor in factors:
+            graph.erase_node(factor)
     return None
+
+
+def _masked_weight(root: nn.Module, value: Any) -> tuple[torch.Tensor | None, list[str]]:
+    """A convolution's weight and the attributes it comes from: a constant of its own, or the product of two
+    (a pSConv layer's weight times its mask, as PSConv2d and other masked convs compute it in forward), folded
+    into one tensor whose zeros convert then recognises. (None, []) for anything else."""
+    weight = _constant(root, value, users=1)
+    if weight is not None:
+        return weight, [value.target]
+    if not (isinstance(value, fx.Node) and value.op == "call_function" and value.target is aten.mul.Tensor
+            and len(value.users) == 1 and len(value.args) == 2 and not value.kwargs):
+        return None, []
+    factors = [_constant(root, arg, users=1) for arg in value.args]
+    if any(f is None for f in factors) or factors[0].dim() != 4 or factors[1].shape != factors[0].shape:
+        return None, []
+    with torch.no_grad():
+        weight = (factors[0] * factors[1]).to(factors[0].dtype)
+    return weight, [arg.target for arg in value.args]
 
 
 def _pair(value: Any) -> tuple[int, int]:

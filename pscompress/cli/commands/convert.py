@@ -87,6 +87,7 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
     from pscompress.workstation.checkpoint import load_model, save_checkpoint
     from pscompress.workstation.agreement import measure_conversion
     from pscompress.workstation.lean import leanify
+    from pscompress.workstation.measure import RECOGNISED
     from pscompress.workstation.model_io import default_input_shape, input_meta
     from pscompress.workstation.sparsify import SparsifyConfig, sparsify
     from pscompress.workstation.virtual_pool import virtual_pool as apply_virtual_pool
@@ -145,8 +146,12 @@ def convert(model: Path, patterns: tuple[str, ...], period: int | None, dense_ke
                f"{report.nonzero:,} of {report.params:,} parameters non-zero")
     if agreement:
         click.echo(agreement.describe())
-    click.echo(f"next: fine-tune it (pscompress finetune {output} --data {spec or 'SPEC'}, docs/finetune.md): until then its "
-               "predictions are not the dense model's" + ("" if agreement else " (convert --data SPEC measures how far)"))
+    if method == "psconv" and not virtual_pool and all(layer.method == RECOGNISED for layer in report.converted):
+        click.echo("every converted layer's zeros were already periodic (a pSConv model trained elsewhere): it computes "
+                   "what it did before, no fine-tuning needed")
+    else:
+        click.echo(f"next: fine-tune it (pscompress finetune {output} --data {spec or 'SPEC'}, docs/finetune.md): until "
+                   "then its predictions are not the dense model's" + ("" if agreement else " (convert --data SPEC measures how far)"))
 
 
 def _measurement_data(spec: str, shape: tuple[int, int, int], preprocess: dict | None):
