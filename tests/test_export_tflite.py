@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pscompress.board.data import FASHION_MNIST_CLASSES, load_dataset
-from pscompress.board.tflite_predictor import TFLitePredictor
+from pscompress.board.tflite_predictor import TFLitePredictor, interpreter_module
 from pscompress.core.errors import UserError
 from pscompress.core.patterns import parse_pattern
 from pscompress.exporters.summary import ExportSummary
@@ -219,3 +219,47 @@ def test_cli_exports_and_prints_sizes(model, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pscompress.cli", "export", str(checkpoint), "-o", str(tmp_path / "x.tflite"),
                           "--input-shape", "1,28"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
+
+
+def _stored_values(detail: dict) -> int:
+    """Values a constant holds in the file, from the interpreter's own view of it: the leaves of its sparse
+    tree (a DENSE level multiplies them by its size, a SPARSE_CSR level holds as many as its indices), or every
+    element of a dense one."""
+    levels = (detail.get("sparsity_parameters") or {}).get("dim_metadata")
+    if not levels:
+        return int(np.prod(detail["shape"]))
+    count = 1
+    for level in levels:
+        count = count * level["dense_size"] if level["format"] == 0 else len(level["array_indices"])
+    return count
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["float32", "float16"])
+def test_info_tables_every_weighted_layer_as_the_interpreter_sees_it(model, exported, fp16, run_cli):
+    path, _ = exported[fp16]
+    interpreter = interpreter_module().Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    produced_by = {out: op for op in ops for out in op["outputs"]}
+    expected = []
+    for op in ops:
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        index, sparse = op["inputs"][1], False
+        while index in produced_by and produced_by[index]["op_name"] in ("DENSIFY", "DEQUANTIZE"):
+            sparse |= produced_by[index]["op_name"] == "DENSIFY"
+            index = produced_by[index]["inputs"][0]
+        stored = tensors[index]
+        expected.append((op["op_name"], "x".join(map(str, tensors[op["inputs"][1]]["shape"])),
+                         f"{'sparse' if sparse else 'dense'} {np.dtype(stored['dtype']).name}", _stored_values(stored)))
+
+    code, out, err = run_cli("info", path)
+    assert code == 0, err
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("layer "))
+    rows = [line.split() for line in lines[start + 1:] if not line.startswith("total:")]
+    got = [(r[1], r[2], f"{r[3]} {r[4]}", int(r[7].replace(",", ""))) for r in rows]
+    assert got == expected
+    psconv = {name for name, m in model.module.named_modules() if isinstance(m, PSConv2d)}
+    assert {r[0] for r in rows if r[5] == "4of9" and r[6] == "0.444"} == psconv and len(psconv) == 18
+    assert f"total: {sum(e[3] for e in expected):,} values stored" in out

@@ -104,7 +104,7 @@ def test_convert_records_everything_in_the_checkpoint(made):
 def test_onnx_and_tflite_metadata_carry_it(made):
     import onnx
 
-    from pscompress.board.tflite_predictor import metadata_buffer
+    from pscompress.board.tflite_reader import metadata_buffer
 
     props = {p.key: p.value for p in onnx.load(made / "m.onnx").metadata_props}
     want = {"mean": MEAN, "std": STD, "channel_order": "bgr", "resize": RESIZE}

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import importlib
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pscompress.board.predictor import Predictor, ambiguous_output, classifier_output
+from pscompress.board.tflite_reader import file_metadata
 from pscompress.core.errors import UserError
 from pscompress.core.inputs import normalize
 from pscompress.core.limits import check_input_shape
-from pscompress.core.metadata import TFLITE_ENTRY, decode_tflite_metadata
 
 _INTERPRETERS = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 _MAX_BATCH = 64
@@ -74,7 +73,7 @@ class TFLitePredictor(Predictor):
         self._input = self._interpreter.get_input_details()[0]
         self._outputs = self._interpreter.get_output_details()
         self._batch = 0
-        self.meta: dict[str, Any] = _metadata(content, path)
+        self.meta: dict[str, Any] = file_metadata(content, path)
         recorded = [o["name"] for o in self.meta.get("outputs") or []]
         #: the model's output names, in order: as recorded (pscompress.workstation.model_io.named_outputs), else
         #: "logits" for the one output of an older file
@@ -146,72 +145,3 @@ class TFLitePredictor(Predictor):
         except (RuntimeError, ValueError) as exc:  # the interpreter's errors on a model it cannot run
             raise UserError(f"the TFLite runtime cannot run the model: {str(exc).strip().splitlines()[0]}") from exc
         return [self._interpreter.get_tensor(detail["index"]).copy() for detail in self._outputs]
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The pscompress metadata of the .tflite file at ``path``, validated, without loading it in an interpreter."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"cannot read {path}: no such file")
-    content = path.read_bytes()
-    if content[4:8] != b"TFL3":
-        raise UserError(f"{path} is not a TFLite model")
-    return _metadata(content, str(path))
-
-
-def metadata_buffer(content: bytes) -> bytes | None:
-    """The bytes of a .tflite file's ``pscompress`` Model.metadata buffer, or None if it has none.
-
-    A few lines of flatbuffer reading, so neither the ``tflite`` schema package nor
-    ``flatbuffers`` is needed on a board.
-    """
-    model = _u32(content, 0)
-    buffers = _vector(content, model, 4)  # Model field 4: buffers
-    for entry in _vector(content, model, 6):  # Model field 6: metadata
-        name_at = _field(content, entry, 0)
-        if name_at is None or _string(content, name_at) != TFLITE_ENTRY:
-            continue
-        buffer_at = _field(content, entry, 1)
-        if buffer_at is None:
-            return None
-        data = _field(content, buffers[_u32(content, buffer_at)], 0)  # Buffer field 0: data
-        if data is None:
-            return None
-        start = data + _u32(content, data)
-        return bytes(content[start + 4:start + 4 + _u32(content, start)])
-    return None
-
-
-def _metadata(content: bytes, path: str) -> dict[str, Any]:
-    try:
-        raw = metadata_buffer(content)
-    except (struct.error, IndexError) as exc:
-        raise UserError(f"{path}: its pscompress metadata is damaged ({exc.__class__.__name__})") from exc
-    return decode_tflite_metadata(raw, path)
-
-
-def _u32(buf: bytes, at: int) -> int:
-    return struct.unpack_from("<I", buf, at)[0]
-
-
-def _field(buf: bytes, table: int, index: int) -> int | None:
-    """Where field ``index`` of the table at ``table`` is stored, or None when absent."""
-    vtable = table - struct.unpack_from("<i", buf, table)[0]
-    vtable_size = struct.unpack_from("<H", buf, vtable)[0]
-    slot = 4 + 2 * index
-    offset = struct.unpack_from("<H", buf, vtable + slot)[0] if slot < vtable_size else 0
-    return table + offset if offset else None
-
-
-def _vector(buf: bytes, table: int, index: int) -> list[int]:
-    """The tables of a vector-of-tables field."""
-    at = _field(buf, table, index)
-    if at is None:
-        return []
-    start = at + _u32(buf, at)
-    return [start + 4 + 4 * i + _u32(buf, start + 4 + 4 * i) for i in range(_u32(buf, start))]
-
-
-def _string(buf: bytes, at: int) -> str:
-    start = at + _u32(buf, at)
-    return buf[start + 4:start + 4 + _u32(buf, start)].decode()

@@ -76,20 +76,25 @@ def describe(summary, file_bytes: int, source: str = "the model") -> list[str]:
         rows.append((node.name, f"{node.domain + '.' if node.domain else ''}{node.op_type}{fused}", shape, pattern,
                      _density(kept, full), f"{kept:,}"))
     if rows:
-        header = ("layer", "operator", "weights", "pattern", "density", "kept")
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-        lines.append("")
-        lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+        lines += _table(("layer", "operator", "weights", "pattern", "density", "kept"), rows)
         lines.append(f"total: {kept_total:,} of {dense_total:,} weights kept (density {_density(kept_total, dense_total)})")
     return lines
 
 
+def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    """A blank line, then ``header`` and ``rows`` in left-aligned columns."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return [""] + ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+
+
 def describe_tflite(path: Path) -> list[str]:
     """The lines `info` prints for a .tflite file: its size, how its numbers are stored, the metadata pscompress
-    wrote (the fields ONNX files share) and its pSConv layers."""
-    from pscompress.board.tflite_predictor import read_metadata
+    wrote (the fields ONNX files share) and a table of its layers with weights: how each stores them (sparse or
+    dense, float32, float16 or int8), its pattern and how many values the file holds."""
+    from pscompress.board.tflite_reader import file_metadata, read_tflite, weighted_layers
 
-    meta = read_metadata(path)
+    content = read_tflite(path)
+    meta = file_metadata(content, str(path))
     lines = [f"file size:   {path.stat().st_size:,} bytes", "format:      TFLite, input NHWC float32"]
     if isinstance(meta.get("int8"), dict):
         record = meta["int8"]
@@ -98,9 +103,39 @@ def describe_tflite(path: Path) -> list[str]:
     elif meta.get("fp16") is True:
         lines.append("fp16:        float16 weights")
     lines += _metadata_lines(meta)
-    if isinstance(meta.get("psconv_layers"), dict) and meta["psconv_layers"]:
-        lines.append(f"pSConv:      {len(meta['psconv_layers'])} layer(s), filters stored sparse")
+    recorded = meta.get("psconv_layers") if isinstance(meta.get("psconv_layers"), dict) else {}
+    if recorded:
+        lines.append(f"pSConv:      {len(recorded)} layer(s), filters stored sparse")
+    patterns = {name.replace(".", "_"): (name, _recorded_pattern(entry)) for name, entry in recorded.items()}
+    rows, stored_total, full_total = [], 0, 0
+    for layer in weighted_layers(content, str(path)):
+        name, (pattern, density) = patterns.get(layer.name, (layer.name, ("dense", 1.0)))
+        full = _product(layer.shape)
+        stored_total += layer.stored
+        full_total += full
+        rows.append((name, layer.operator, "x".join(map(str, layer.shape)),
+                     f"{'sparse' if layer.sparse else 'dense'} {layer.dtype}", pattern,
+                     "-" if density is None else f"{density:.3f}", f"{layer.stored:,}"))
+    if rows:
+        lines += _table(("layer", "operator", "weights (OHWI)", "stored", "pattern", "density", "values"), rows)
+        lines.append(f"total: {stored_total:,} values stored for {full_total:,} weights "
+                     f"({_density(stored_total, full_total)})")
     return lines
+
+
+def _recorded_pattern(entry) -> tuple[str, float | None]:
+    """A TFLite file's record of one pSConv layer as (pattern name, density); "?" where the record is malformed."""
+    from pscompress.core.metadata import pattern_text
+    from pscompress.core.patterns import pattern_name
+
+    if not isinstance(entry, dict):
+        return "?", None
+    density = entry.get("density") if isinstance(entry.get("density"), (int, float)) else None
+    try:
+        name = pattern_name(entry["kernel_size"], entry["patterns"])
+        return pattern_text(name, len(entry["patterns"]), density or 0.0), density
+    except (KeyError, TypeError, ValueError):
+        return "?", density
 
 
 def _metadata_lines(meta: dict) -> list[str]:
