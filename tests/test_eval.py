@@ -168,3 +168,23 @@ def test_eval_onnx_with_and_without_the_native_kernel_agrees_with_torch(test_set
         record = EvalResult.from_json(json.loads(stdout))
         assert record.model["format"] == "onnx" and record.model["native"] is native
         assert np.mean(record.predictions != expected) <= 1 / LIMIT
+
+
+def test_reference_agreement_of_a_classifier_counts_images(linear, model_pt, tmp_path, run_cli):
+    """--reference adds the share of images on which the two top-1 classes agree, as the two records' own
+    predictions count it."""
+    from pscompress.workstation.checkpoint import LoadedModel
+    from pscompress.exporters.tflite import export_tflite
+
+    export_tflite(LoadedModel(linear), tmp_path / "linear.tflite", input_shape=(1, 28, 28), fp16=True)
+    records = {}
+    for name, path in (("pt", model_pt), ("tflite", tmp_path / "linear.tflite")):
+        code, stdout, _ = run_cli("eval", path, "--trust-pickle", "--data", "fashion-mnist", "--limit", LIMIT, "--json", "-")
+        assert code == 0
+        records[name] = EvalResult.from_json(json.loads(stdout))
+    code, stdout, stderr = run_cli("eval", tmp_path / "linear.tflite", "--trust-pickle", "--data", "fashion-mnist",
+                                   "--limit", LIMIT, "--reference", model_pt)
+    assert code == 0, stderr
+    expected = np.mean(records["pt"].predictions == records["tflite"].predictions)
+    assert f"agreement {expected:.2%} of {LIMIT:,} images with the top-1 class of {model_pt}" in stdout, stdout
+    assert f"top-1   {records['tflite'].top1:.2%}" in stdout

@@ -177,6 +177,26 @@ def test_onnx_export_matches_pytorch_on_every_output_and_runs(name, tmp_path_fac
         code, out, err = run_cli("eval", onnx_file, "--data", files["data"], *extra, "--json", "-")
         assert code == 0, err
         assert 0 <= json.loads(out)["top1"] <= 1
+    else:
+        _segmenter_eval(onnx_file, files, run_cli)
+
+
+def _segmenter_eval(onnx_file: Path, files: dict[str, Path], run_cli) -> None:
+    """Data sets label whole images: eval refuses a segmenter alone, and with --reference (its dense export) counts
+    the pixels whose top-1 class agrees, as onnxruntime's own outputs count them, close to what finetune measured
+    between the PyTorch models."""
+    code, out, err = run_cli("eval", onnx_file, "--data", files["data"])
+    assert code == 2 and err.count("\n") == 1 and "--reference" in err, err
+    dense = onnx_file.with_name("dense.onnx")
+    assert run_cli("export", files["pt2"], "-o", dense).code == 0
+    code, out, err = run_cli("eval", onnx_file, "--data", files["data"], "--reference", dense, "--json", "-")
+    assert code == 0, err
+    record = json.loads(out)
+    with np.load(files["data"]) as arrays:
+        x = arrays["x"].astype(np.float32) / 255
+    top1 = [runtime.create_session(str(f), threads=1).run(None, {"input": x})[0].argmax(1) for f in (onnx_file, dense)]
+    assert record["pixels"] == top1[0].size and record["agreement"] == pytest.approx(np.mean(top1[0] == top1[1]))
+    assert record["agreement"] == pytest.approx(load_model(files["tuned"]).meta["agreement"], abs=0.01)
 
 
 @pytest.mark.parametrize("source", ["program", "pickle"])

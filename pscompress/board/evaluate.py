@@ -21,6 +21,7 @@ from pscompress.board.predictor import Predictor, describe, num_classes, open_pr
 from pscompress.core.errors import UserError
 
 SCHEMA = "pscompress-eval/1"
+AGREEMENT_SCHEMA = "pscompress-agreement/1"
 TOP5_MIN_CLASSES = 6  # top-5 says something only when there are more than five classes
 
 
@@ -73,6 +74,23 @@ class EvalResult:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source} is a damaged pscompress eval record ({exc.__class__.__name__}: {exc})") from exc
+
+
+@dataclass
+class AgreementResult:
+    """A per-pixel model (a segmenter) measured against a reference on the same images: data sets label whole
+    images, so what can be measured is how often its top-1 class agrees with the reference's, pixel by pixel."""
+
+    model: dict[str, Any]      # path, format, size_bytes, native
+    reference: dict[str, Any]  # the same for the reference model
+    data: dict[str, Any]       # spec, split, name, images
+    output_shape: list[int]    # one image's scores: [classes, H, W]
+    pixels: int                # pixels compared
+    agreement: float           # fraction of them on which the two top-1 classes agree
+    latency: Latency           # the model's
+
+    def dumps(self) -> str:
+        return json.dumps({"schema": AGREEMENT_SCHEMA, **asdict(self)}, indent=1) + "\n"
 
 
 def load_result(path: str | os.PathLike) -> EvalResult:
@@ -164,8 +182,7 @@ def run_batches(predictor: Predictor, data: LabelledData, batch_size: int, progr
     """
     from tqdm import tqdm
 
-    if len(data) == 0:
-        raise UserError(f"data set {data.name} has no images")
+    _check_images(data)
     outputs, times, sizes, fingerprint = [], [], [], Fingerprint()
     with tqdm(total=len(data), desc=desc, unit="img", disable=None if progress is None else not progress,
               leave=False) as bar:
@@ -212,17 +229,84 @@ def evaluate_file(path: str | os.PathLike, data: LabelledData, *, spec: str | No
 
     ``output``: which output is the classifier, for a model with several (see ``open_predictor``).
     """
-    from pscompress.board.data import check_compatible
-
-    predictor = open_predictor(path, native=native, threads=threads, trust_pickle=trust_pickle, output=output)
-    data = data.in_channel_order(predictor.preprocess.get("channel_order"))  # mean/std: the predictor's own job
-    channels, *hw = predictor.input_shape
-    known_hw = tuple(hw) if len(hw) == 2 and all(isinstance(d, int) and d > 0 for d in hw) else None
+    predictor, data = _open_for(path, data, native, threads, trust_pickle, output)
+    shape = per_pixel_shape(predictor, data)
+    if shape is not None:
+        raise UserError(f"{Path(path).name} scores every pixel ([N, {', '.join(map(str, shape))}]) and data set "
+                        f"{data.name} labels whole images: measure it against its dense original with `reference`",
+                        "reference")
     classes = num_classes(predictor)
-    check_compatible(data, int(channels) if isinstance(channels, int) else data.shape[0],
-                     len(data.classes) if classes is None else classes, known_hw)
+    _check_fits(predictor, data, len(data.classes) if classes is None else classes)
     return evaluate(predictor, data, batch_size=batch_size, model=describe(path, predictor), spec=spec, split=split,
                     progress=progress, desc=Path(path).name)
+
+
+def per_pixel_shape(predictor: Predictor, data: LabelledData) -> list[int] | None:
+    """[classes, H, W] when the model's scores are per pixel (H * W > 1) on the data's first image, else None."""
+    _check_images(data)
+    _check_fits(predictor, data, None)
+    first, _ = next(iter(data.batches(1)))
+    scores = np.asarray(predictor.predict(first))
+    return list(scores.shape[1:]) if scores.ndim == 4 and scores.shape[2] * scores.shape[3] > 1 else None
+
+
+def pixel_agreement(path: str | os.PathLike, reference: str | os.PathLike, data: LabelledData, *,
+                    spec: str | None = None, split: str | None = None, batch_size: int = 100,
+                    native: bool | None = None, threads: int | None = None, trust_pickle: bool = False,
+                    progress: bool | None = None, output: str | None = None) -> AgreementResult:
+    """Run a per-pixel model and its reference over ``data`` batch by batch (memory: one batch of scores each)
+    and count the pixels on which their top-1 classes agree; the model's batches are timed."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise UserError("`batch_size` must be at least 1", "batch_size")
+    predictor, model_data = _open_for(path, data, native, threads, trust_pickle, output)
+    shape = per_pixel_shape(predictor, model_data)
+    if shape is None:
+        raise UserError(f"{Path(path).name} scores whole images: `reference` compares a per-pixel model", "reference")
+    judge, judge_data = _open_for(reference, data, native, threads, trust_pickle, output)
+    if per_pixel_shape(judge, judge_data) != shape:
+        raise UserError(f"reference {Path(reference).name} does not score [N, {', '.join(map(str, shape))}] as "
+                        f"{Path(path).name} does: they must match")
+    agreed = compared = 0
+    times, sizes = [], []
+    with tqdm(total=len(data), desc=Path(path).name, unit="img", disable=None if progress is None else not progress,
+              leave=False) as bar:
+        for (batch, _), (judge_batch, _) in zip(model_data.batches(batch_size), judge_data.batches(batch_size)):
+            if not times:
+                predictor.predict(batch)  # warm-up, untimed
+            began = time.perf_counter()
+            scores = np.asarray(predictor.predict(batch))
+            times.append((time.perf_counter() - began) * 1000.0)
+            sizes.append(len(batch))
+            wanted = np.asarray(judge.predict(judge_batch)).argmax(1)
+            agreed += int(np.count_nonzero(scores.argmax(1) == wanted))
+            compared += wanted.size
+            bar.update(len(batch))
+    return AgreementResult(model=describe(path, predictor), reference=describe(reference, judge),
+                           data={"spec": spec, "split": split, "name": data.name, "images": len(data)},
+                           output_shape=shape, pixels=compared, agreement=agreed / compared,
+                           latency=summarise_latency(times, sizes, min(batch_size, len(data))))
+
+
+def _open_for(path, data: LabelledData, native, threads, trust_pickle, output) -> tuple[Predictor, LabelledData]:
+    """The model's predictor and the data as it takes it (channel order; mean/std is the predictor's own job)."""
+    predictor = open_predictor(path, native=native, threads=threads, trust_pickle=trust_pickle, output=output)
+    return predictor, data.in_channel_order(predictor.preprocess.get("channel_order"))
+
+
+def _check_fits(predictor: Predictor, data: LabelledData, classes: int | None) -> None:
+    """UserError unless the data's images (and, unless None, its classes) fit the model."""
+    from pscompress.board.data import check_compatible
+
+    channels, *hw = predictor.input_shape
+    known_hw = tuple(hw) if len(hw) == 2 and all(isinstance(d, int) and d > 0 for d in hw) else None
+    check_compatible(data, int(channels) if isinstance(channels, int) else data.shape[0], classes, known_hw)
+
+
+def _check_images(data: LabelledData) -> None:
+    if len(data) == 0:
+        raise UserError(f"data set {data.name} has no images")
 
 
 def format_report(result: EvalResult) -> str:
@@ -245,3 +329,15 @@ def format_report(result: EvalResult) -> str:
                  f"per batch p50 {lat.batch_p50:.2f} ms, p90 {lat.batch_p90:.2f} ms; "
                  f"per image p50 {lat.image_p50:.3f} ms, p90 {lat.image_p90:.3f} ms")
     return "\n".join(lines)
+
+
+def format_agreement(result: AgreementResult) -> str:
+    """The summary ``pscompress eval --reference`` prints for a per-pixel model."""
+    lat = result.latency
+    return "\n".join([
+        f"model     {result.model.get('path', '?')} ({result.model.get('format', '?')}, "
+        f"{result.model.get('size_bytes', 0):,} bytes), scores [N, {', '.join(map(str, result.output_shape))}]",
+        f"data      {result.data.get('name') or result.data.get('spec')}, {result.data['images']:,} images",
+        f"agreement {result.agreement:.2%} of {result.pixels:,} pixels with the top-1 class of {result.reference.get('path')}",
+        f"latency ({lat.batches} batches of {lat.batch_size}): per batch p50 {lat.batch_p50:.2f} ms, "
+        f"p90 {lat.batch_p90:.2f} ms; per image p50 {lat.image_p50:.3f} ms, p90 {lat.image_p90:.3f} ms"])
