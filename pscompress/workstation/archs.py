@@ -34,21 +34,27 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
+def residual_stages(block: Callable[[int, int, int], nn.Module], in_planes: int, widths, depths) -> nn.Sequential:
+    """Stages of ``block(in_planes, planes, stride)``: depths[i] blocks of widths[i] channels, the first of each stage
+    after the first at stride 2 (the CIFAR and ImageNet ResNets' layout; the last width is the output's)."""
+    blocks = []
+    for stage, (planes, count) in enumerate(zip(widths, depths)):
+        for b in range(count):
+            blocks.append(block(in_planes, planes, 2 if stage > 0 and b == 0 else 1))
+            in_planes = planes
+    return nn.Sequential(*blocks)
+
+
 class CifarResNet(nn.Module):
     def __init__(self, widths: list[int], blocks: list[int], in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
-        stages, in_planes = [], widths[0]
-        for stage, (planes, count) in enumerate(zip(widths, blocks)):
-            for b in range(count):
-                stages.append(BasicBlock(in_planes, planes, 2 if stage > 0 and b == 0 else 1))
-                in_planes = planes
-        self.layers = nn.Sequential(*stages)
+        self.layers = residual_stages(BasicBlock, widths[0], widths, blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(in_planes, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))

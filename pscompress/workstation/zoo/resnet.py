@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pscompress.workstation.archs import BasicBlock
+from pscompress.workstation.archs import BasicBlock, residual_stages
 
 
 class ImageNetResNet18(nn.Module):
@@ -14,13 +14,8 @@ class ImageNetResNet18(nn.Module):
         widths = [max(4, int(round(w * width))) for w in (64, 128, 256, 512)]
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(),
                                   nn.MaxPool2d(3, 2, 1))
-        blocks, cin = [], widths[0]
-        for stage, w in enumerate(widths):
-            for b in range(2):
-                blocks.append(BasicBlock(cin, w, 2 if stage > 0 and b == 0 else 1))
-                cin = w
-        self.layers = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        self.layers = residual_stages(BasicBlock, widths[0], widths, [2] * len(widths))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes))
 
     def forward(self, x):
         return self.head(self.layers(self.stem(x)))

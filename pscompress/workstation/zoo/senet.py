@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pscompress.workstation.archs import BasicBlock
+from pscompress.workstation.archs import BasicBlock, residual_stages
 
 
 class SqueezeExcite(nn.Module):
@@ -43,13 +43,8 @@ class SENet(nn.Module):
     def __init__(self, num_classes: int = 1000, widths=(64, 128, 256, 512), depths=(2, 2, 2, 2), stem_stride: int = 1) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, stem_stride, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        blocks, cin = [], widths[0]
-        for stage, (w, d) in enumerate(zip(widths, depths)):
-            for b in range(d):
-                blocks.append(SEBlock(cin, w, 2 if stage > 0 and b == 0 else 1))
-                cin = w
-        self.layers = nn.Sequential(*blocks)
-        self.fc = nn.Linear(cin, num_classes)
+        self.layers = residual_stages(SEBlock, widths[0], widths, depths)
+        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
         return self.fc(self.layers(self.stem(x)).mean((2, 3)))
