@@ -85,7 +85,7 @@ def dense_model(case: Case, w_dense: np.ndarray, b: np.ndarray | None) -> bytes:
 def machine_paths() -> list[str]:
     """The microkernel paths of the library on this machine, best first (runtime/src/dispatch.cc):
     avx512-vnni on x86-64 with AVX-512F, BW and VNNI, avx512f with AVX-512F (and AVX2, FMA),
-    avx2-fma with AVX2 and FMA, neon on aarch64, scalar everywhere."""
+    avx-vnni with AVX-VNNI (and AVX2, FMA), avx2-fma with AVX2 and FMA, neon on aarch64, scalar everywhere."""
     if platform.machine() in ("aarch64", "arm64"):
         return ["neon", "scalar"]
     if platform.machine() in ("x86_64", "AMD64"):
@@ -94,7 +94,7 @@ def machine_paths() -> list[str]:
         if "avx2" in flags and "fma" in flags:
             vnni = {"avx512f", "avx512bw", "avx512_vnni"} <= set(flags)
             return ((["avx512-vnni"] if vnni else []) + (["avx512f"] if "avx512f" in flags else [])
-                    + ["avx2-fma", "scalar"])
+                    + (["avx-vnni"] if "avx_vnni" in flags else []) + ["avx2-fma", "scalar"])
     return ["scalar"]
 
 

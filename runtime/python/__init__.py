@@ -52,7 +52,7 @@ def _cpu_path(path: str) -> str:
 
 
 def cpu_path() -> str:
-    """The microkernel path the library picked for this CPU ("avx2-fma", "neon", "scalar"), or "unavailable"."""
+    """The microkernel path the library picked for this CPU ("avx512-vnni", "avx-vnni", "avx2-fma", "neon", "scalar", ...), or "unavailable"."""
     path = library_path()
     return _cpu_path(str(path)) if path else "unavailable"
 

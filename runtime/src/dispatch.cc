@@ -35,6 +35,11 @@ std::vector<CpuPath> supported_paths() {
   if (avx512) paths.push_back({"avx512f", ukernel_6x16_avx512f, dwconv_6x16_avx512f, qgemm_6x16_avx2, nullptr,
                                 qdwconv_6x16_avx2});
 #endif
+  // avx-vnni is avx2-fma with the ymm int8 dot kernel (VEX vpdpbusd): CPUs with AVX-VNNI but no
+  // AVX-512 VNNI run it; where both exist, the zmm kernel above is faster.
+  if (avx2 && __builtin_cpu_supports("avxvnni"))
+    paths.push_back({"avx-vnni", ukernel_6x16_avx2_fma, dwconv_6x8_avx2_fma, qgemm_6x16_avx2, qdot_6x16_avxvnni,
+                     qdwconv_6x16_avx2});
   if (avx2) paths.push_back({"avx2-fma", ukernel_6x16_avx2_fma, dwconv_6x8_avx2_fma, qgemm_6x16_avx2, nullptr,
                              qdwconv_6x16_avx2});
 #endif

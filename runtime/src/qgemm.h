@@ -1,9 +1,9 @@
 // The int8 GEMM microkernel interfaces shared by every CPU path (QLinearPSConv), two B
 // layouts with one epilogue. Each kernel is one file named for its tile and ISA: the pair
 // kernels qgemm_<kMR>x<kNR>_<isa>.cc (scalar, the portable reference; avx2; neon) and the dot
-// kernels qdot_<kMR>x<kNR>_<isa>.cc (scalar; avx512vnni). The tile and the B addressing are
-// the fp32 kernels' (ukernel.h): kMR output channels x kNR output pixels, B rows through
-// offsets, b_split and y_split.
+// kernels qdot_<kMR>x<kNR>_<isa>.cc (scalar; avx512vnni; avxvnni, its ymm form). The tile and
+// the B addressing are the fp32 kernels' (ukernel.h): kMR output channels x kNR output pixels,
+// B rows through offsets, b_split and y_split.
 //
 // Pairs (QGemmArgs): the phase planes hold x - x_zero_point as int16 (padding 0), A the
 // weights as int16, so every product and pair sum is exact and no path saturates:
@@ -98,6 +98,9 @@ void qgemm_6x16_neon(const QGemmArgs& args);
 void qdot_6x16_scalar(const QDotArgs* args, size_t count);
 #if defined(PSCOMPRESS_HAVE_AVX512)
 void qdot_6x16_avx512vnni(const QDotArgs* args, size_t count);
+#endif
+#if defined(PSCOMPRESS_HAVE_AVX2)
+void qdot_6x16_avxvnni(const QDotArgs* args, size_t count);
 #endif
 
 }  // namespace pscompress
