@@ -152,8 +152,17 @@ std::vector<Case> cases() {
 
 }  // namespace
 
+#if defined(PSCOMPRESS_EMULATED_AVX512)
+namespace pscompress {
+void dwconv_6x16_avx512f_emulated(const DwconvArgs& args);  // tests/dwconv_6x16_avx512f_emulated.cc
+}
+#endif
+
 int main() {
   std::vector<std::pair<const char*, Dwconv>> kernels;
+#if defined(PSCOMPRESS_EMULATED_AVX512)
+  kernels.emplace_back("avx512f-emulated", dwconv_6x16_avx512f_emulated);
+#endif
   for (const CpuPath& path : supported_paths()) kernels.emplace_back(path.name, path.dwconv);  // "scalar" last
   const bool ok = check_paths(kernels, dwconv_6x8_scalar, cases(), 4321, kLead, make_rows, reference);
 #if defined(PSCOMPRESS_HAVE_AVX512)
