@@ -1,6 +1,6 @@
 """Static throughput of the NEON microkernels' inner loops, from llvm-mca: no board needed.
 
-Every runtime/src/*_neon.cc is compiled to assembly with aarch64-linux-gnu-g++ and the flags
+Every runtime/src/*_neon.cc and *_neondot.cc is compiled to assembly with aarch64-linux-gnu-g++ and the flags
 the real aarch64 build gives it (read from CMake's compile database for
 runtime/cmake/aarch64-linux-gnu.cmake), each innermost loop that holds multiply-accumulates is
 cut out of the assembly, and llvm-mca estimates its cycles per iteration as a Cortex-A72 (Pi 4)
@@ -102,7 +102,7 @@ INSTRUCTION = re.compile(r"^\s+([a-z][\w.]*)\s*(.*?)\s*(?://.*)?$")
 
 def neon_sources() -> list[Path]:
     """The NEON microkernel sources present now (more may be added: found by name)."""
-    return sorted((RUNTIME / "src").glob("*_neon.cc"))
+    return sorted((RUNTIME / "src").glob("*_neon*.cc"))  # _neon.cc (ARMv8.0) and _neondot.cc (ARMv8.2 sdot)
 
 
 def compile_database(build_dir: Path) -> list[dict]:
@@ -425,11 +425,16 @@ def analyse(work: Path, mca: str = DEFAULT_MCA) -> dict:
         flags[source.name] = dict(flags=options, flags_from=flags_from.name, mac_loops=len(loops))
         for loop in sorted(loops, key=lambda loop: names[loop.function]):
             rows += [analyse_loop(source.name, names[loop.function], loop, cpu, cpu.name in known, mca)
-                     for cpu in CPUS]
+                     for cpu in CPUS if runs_on(source, cpu)]
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         compiler=first_line([CXX, "--version"]), llvm_mca=first_line([mca, "--version"], "LLVM version"),
         sources=flags, cpus=[asdict(cpu) for cpu in CPUS], loops=rows)
+
+
+def runs_on(source: Path, cpu: Cpu) -> bool:
+    """A _neondot.cc kernel needs ARMv8.2's dot product: the Pi 4's A72 (ARMv8.0) never runs it."""
+    return not source.stem.endswith("_neondot") or cpu.name != "cortex-a72"
 
 
 def first_line(argv: list[str], containing: str = "") -> str:

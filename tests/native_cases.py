@@ -85,9 +85,12 @@ def dense_model(case: Case, w_dense: np.ndarray, b: np.ndarray | None) -> bytes:
 def machine_paths() -> list[str]:
     """The microkernel paths of the library on this machine, best first (runtime/src/dispatch.cc):
     avx512-vnni on x86-64 with AVX-512F, BW and VNNI, avx512f with AVX-512F (and AVX2, FMA),
-    avx-vnni with AVX-VNNI (and AVX2, FMA), avx2-fma with AVX2 and FMA, neon on aarch64, scalar everywhere."""
+    avx-vnni with AVX-VNNI (and AVX2, FMA), avx2-fma with AVX2 and FMA, neon-dot on aarch64 with the
+    dot product, neon on aarch64, scalar everywhere."""
     if platform.machine() in ("aarch64", "arm64"):
-        return ["neon", "scalar"]
+        features = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("Features")), [])
+        return (["neon-dot"] if "asimddp" in features else []) + ["neon", "scalar"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("flags")), [])

@@ -15,6 +15,7 @@ import neon_mca  # noqa: E402
 
 GEMM = ROOT / "runtime" / "src" / "ukernel_6x16_neon.cc"
 QGEMM = ROOT / "runtime" / "src" / "qgemm_6x16_neon.cc"
+QDOT = ROOT / "runtime" / "src" / "qdot_6x16_neondot.cc"
 
 # Two loops, the outer holding the inner and an fmla of its own; and a loop with no fmla.
 NESTED = """\
@@ -131,3 +132,13 @@ def test_the_int8_loop_stays_within_the_smlal_limit(qgemm_loop: neon_mca.Loop, c
     limit = cpu.mac_issue["smlal"] * qgemm_loop.macs / qgemm_loop.mac_count  # MACs per cycle
     assert 0 < row["macs_per_cycle"] <= limit
     assert 0 < row["pipe_utilisation"] <= 1
+
+
+def test_the_sdot_kernel_loop_is_24_sdot_unspilled_and_timed_for_the_pi5_only(database) -> None:
+    """qdot_6x16_neondot.cc, built for ARMv8.2 with the dot product: its 6-row tile does one sdot per row and 4
+    pixels (16 MACs each), its accumulators stay in registers, and the Pi 4's core, which has no sdot, is left out."""
+    loop = full_tile_loop(QDOT, database)
+    assert loop.mac_class == "sdot" and loop.mac_count == 6 * 16 // 4 and loop.macs == 6 * 16 * 4
+    assert loop.stack_accesses == 0, "accumulators spilled to the stack"
+    assert not neon_mca.runs_on(QDOT, next(cpu for cpu in neon_mca.CPUS if cpu.name == "cortex-a72"))
+    assert all(neon_mca.runs_on(QDOT, cpu) for cpu in neon_mca.CPUS if cpu.name != "cortex-a72")

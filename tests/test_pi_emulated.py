@@ -127,6 +127,21 @@ def workloads(exported, tmp_path_factory):
         cases.append({"name": name, "model": str(model), "inputs": paths, "native": native, "threads": 2})
     expected["exported"] = _host_run(str(model), feeds)
 
+    # The trained 4of9 sample quantized by `pscompress quantize` (QLinearPSConv): natively on the board (the
+    # Pi 4's pair kernel, the Pi 5's sdot kernel), against the x86-64 run of its portable functions (QLinearConv).
+    from pscompress.exporters.onnx_export import export_onnx
+    from pscompress.workstation.checkpoint import load_model
+    from pscompress.workstation.quantize import quantize_file
+
+    fp32, int8 = folder / "sample-fp32.onnx", folder / "sample-int8.onnx"
+    export_onnx(load_model(pi_emulator.ROOT / "samples" / "fashion_resnet20_4of9.pt"), fp32)
+    quantize_file(fp32, "fashion-mnist", int8, calibration=32, progress=False)
+    feeds = {"input": np.concatenate([pi_models.fashion_mnist_image(k) for k in range(8)])}
+    (folder / "int8").mkdir()  # its own input files: _save_feeds names them by input
+    cases.append({"name": "int8_native", "model": str(int8), "inputs": _save_feeds(folder / "int8", feeds),
+                  "native": True, "threads": 2})
+    expected["int8"] = _host_run(str(int8), feeds)
+
     # Differential fuzz cases, NEON against the portable functions and the oracle.
     expected["neon_fuzz"] = []
     fuzz = neon_fuzz_cases()
@@ -192,7 +207,7 @@ def test_emulated_board_runs_the_installed_neon_library(board_run, pi_site):
     board, result, _ = board_run
     assert result["machine"] == "aarch64"
     assert result["onnxruntime"] == ort.__version__
-    assert result["native_available"] and result["cpu_path"] == "neon"
+    assert result["native_available"] and result["cpu_path"] == {"pi4": "neon", "pi5": "neon-dot"}[board]
     assert result["library_path"].startswith(str(pi_site))
 
 
@@ -213,6 +228,17 @@ def test_native_neon_kernel_matches_x86_oracle_on_every_path(board_run):
     for case, want, out in zip(pi_models.CASES, expected["coverage"], got):
         assert np.unique(want).size > 1, f"{case.name}: a constant output proves nothing"
         assert_close(out, want)
+
+
+def test_int8_file_runs_natively_as_onnxruntime_runs_it_on_x86(board_run):
+    """Each element within 1 LSB per layer (docs/quantize.md): through the 19 layers, the classes agree and the
+    logits stay within a few output quantization steps."""
+    board, result, expected = board_run
+    assert "QLinearPSConv" in result["cases"]["int8_native"]["op_names"], board  # the native int8 kernels ran
+    (got,), (want,) = _outputs(result, "int8_native"), expected["int8"]
+    assert np.abs(want - want[0]).max() > 0.01 * np.abs(want).max(), "the images should get different logits"
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).all(), board
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max(), board
 
 
 def test_exported_model_native_and_portable_match_x86(board_run):

@@ -4,6 +4,11 @@
 #include <stdexcept>
 #include <string>
 
+#if defined(PSCOMPRESS_HAVE_NEON)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+
 namespace pscompress {
 namespace {
 
@@ -44,7 +49,11 @@ std::vector<CpuPath> supported_paths() {
                              qdwconv_6x16_avx2});
 #endif
 #if defined(PSCOMPRESS_HAVE_NEON)
-  // Advanced SIMD is mandatory on aarch64
+  // Advanced SIMD is mandatory on aarch64; the dot product (ARMv8.2 FEAT_DotProd: the Pi 5's A76,
+  // not the Pi 4's A72) adds the int8 dot kernel.
+  if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP)
+    paths.push_back({"neon-dot", ukernel_6x16_neon, dwconv_6x8_neon, qgemm_6x16_neon, qdot_6x16_neondot,
+                     qdwconv_6x16_neon});
   paths.push_back({"neon", ukernel_6x16_neon, dwconv_6x8_neon, qgemm_6x16_neon, nullptr, qdwconv_6x16_neon});
 #endif
   // The portable path runs the dot layout, so that every machine tests it; the pair kernel

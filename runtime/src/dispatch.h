@@ -14,7 +14,7 @@
 namespace pscompress {
 
 struct CpuPath {
-  const char* name;  // "avx512-vnni", "avx512f", "avx-vnni", "avx2-fma", "neon", "scalar", or "unsupported:<forced name>"
+  const char* name;  // "avx512-vnni", "avx512f", "avx-vnni", "avx2-fma", "neon-dot", "neon", "scalar", or "unsupported:<forced name>"
   Ukernel ukernel;   // null for an unsupported forced name
   Dwconv dwconv;     // the same ISA's depthwise kernel; null likewise
   QGemm qgemm;       // the same ISA family's int8 pair kernel; null likewise

@@ -1,7 +1,7 @@
 // The int8 GEMM microkernel interfaces shared by every CPU path (QLinearPSConv), two B
 // layouts with one epilogue. Each kernel is one file named for its tile and ISA: the pair
 // kernels qgemm_<kMR>x<kNR>_<isa>.cc (scalar, the portable reference; avx2; neon) and the dot
-// kernels qdot_<kMR>x<kNR>_<isa>.cc (scalar; avx512vnni; avxvnni, its ymm form). The tile and
+// kernels qdot_<kMR>x<kNR>_<isa>.cc (scalar; avx512vnni; avxvnni, its ymm form; neondot, ARMv8.2 sdot). The tile and
 // the B addressing are the fp32 kernels' (ukernel.h): kMR output channels x kNR output pixels,
 // B rows through offsets, b_split and y_split.
 //
@@ -101,6 +101,9 @@ void qdot_6x16_avx512vnni(const QDotArgs* args, size_t count);
 #endif
 #if defined(PSCOMPRESS_HAVE_AVX2)
 void qdot_6x16_avxvnni(const QDotArgs* args, size_t count);
+#endif
+#if defined(PSCOMPRESS_HAVE_NEON)
+void qdot_6x16_neondot(const QDotArgs* args, size_t count);
 #endif
 
 }  // namespace pscompress
