@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE))
 
 import fuzz_cases as fc  # noqa: E402
 
-KERNELS = "default,scalar,avx2-fma,avx512f,avx512-vnni,neon"  # candidates; duplicates of one path are dropped
+KERNELS = "default,scalar,avx2-fma,avx-vnni,avx512f,avx512-vnni,neon,neon-dot"  # candidates; duplicates of one path are dropped
 SANITIZER_MARKERS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "UndefinedBehaviorSanitizer")
 JOB_TIMEOUT = 300.0
 
