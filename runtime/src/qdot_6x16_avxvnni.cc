@@ -10,7 +10,6 @@
 // far inside int32.
 #include <immintrin.h>
 
-#include <cstring>
 
 #include "qgemm_tile.h"
 #include "qint_ops_avx2.h"
@@ -18,12 +17,6 @@
 
 namespace pscompress {
 namespace {
-
-inline __m256i weight_quad(const int8_t* a) {
-  int32_t quad;
-  std::memcpy(&quad, a, sizeof quad);
-  return _mm256_set1_epi32(quad);
-}
 
 template <size_t R>
 void tile(const QDotArgs& args) {
@@ -40,7 +33,7 @@ void tile(const QDotArgs& args) {
     const __m256i upper = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + split));
 #pragma GCC unroll 6
     for (size_t m = 0; m < R; ++m) {
-      const __m256i w = weight_quad(a + 4 * m);
+      const __m256i w = broadcast_dword(a + 4 * m);
       c[m][0] = _mm256_dpbusd_avx_epi32(c[m][0], lower, w);
       c[m][1] = _mm256_dpbusd_avx_epi32(c[m][1], upper, w);
     }

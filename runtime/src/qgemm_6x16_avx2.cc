@@ -4,7 +4,6 @@
 // pair in vpmaddwd (qpairs_avx2.h says why not vpmaddubsw).
 #include <immintrin.h>
 
-#include <cstring>
 
 #include "qgemm_tile.h"
 #include "qint_ops_avx2.h"
@@ -13,12 +12,6 @@
 
 namespace pscompress {
 namespace {
-
-inline __m256i weight_pair(const int16_t* a) {
-  int32_t pair;
-  std::memcpy(&pair, a, sizeof pair);
-  return _mm256_set1_epi32(pair);
-}
 
 template <size_t R>
 void tile(const QGemmArgs& args) {
@@ -35,7 +28,7 @@ void tile(const QGemmArgs& args) {
     const __m256i lo = _mm256_unpacklo_epi16(row0, row1), hi = _mm256_unpackhi_epi16(row0, row1);
 #define PSC_ROW(m, c_lo, c_hi)                                   \
     if constexpr (R > m) {                                       \
-      const __m256i w = weight_pair(a + 2 * m);                  \
+      const __m256i w = broadcast_dword(a + 2 * m);                  \
       c_lo = _mm256_add_epi32(c_lo, _mm256_madd_epi16(lo, w));   \
       c_hi = _mm256_add_epi32(c_hi, _mm256_madd_epi16(hi, w));   \
     }

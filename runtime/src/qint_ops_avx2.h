@@ -1,6 +1,6 @@
 // The int8 epilogue's operations (qgemm_tile.h) on 8 int32 / float lanes in a ymm register,
-// for the x86 int8 kernels (qgemm avx2, qdot avx512vnni), each compiled with its own flags:
-// hence the anonymous namespace (see ukernel_tile.h).
+// and a weight broadcast for the x86 int8 kernels (qgemm avx2, qdot avx512vnni and avxvnni), each
+// compiled with its own flags: hence the anonymous namespace (see ukernel_tile.h).
 #pragma once
 
 #include <immintrin.h>
@@ -31,6 +31,14 @@ struct Avx2Int8 {
     std::memcpy(p, part, count);
   }
 };
+
+// The four bytes at p in every 32-bit lane: a weight pair (int16) or quad (int8) of one row, as
+// vpmaddwd and vpdpbusd take it against a whole B row.
+inline __m256i broadcast_dword(const void* p) {
+  int32_t dword;
+  std::memcpy(&dword, p, sizeof dword);
+  return _mm256_set1_epi32(dword);
+}
 
 }  // namespace
 }  // namespace pscompress
