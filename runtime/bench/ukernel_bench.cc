@@ -1,11 +1,11 @@
 // Times each microkernel this CPU can run, alone, on a few tile shapes, and prints GFLOP/s
-// (2 * m * n * k per call, per second of this thread's CPU time) and the ratio to the scalar
-// path measured in the same run. B rows are scattered over a buffer as a layer's taps are over
-// its phase planes. Then the same for the depthwise kernels (dwconv.h), one output channel of
-// MobileNetV2's depthwise shapes per call (2 * rows * n * k), and for the int8 kernels
-// (qgemm.h), pair and dot alike, on the GEMM shapes (2 * m * n * weights per row: k taps of one
-// channel, or k / 4 elements of four), and the int8 depthwise kernels (qdwconv.h) on the
-// depthwise shapes. Not a test.
+// (2 * m * n * k per tile, kUkernelTiles tiles of the same B per call, per second of this
+// thread's CPU time) and the ratio to the scalar path measured in the same run. B rows are
+// scattered over a buffer as a layer's taps are over its phase planes. Then the same for the
+// depthwise kernels (dwconv.h), one output channel of MobileNetV2's depthwise shapes per call
+// (2 * rows * n * k), and for the int8 kernels (qgemm.h), pair and dot alike, on the GEMM
+// shapes (2 * m * n * weights per row: k taps of one channel, or k / 4 elements of four), and
+// the int8 depthwise kernels (qdwconv.h) on the depthwise shapes. Not a test.
 //   ukernel_bench [seconds per measurement, default 0.2]
 #include <time.h>
 
@@ -171,10 +171,12 @@ int main(int argc, char** argv) {
     args.hi = __builtin_inff();
     args.m = s.m;
     args.n = s.n;
+    const UkernelArgs tiles[kUkernelTiles] = {args, args, args, args};  // one panel's tiles per call
     std::vector<double> times;
-    for (const CpuPath& path : paths) times.push_back(seconds_per_call(path.ukernel, args, budget));
+    for (const CpuPath& path : paths)
+      times.push_back(seconds_per_call([&](const UkernelArgs*) { path.ukernel(tiles, kUkernelTiles); }, tiles, budget));
     for (size_t p = 0; p < paths.size(); ++p)
-      std::printf("%-20s %-9s %8.2f %9.2fx\n", s.what, paths[p].name, 2e-9 * s.m * s.n * s.k / times[p],
+      std::printf("%-20s %-9s %8.2f %9.2fx\n", s.what, paths[p].name, 2e-9 * s.m * s.n * s.k * kUkernelTiles / times[p],
                   times.back() / times[p]);
   }
   std::printf("\n%-20s %-5s %-11s %8s %10s\n", "int8 shape", "kind", "path", "GOP/s", "vs scalar");

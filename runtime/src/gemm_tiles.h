@@ -98,6 +98,16 @@ void gemm_tile_block(const SparseLayer& cv, const Plan& plan, const E* planes, s
   }
 }
 
+// A block's tiles to a kernel that takes several at once (ukernel.h; qgemm.h, "Dots"), up to
+// `most` per call as long as they share b_split (only the last two-row tile of an odd OH differs).
+template <class Args, class Kernel>
+void run_tile_groups(Kernel kernel, const Args* tiles, size_t count, size_t most) {
+  for (size_t t = 0, end; t < count; t = end) {
+    for (end = t + 1; end < count && end - t < most && tiles[end].b_split == tiles[t].b_split;) ++end;
+    kernel(tiles + t, end - t);
+  }
+}
+
 // Per chunk of images (Geometry::chunk; the first is image n0): fill(n0, task, planes) fills
 // (image, plane channel) `task` of the chunk, its planes, padding included, then
 // kernel(n0, call, tiles, count) computes every panel of the chunk on its tiles (gemm_tile_block), then

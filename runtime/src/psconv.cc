@@ -152,26 +152,29 @@ void PSConv::run(const Inputs& in, float* y, Ukernel ukernel, Dwconv dwconv, con
   };
   // Per panel the fields of all its tiles, per tile the others (as ukernel.h orders them).
   auto kernel = [&](size_t n0, const PanelCall& call, const TileSource<float>* tiles, size_t count) {
-    UkernelArgs args{};
-    args.k = call.k;
-    args.a = a + offsets[call.q] + call.panel * kMR * call.k;
-    args.y_row_stride = p * ohw;
-    args.bias = bias ? bias + call.o : nullptr;
-    args.bias_stride = p;
-    args.lo = lo_;
-    args.hi = hi_;
-    args.m = call.rows;
+    UkernelArgs panel{};  // built once and copied: value-initialising each tile costs a rep stos
+    panel.k = call.k;
+    panel.a = a + offsets[call.q] + call.panel * kMR * call.k;
+    panel.y_row_stride = p * ohw;
+    panel.bias = bias ? bias + call.o : nullptr;
+    panel.bias_stride = p;
+    panel.lo = lo_;
+    panel.hi = hi_;
+    panel.m = call.rows;
     const size_t y_panel = ((n0 + call.n) * m + call.o) * ohw;
-    for (const TileSource<float>* tile = tiles; tile < tiles + count; ++tile) {
-      args.b_base = tile->b_base;
-      args.b_offsets = tile->b_offsets;
-      args.b_split = tile->b_split;
-      args.y = y + y_panel + tile->y_offset;
-      args.y_split = tile->y_split;
-      args.z = in.z ? in.z + y_panel + tile->y_offset : nullptr;
-      args.n = tile->valid;
-      ukernel(args);
+    UkernelArgs args[kMaxTileBlock];
+    for (size_t t = 0; t < count; ++t) {
+      UkernelArgs& tile = args[t];
+      tile = panel;
+      tile.b_base = tiles[t].b_base;
+      tile.b_offsets = tiles[t].b_offsets;
+      tile.b_split = tiles[t].b_split;
+      tile.y = y + y_panel + tiles[t].y_offset;
+      tile.y_split = tiles[t].y_split;
+      tile.z = in.z ? in.z + y_panel + tiles[t].y_offset : nullptr;
+      tile.n = tiles[t].valid;
     }
+    run_tile_groups(ukernel, args, count, kUkernelTiles);
   };
   run_gemm<float>(layer_, plan, parallel, fill, kernel, nan_pass);
 }

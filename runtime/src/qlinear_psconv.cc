@@ -63,17 +63,11 @@ struct CopyToLane {
   }
 };
 
-// A block's tiles to a kernel: the pair kernels one at a time, the dot kernels kDotTiles at a
-// time, as long as the tiles share b_split (only the last two-row tile of an odd OH differs).
+// A block's tiles to a kernel: the pair kernels one at a time, the dot kernels kDotTiles at a time.
 void run_kernel(QGemm kernel, const QGemmArgs* tiles, size_t count) {
   for (size_t t = 0; t < count; ++t) kernel(tiles[t]);
 }
-void run_kernel(QDot kernel, const QDotArgs* tiles, size_t count) {
-  for (size_t t = 0, end; t < count; t = end) {
-    for (end = t + 1; end < count && end - t < kDotTiles && tiles[end].b_split == tiles[t].b_split;) ++end;
-    kernel(tiles + t, end - t);
-  }
-}
+void run_kernel(QDot kernel, const QDotArgs* tiles, size_t count) { run_tile_groups(kernel, tiles, count, kDotTiles); }
 
 // Runs `kernel` on every tile of the run, fill(n0, task, planes) filling the planes first
 // (run_gemm); a holds the weights as Packing packs them, bias the per-output bias (nullable).
@@ -84,23 +78,24 @@ void run_tiles(const SparseLayer& layer, const Plan& plan, const Requantization&
   const size_t m = layer.m_, p = layer.p_, ohw = plan.geo.ohw;
   auto tiles_kernel = [&](size_t n0, const PanelCall& call, const TileSource<typename Args::Element>* tiles,
                           size_t count) {
-    Args args[kMaxTileBlock];
+    Args panel{};  // built once and copied: value-initialising each tile costs a rep stos
+    panel.k = call.k;
+    panel.a = a + offsets[call.q] + call.panel * kMR * Packing::slots(call.k);
+    panel.y_row_stride = p * ohw;
+    panel.bias = bias ? bias + call.o : nullptr;
+    panel.scale = rq.scale.data() + call.o;
+    panel.channel_stride = p;
+    panel.y_zero_point = rq.y_zero_point;
+    panel.m = call.rows;
     uint8_t* const y_panel = y + ((n0 + call.n) * m + call.o) * ohw;
+    Args args[kMaxTileBlock];
     for (size_t t = 0; t < count; ++t) {
-      args[t] = Args{};
-      args[t].k = call.k;
-      args[t].a = a + offsets[call.q] + call.panel * kMR * Packing::slots(call.k);
+      args[t] = panel;
       args[t].b_base = tiles[t].b_base;
       args[t].b_offsets = tiles[t].b_offsets;
       args[t].b_split = tiles[t].b_split;
       args[t].y = y_panel + tiles[t].y_offset;
       args[t].y_split = tiles[t].y_split;
-      args[t].y_row_stride = p * ohw;
-      args[t].bias = bias ? bias + call.o : nullptr;
-      args[t].scale = rq.scale.data() + call.o;
-      args[t].channel_stride = p;
-      args[t].y_zero_point = rq.y_zero_point;
-      args[t].m = call.rows;
       args[t].n = tiles[t].valid;
     }
     run_kernel(kernel, args, count);

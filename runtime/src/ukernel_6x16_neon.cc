@@ -48,9 +48,10 @@ void tile(const UkernelArgs& args) {
 
 }  // namespace
 
-void ukernel_6x16_neon(const UkernelArgs& args) {
+void ukernel_6x16_neon(const UkernelArgs* args, size_t count) {
   static_assert(kMR == 6 && kNR == 16, "the file name says the tile");
-  with_rows(args.m, [&](auto rows) { tile<decltype(rows)::value>(args); });
+  // One tile at a time: its accumulators already fill the registers that the B rows leave.
+  for (size_t t = 0; t < count; ++t) with_rows(args[t].m, [&](auto rows) { tile<decltype(rows)::value>(args[t]); });
 }
 
 }  // namespace pscompress

@@ -5,8 +5,9 @@
 
 namespace pscompress {
 
-void ukernel_6x16_scalar(const UkernelArgs& args) {
-  static_assert(kMR == 6 && kNR == 16, "the file name says the tile");
+namespace {
+
+void tile(const UkernelArgs& args) {
   Scalar::Half acc[kMR][2] = {};
   for (size_t k = 0; k < args.k; ++k) {
     const float* a = args.a + k * kMR;
@@ -19,6 +20,13 @@ void ukernel_6x16_scalar(const UkernelArgs& args) {
     }
   }
   store_tile<Scalar>(acc, args.m, args);
+}
+
+}  // namespace
+
+void ukernel_6x16_scalar(const UkernelArgs* args, size_t count) {
+  static_assert(kMR == 6 && kNR == 16, "the file name says the tile");
+  for (size_t t = 0; t < count; ++t) tile(args[t]);
 }
 
 }  // namespace pscompress

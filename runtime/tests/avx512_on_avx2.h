@@ -46,6 +46,16 @@ inline Ps512 maskz_loadu_ps(uint16_t k, const float* p) {
     if (k >> i & 1) lanes[i] = p[i];
   return {_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8)};
 }
+inline Ps512 loadu_ps(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+// Lane i from p[i] where bit i of k is set, else src's lane i.
+inline Ps512 mask_loadu_ps(Ps512 src, uint16_t k, const float* p) {
+  alignas(32) float lanes[16];
+  _mm256_store_ps(lanes, src.lo);
+  _mm256_store_ps(lanes + 8, src.hi);
+  for (int i = 0; i < 16; ++i)
+    if (k >> i & 1) lanes[i] = p[i];
+  return {_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8)};
+}
 inline void mask_storeu_ps(float* p, uint16_t k, Ps512 v) {
   alignas(32) float lanes[16];
   _mm256_store_ps(lanes, v.lo);
@@ -87,6 +97,8 @@ inline __m256d maskz_extractf64x4_pd(uint8_t k, Pd512 a, int imm) {
 #define _mm512_maskz_min_ps pscompress_emulated::maskz_min_ps
 #define _mm512_maskz_max_ps pscompress_emulated::maskz_max_ps
 #define _mm512_maskz_loadu_ps pscompress_emulated::maskz_loadu_ps
+#define _mm512_loadu_ps pscompress_emulated::loadu_ps
+#define _mm512_mask_loadu_ps pscompress_emulated::mask_loadu_ps
 #define _mm512_mask_storeu_ps pscompress_emulated::mask_storeu_ps
 #define _mm512_castpd_ps pscompress_emulated::castpd_ps
 #define _mm512_castps_pd pscompress_emulated::castps_pd
