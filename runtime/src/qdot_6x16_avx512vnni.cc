@@ -7,7 +7,7 @@
 // four weights of a tap are one broadcast dword: no shuffles. The broadcasts, one load each,
 // are what bounds a single tile (six loads for six vpdpbusd); shared by four tiles they cost
 // a quarter as much. vpdpbusd (not vpdpbusds) wraps rather than saturating; the sums stay far
-// inside int32.
+// inside int32. The epilogue requantizes whole rows and stores them under lane masks.
 #include <immintrin.h>
 
 #include <cstring>
@@ -34,6 +34,40 @@ inline __m512i weight_quad(const int8_t* a) {
   int32_t quad;
   std::memcpy(&quad, a, sizeof quad);
   return _mm512_set1_epi32(quad);
+}
+
+// requantize_tile (qgemm_tile.h) on whole tile rows: the same operations lane for lane, pixels
+// 0..7 at y, 8..15 at y + y_split, the lower half stored before the upper (they may overlap),
+// each under a lane mask by a narrowing store (vpmovdb: the values are bytes by then). The
+// upper half is stored through a base 8 bytes before its place, lanes 0..7 masked off:
+// masked-off lanes touch no memory. Partial rows (7, 12 or 14 pixels of narrow layers) then
+// cost no byte-by-byte copy.
+template <size_t R>
+void requantize_rows(const __m512i (&c)[R], const QDotArgs& args) {
+  const size_t n0 = args.n < 8 ? args.n : 8;
+  const ptrdiff_t shift = static_cast<ptrdiff_t>(args.y_split) - 8;
+  const __mmask16 lower = static_cast<__mmask16>((1u << n0) - 1);
+  const __mmask16 upper = static_cast<__mmask16>(((1u << (args.n - n0)) - 1) << 8);
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(-args.y_zero_point));
+  const __m512 hi = _mm512_set1_ps(static_cast<float>(255 - args.y_zero_point));
+  const __m512i zero_point = _mm512_set1_epi32(args.y_zero_point);
+#pragma GCC unroll 6
+  for (size_t m = 0; m < R; ++m) {
+    const size_t at = m * args.channel_stride;
+    const __m512i sum = _mm512_add_epi32(c[m], _mm512_set1_epi32(args.bias ? args.bias[at] : 0));
+    // The masked forms name every lane: GCC 12 warns on the unmasked ones' undefined pass-through.
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(0xffff, sum), _mm512_set1_ps(args.scale[at]));
+    const __m512 clamped = _mm512_maskz_min_ps(0xffff, hi, _mm512_maskz_max_ps(0xffff, lo, v));
+    const __m512i rounded = _mm512_maskz_cvtps_epi32(0xffff, clamped);  // MXCSR's mode: to nearest even
+    const __m512i q = _mm512_add_epi32(rounded, zero_point);
+    uint8_t* const y = args.y + m * args.y_row_stride;
+    if (args.y_split == 8) {
+      _mm512_mask_cvtepi32_storeu_epi8(y, lower | upper, q);
+    } else {
+      _mm512_mask_cvtepi32_storeu_epi8(y, lower, q);
+      _mm512_mask_cvtepi32_storeu_epi8(y + shift, upper, q);
+    }
+  }
 }
 
 template <size_t R, size_t T, bool kContiguous>
@@ -63,15 +97,7 @@ void tiles(const QDotArgs* args) {
   };
   for_each_tap(base[0], offsets, split, args[0].k, step);
 #pragma GCC unroll 4
-  for (size_t t = 0; t < T; ++t) {
-    __m256i acc[kMR][2];
-#pragma GCC unroll 6
-    for (size_t m = 0; m < R; ++m) {
-      acc[m][0] = _mm512_maskz_extracti64x4_epi64(0x0F, c[t][m], 0);
-      acc[m][1] = _mm512_maskz_extracti64x4_epi64(0x0F, c[t][m], 1);
-    }
-    requantize_tile<Avx2Int8>(acc, R, args[t]);
-  }
+  for (size_t t = 0; t < T; ++t) requantize_rows<R>(c[t], args[t]);
 }
 
 template <size_t R, bool kContiguous>
