@@ -29,4 +29,6 @@ def test_neon_microkernel_cross_compiles_and_matches_reference() -> None:
             assert f"{path}: ok" in " ".join(printed[tester]), (tester, cpu, printed[tester])
         # The int8 dot kernel (sdot) runs where the CPU has the dot product, and only there.
         assert ("dots neon-dot: ok" in " ".join(printed["qgemm_tester"])) == (path == "neon-dot"), printed["qgemm_tester"]
+        assert ("dots neon-dot: built, not run" in " ".join(printed["qgemm_tester"])) == (path == "neon"), \
+            printed["qgemm_tester"]
         assert f"pairs {path}: ok" in " ".join(printed["qgemm_tester"]), printed["qgemm_tester"]

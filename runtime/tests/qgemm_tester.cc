@@ -241,6 +241,12 @@ int main() {
       "pairs", [](const CpuPath& p) { return p.qgemm; }, qgemm_6x16_scalar, 1, 4321);
   const bool dots = check_layout<QDotArgs, QDotPacking, QDot>(
       "dots", [](const CpuPath& p) { return p.qdot; }, qdot_6x16_scalar, kDotTiles, 4322);
+#if defined(PSCOMPRESS_HAVE_NEON)
+  // Say so when the sdot kernel this build has cannot run here (ARMv8.0: the Pi 4's A72).
+  const std::vector<CpuPath> paths = supported_paths();
+  if (std::none_of(paths.begin(), paths.end(), [](const CpuPath& p) { return p.qdot == qdot_6x16_neondot; }))
+    std::printf("dots neon-dot: built, not run: this CPU has no dot product\n");
+#endif
   std::printf("dispatch picks: %s\n", cpu_path().name);
   return pairs && dots ? 0 : 1;
 }
