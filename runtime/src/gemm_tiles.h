@@ -29,28 +29,33 @@ struct PanelCall {
   size_t n, q, k, panel, o, rows;
 };
 
-inline size_t gemm_tasks_per_image(const SparseLayer& layer, const Plan& plan) {
-  return layer.groups_ * layer.pairs_per_group_ * ceil_div(plan.tiles, plan.tile_block);
+// Tasks for `images` images of a chunk: per group of plan.image_block images, per (group, class)
+// pair, per block of tiles.
+inline size_t gemm_tasks(const SparseLayer& layer, const Plan& plan, size_t images) {
+  return ceil_div(images, plan.image_block) * layer.groups_ * layer.pairs_per_group_ * ceil_div(plan.tiles, plan.tile_block);
 }
 
-// One task: a block of pixel tiles of one (group, class) pair of one image, planes = the
-// chunk's phase planes ([image][c][phase][hs][ws], then kNR spare elements);
-// kernel(call, tiles, count) computes a panel on the block's tiles. Panels run outer and tiles
+// One task: a block of pixel tiles of one (group, class) pair of a group of the chunk's `images`
+// images, planes = the chunk's phase planes ([image][c][phase][hs][ws], then kNR spare
+// elements); kernel(call, tiles, count) computes a panel on the block's tiles, call.n the first
+// image: a later image's tiles carry its distance in their y_offset. Panels run outer and tiles
 // inner, so a weight panel stays in L1 while the block's input rows stay in L2.
 template <class E, class Kernel>
-void gemm_tile_block(const SparseLayer& cv, const Plan& plan, const E* planes, size_t task, Kernel&& kernel) {
+void gemm_tile_block(const SparseLayer& cv, const Plan& plan, const E* planes, size_t images, size_t task,
+                     Kernel&& kernel) {
   const Geometry& geo = plan.geo;
   const size_t blocks = ceil_div(plan.tiles, plan.tile_block);
   const size_t t0 = (task % blocks) * plan.tile_block;
   const size_t t_end = std::min(plan.tiles, t0 + plan.tile_block);
   const size_t pairs = cv.groups_ * cv.pairs_per_group_;
-  const size_t q = task / blocks % pairs, n = task / blocks / pairs;
+  const size_t q = task / blocks % pairs, n_first = task / blocks / pairs * plan.image_block;
+  const size_t n_end = std::min(images, n_first + plan.image_block);
   const size_t g = q / cv.pairs_per_group_, j = q % cv.pairs_per_group_;
   const size_t first = g * cv.mg_ + j, r = cv.class_of(first);
   const Panels panels(ceil_div(cv.mg_ - j, cv.p_));
   const size_t k = cv.class_k(r);
   const int64_t* rel = plan.rel[r].data();
-  const E* group_image = planes + n * geo.image + g * cv.cq_ * geo.channel;
+  const size_t count = (n_end - n_first) * (t_end - t0);  // at most kMaxTileBlock (sparse_layer.cc)
 
   // B reads. Every half row a tile reads starts inside the planes, on a plane row that one of
   // the tile's valid outputs reads: a row tile's at most 15 elements and a two-row tile's at
@@ -60,41 +65,45 @@ void gemm_tile_block(const SparseLayer& cv, const Plan& plan, const E* planes, s
   // the planes. Gathered tiles read single valid pixels into a panel of kNR elements per row.
   TileSource<E> tiles[kMaxTileBlock];
   thread_local std::vector<E> gathered;
-  if (plan.layout == TileLayout::kGathered && gathered.size() < plan.tile_block * k * kNR)
-    gathered.resize(plan.tile_block * k * kNR);
+  if (plan.layout == TileLayout::kGathered && gathered.size() < count * k * kNR) gathered.resize(count * k * kNR);
   const size_t row = geo.rs * geo.ws;  // plane elements from one output row's window to the next
-  for (size_t t = t0; t < t_end; ++t) {
-    TileSource<E>& tile = tiles[t - t0];
-    if (plan.layout == TileLayout::kRow) {
-      const size_t tiles_per_row = ceil_div(geo.ow, kNR);
-      const size_t oh = t / tiles_per_row, ow0 = (t % tiles_per_row) * kNR;
-      tile = {group_image + oh * row + ow0, rel, 8, oh * geo.ow + ow0, 8, std::min(kNR, geo.ow - ow0)};
-      continue;
+  TileSource<E>* tile = tiles;
+  for (size_t n = n_first; n < n_end; ++n) {
+    const E* group_image = planes + n * geo.image + g * cv.cq_ * geo.channel;
+    const size_t y_image = (n - n_first) * cv.m_ * geo.ohw;  // from the call's image to this one
+    for (size_t t = t0; t < t_end; ++t, ++tile) {
+      if (plan.layout == TileLayout::kRow) {
+        const size_t tiles_per_row = ceil_div(geo.ow, kNR);
+        const size_t oh = t / tiles_per_row, ow0 = (t % tiles_per_row) * kNR;
+        *tile = {group_image + oh * row + ow0, rel, 8, y_image + oh * geo.ow + ow0, 8, std::min(kNR, geo.ow - ow0)};
+        continue;
+      }
+      if (plan.layout == TileLayout::kTwoRows) {  // output rows oh and oh + 1, one per half
+        const size_t oh = 2 * t;
+        const bool second = oh + 1 < geo.oh;
+        *tile = {group_image + oh * row, rel, second ? row : 0, y_image + oh * geo.ow, geo.ow,
+                 second ? 8 + geo.ow : geo.ow};
+        continue;
+      }
+      // The tile's pixels span output rows: gather them into kNR-wide rows.
+      const size_t q0 = t * kNR, valid = std::min(kNR, geo.ohw - q0);
+      int64_t pix[kNR];
+      for (size_t i = 0; i < kNR; ++i) {
+        const size_t px = q0 + std::min(i, valid - 1);
+        pix[i] = static_cast<int64_t>((px / geo.ow) * row + px % geo.ow);
+      }
+      E* const panel = gathered.data() + (tile - tiles) * k * kNR;
+      E* dst = panel;
+      for (size_t kk = 0; kk < k; ++kk, dst += kNR) {
+        const E* src = group_image + rel[kk];
+        for (size_t i = 0; i < kNR; ++i) dst[i] = src[pix[i]];
+      }
+      *tile = {panel, gathered_offsets(k), 8, y_image + q0, 8, valid};
     }
-    if (plan.layout == TileLayout::kTwoRows) {  // output rows oh and oh + 1, one per half
-      const size_t oh = 2 * t;
-      const bool second = oh + 1 < geo.oh;
-      tile = {group_image + oh * row, rel, second ? row : 0, oh * geo.ow, geo.ow, second ? 8 + geo.ow : geo.ow};
-      continue;
-    }
-    // The tile's pixels span output rows: gather them into kNR-wide rows.
-    const size_t q0 = t * kNR, valid = std::min(kNR, geo.ohw - q0);
-    int64_t pix[kNR];
-    for (size_t i = 0; i < kNR; ++i) {
-      const size_t px = q0 + std::min(i, valid - 1);
-      pix[i] = static_cast<int64_t>((px / geo.ow) * row + px % geo.ow);
-    }
-    E* const panel = gathered.data() + (t - t0) * k * kNR;
-    E* dst = panel;
-    for (size_t kk = 0; kk < k; ++kk, dst += kNR) {
-      const E* src = group_image + rel[kk];
-      for (size_t i = 0; i < kNR; ++i) dst[i] = src[pix[i]];
-    }
-    tile = {panel, gathered_offsets(k), 8, q0, 8, valid};
   }
 
   for (size_t panel = 0; panel < panels.panels; ++panel) {
-    kernel(PanelCall{n, q, k, panel, first + panels.start(panel) * cv.p_, panels.rows(panel)}, tiles, t_end - t0);
+    kernel(PanelCall{n_first, q, k, panel, first + panels.start(panel) * cv.p_, panels.rows(panel)}, tiles, count);
   }
 }
 
@@ -120,17 +129,16 @@ void run_gemm(const SparseLayer& layer, const Plan& plan, const Parallel& parall
   const size_t chunk = geo.chunk();
   std::unique_ptr<E[]> xph(new E[chunk * geo.image + kNR]);
   std::fill_n(xph.get() + chunk * geo.image, kNR, E{0});
-  size_t n0 = 0;
+  size_t n0 = 0, images = 0;  // the chunk's first image and its image count
   auto fill_task = [&](size_t task) { fill(n0, task, xph.get() + task * geo.channel); };
   auto gemm_task = [&](size_t task) {
-    gemm_tile_block(layer, plan, xph.get(), task, [&](const PanelCall& call, const TileSource<E>* tiles, size_t count) {
-      kernel(n0, call, tiles, count);
-    });
+    gemm_tile_block(layer, plan, xph.get(), images, task,
+                    [&](const PanelCall& call, const TileSource<E>* tiles, size_t count) { kernel(n0, call, tiles, count); });
   };
   for (; n0 < geo.n; n0 += chunk) {
-    const size_t images = std::min(chunk, geo.n - n0);
+    images = std::min(chunk, geo.n - n0);
     parallel_for(parallel, images * layer.plane_channels(), fill_task);
-    parallel_for(parallel, images * gemm_tasks_per_image(layer, plan), gemm_task);
+    parallel_for(parallel, gemm_tasks(layer, plan, images), gemm_task);
     done(n0, images);
   }
 }

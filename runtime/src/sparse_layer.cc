@@ -250,6 +250,8 @@ Plan SparseLayer::plan(const int64_t* x_shape) const {
                                                      : ceil_div(geo.ohw, kNR);
   // Blocks of tiles whose input rows (about k * kNR elements each) fit in L2 together.
   plan.tile_block = std::max<size_t>(1, std::min(kMaxTileBlock, 8192 / max_k));
+  plan.image_block = std::max<size_t>(1, plan.tile_block / plan.tiles);
+  if (plan.image_block > 1) plan.tile_block = plan.tiles;  // then a block is an image's tiles
   return plan;
 }
 

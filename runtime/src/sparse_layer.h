@@ -95,6 +95,9 @@ struct Plan {
   std::vector<std::vector<int64_t>> rel;  // per class with outputs, B-row offsets within a group
   TileLayout layout;
   size_t tiles, tile_block;  // GEMM: pixel tiles per image, tiles per task (<= kMaxTileBlock)
+  // GEMM: images whose tiles one task takes together, when an image has fewer tiles than a block
+  // holds (small maps: a 4x4 map is one tile), so that a kernel call still gets several tiles.
+  size_t image_block;
 };
 
 // Lanes. Input channels i and i + P of a group keep the same taps (the support repeats with
