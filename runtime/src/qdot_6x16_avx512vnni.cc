@@ -100,23 +100,16 @@ void tiles(const QDotArgs* args) {
   for (size_t t = 0; t < T; ++t) requantize_rows<R>(c[t], args[t]);
 }
 
-template <size_t R, bool kContiguous>
-void with_tiles(const QDotArgs* args, size_t count) {
-  switch (count) {
-    case 1: return tiles<R, 1, kContiguous>(args);
-    case 2: return tiles<R, 2, kContiguous>(args);
-    case 3: return tiles<R, 3, kContiguous>(args);
-    default: return tiles<R, 4, kContiguous>(args);
-  }
-}
-
 }  // namespace
 
 void qdot_6x16_avx512vnni(const QDotArgs* args, size_t count) {
   static_assert(kMR == 6 && kNR == 16 && kDotTiles == 4, "the file name says the tile");
   with_rows(args[0].m, [&](auto rows) {
-    if (args[0].b_split == 8) return with_tiles<decltype(rows)::value, true>(args, count);
-    with_tiles<decltype(rows)::value, false>(args, count);
+    with_tile_count(count, [&](auto tile_count) {
+      constexpr size_t R = decltype(rows)::value, T = decltype(tile_count)::value;
+      if (args[0].b_split == 8) return tiles<R, T, true>(args);
+      tiles<R, T, false>(args);
+    });
   });
 }
 

@@ -90,24 +90,16 @@ void tiles(const UkernelArgs* args) {
   for (size_t t = 0; t < T; ++t) store_rows<R>(c[t], args[t]);
 }
 
-template <size_t R, bool kContiguous>
-void with_tiles(const UkernelArgs* args, size_t count) {
-  switch (count) {
-    case 1: return tiles<R, 1, kContiguous>(args);
-    case 2: return tiles<R, 2, kContiguous>(args);
-    case 3: return tiles<R, 3, kContiguous>(args);
-    default: return tiles<R, 4, kContiguous>(args);
-  }
-}
-
 }  // namespace
 
 void ukernel_6x16_avx512f(const UkernelArgs* args, size_t count) {
   static_assert(kMR == 6 && kNR == 16 && kUkernelTiles == 4, "the file name says the tile");
   with_rows(args[0].m, [&](auto rows) {
-    constexpr size_t R = decltype(rows)::value;
-    if (args[0].b_split == 8) return with_tiles<R, true>(args, count);
-    with_tiles<R, false>(args, count);
+    with_tile_count(count, [&](auto tile_count) {
+      constexpr size_t R = decltype(rows)::value, T = decltype(tile_count)::value;
+      if (args[0].b_split == 8) return tiles<R, T, true>(args);
+      tiles<R, T, false>(args);
+    });
   });
 }
 

@@ -25,6 +25,18 @@ inline void with_rows(size_t m, Tile&& tile) {
   }
 }
 
+// Calls tile(std::integral_constant<size_t, t>()) for t = count, 1 to 4: the tile count of a
+// kernel that takes several tiles at once (AVX-512), so that its accumulators stay in registers.
+template <class Tile>
+inline void with_tile_count(size_t count, Tile&& tile) {
+  switch (count) {
+    case 1: return tile(std::integral_constant<size_t, 1>());
+    case 2: return tile(std::integral_constant<size_t, 2>());
+    case 3: return tile(std::integral_constant<size_t, 3>());
+    default: return tile(std::integral_constant<size_t, 4>());
+  }
+}
+
 // The first `count` (0 to 8) floats at p in a half row, the others zero, reading nothing past them.
 template <class Isa>
 inline typename Isa::Half load_first(const float* p, size_t count) {
