@@ -73,6 +73,10 @@ FIXED = [
          patterns=(0x1FFFFFF, 0b1000110001000110001)),
     Case(n=1, c=1, m=16, h=10, w=10, clip=(-0.5, 0.75)),
     Case(n=3, c=4, m=4, h=1, w=2, group=4, strides=(3, 3), pads=(1, 0, 1, 2)),
+    # Batches of 16 image groups and more run a task per group (gemm_tiles.h, kGroupTasksFrom):
+    # 20 sample-like images, and 130 4x4 images in groups of 8 with a partial last group.
+    Case(n=20, c=16, m=16, h=14, w=14, residual=True, clip=(0.0, np.inf)),
+    Case(n=130, c=16, m=24, h=4, w=4, group=2, residual=True),
 ]
 
 

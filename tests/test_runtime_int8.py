@@ -142,6 +142,7 @@ FIXED = [
     QCase(n=1, c=20, m=14, h=15, w=8, x_zero_point=255, y_zero_point=255, inputs=("W", "w_scale", "B")),
     # 19 channels a group: a dot kernel's four-channel elements, then three with one channel each
     QCase(n=2, c=38, m=20, h=9, w=11, group=2, shift=1, x_zero_point=3),
+    QCase(n=130, c=16, m=24, h=4, w=4, group=2),  # a task per image group (gemm_tiles.h)
 ]
 CASES = FIXED + ow_cases() + depthwise_cases() + random_cases(60, seed=5)
 

@@ -117,6 +117,13 @@ void run_tile_groups(Kernel kernel, const Args* tiles, size_t count, size_t most
   }
 }
 
+// A chunk of at least this many image groups (Plan::image_block images each) runs one task per
+// group, its planes' fill and then every panel on them, instead of a pass filling the chunk's planes
+// and a pass over its panels: a group's planes are still in L2 when its panels read them (a
+// chunk's seldom fit), and the parallel loop's barrier between the passes goes. Fewer groups keep
+// the two passes, whose many small tasks keep every thread busy on a small batch.
+constexpr size_t kGroupTasksFrom = 16;
+
 // Per chunk of images (Geometry::chunk; the first is image n0): fill(n0, task, planes) fills
 // (image, plane channel) `task` of the chunk, its planes, padding included, then
 // kernel(n0, call, tiles, count) computes every panel of the chunk on its tiles (gemm_tile_block), then
@@ -135,10 +142,23 @@ void run_gemm(const SparseLayer& layer, const Plan& plan, const Parallel& parall
     gemm_tile_block(layer, plan, xph.get(), images, task,
                     [&](const PanelCall& call, const TileSource<E>* tiles, size_t count) { kernel(n0, call, tiles, count); });
   };
+  const size_t channels = layer.plane_channels();
+  size_t groups = 0;  // of the chunk's images
+  auto group_task = [&](size_t group) {
+    const size_t first = group * plan.image_block, end = std::min(images, first + plan.image_block);
+    for (size_t t = first * channels; t < end * channels; ++t) fill_task(t);
+    const size_t per_group = gemm_tasks(layer, plan, images) / groups;  // gemm_tile_block's order: groups outer
+    for (size_t t = group * per_group; t < (group + 1) * per_group; ++t) gemm_task(t);
+  };
   for (; n0 < geo.n; n0 += chunk) {
     images = std::min(chunk, geo.n - n0);
-    parallel_for(parallel, images * layer.plane_channels(), fill_task);
-    parallel_for(parallel, gemm_tasks(layer, plan, images), gemm_task);
+    groups = ceil_div(images, plan.image_block);
+    if (groups >= kGroupTasksFrom) {
+      parallel_for(parallel, groups, group_task);
+    } else {
+      parallel_for(parallel, images * channels, fill_task);
+      parallel_for(parallel, gemm_tasks(layer, plan, images), gemm_task);
+    }
     done(n0, images);
   }
 }
