@@ -28,12 +28,14 @@ from onnx import TensorProto, helper, numpy_helper
 from pscompress import runtime
 from pscompress.core.patterns import parse_pattern
 
-# (in_channels, out_channels, input size, stride, group): the 3x3 convolutions of ResNet-18 for
-# CIFAR, the narrow ones of ResNet-20 on 28x28 images (the Fashion-MNIST sample), and the
-# depthwise ones (group = channels) of MobileNetV2 at 224x224.
+# (in_channels, out_channels, input size, stride, group): the 3x3 convolutions of ResNet-18 and
+# VGG-16 (each distinct shape once) for CIFAR, the narrow ones of ResNet-20 on 28x28 images (the
+# Fashion-MNIST sample), and the depthwise ones (group = channels) of MobileNetV2 at 224x224.
 LAYERS = {
     "resnet18": [(64, 64, 32, 1, 1), (128, 128, 16, 1, 1), (256, 256, 8, 1, 1), (512, 512, 4, 1, 1),
                  (64, 128, 32, 2, 1), (128, 256, 16, 2, 1), (256, 512, 8, 2, 1)],
+    "vgg16": [(64, 64, 32, 1, 1), (64, 128, 16, 1, 1), (128, 128, 16, 1, 1), (128, 256, 8, 1, 1), (256, 256, 8, 1, 1),
+              (256, 512, 4, 1, 1), (512, 512, 4, 1, 1), (512, 512, 2, 1, 1)],
     "resnet20": [(16, 16, 28, 1, 1), (32, 32, 14, 1, 1), (64, 64, 7, 1, 1), (16, 32, 28, 2, 1), (32, 64, 14, 2, 1)],
     "mobilenetv2": [(c, c, h, s, c) for c, h, s in [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2),
                                                      (192, 28, 1), (192, 28, 2), (384, 14, 1), (576, 14, 1),
