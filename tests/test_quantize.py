@@ -182,3 +182,46 @@ def test_tune_moves_int8_nodes_to_the_dense_domain_and_computes_the_same(files, 
         got = create_session(tuned, native=native).run(None, {"input": x})[0]
         want = create_session(paths["int8"], native=native).run(None, {"input": x})[0]
         assert np.max(np.abs(got - want)) <= 0.05 * np.abs(want).max()
+
+
+def _pooled_qdq(scale: float, zero: int) -> onnx.ModelProto:
+    """X -> Q -> DQ -> MaxPool -> Q -> DQ -> Y: a pool as quantize_static leaves it between two convs."""
+    from onnx import TensorProto, helper
+
+    params = [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+              numpy_helper.from_array(np.array(zero, np.uint8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["X", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
+             helper.make_node("MaxPool", ["xf"], ["pf"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                              name="pool"),
+             helper.make_node("QuantizeLinear", ["pf", "s", "z"], ["pq"]),
+             helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["Y"])]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 8, 17, 17])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 8, 9, 9])], params)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("scale, zero", [(0.05, 3), (0.0173, 0), (1.0 / 255, 255), (3.0e-6, 128)])
+def test_max_pools_stay_float_and_exact(scale, zero, tmp_path):
+    """onnxruntime's uint8 NCHW MaxPool is a scalar loop; the rewrite keeps the float pool and
+    must give the uint8 pool's result bit for bit."""
+    import onnxruntime as ort
+
+    from pscompress.workstation.quantize import _keep_max_pools_float
+
+    model = _pooled_qdq(scale, zero)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    _keep_max_pools_float(rewritten)
+    x = (np.random.default_rng(1).standard_normal((2, 8, 17, 17)) * 200 * scale).astype(np.float32)
+    outputs, pool_inputs = [], []
+    for index, m in enumerate((model, rewritten)):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{index}.onnx")
+        session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {"X": x})[0])
+        optimized = onnx.load(options.optimized_model_filepath)
+        producers = {out: n.op_type for n in optimized.graph.node for out in n.output}
+        pool_inputs.append([producers.get(n.input[0]) for n in optimized.graph.node if n.op_type == "MaxPool"])
+    assert pool_inputs == [["QuantizeLinear"], ["DequantizeLinear"]]  # uint8 pool before, float pool after
+    np.testing.assert_array_equal(outputs[1], outputs[0])
