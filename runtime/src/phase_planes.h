@@ -35,11 +35,21 @@ void fill_padding(const Plan& plan, Out* planes, Out pad = Out{}) {
   }
 }
 
+// Whether Convert has put_run(dst, src, n), its own loop over a run of n consecutive values
+// (for a put the compiler does not vectorise), returning the flags as put's would OR together.
+template <class Convert, class = void>
+struct HasPutRun : std::false_type {};
+template <class Convert>
+struct HasPutRun<Convert, std::void_t<decltype(&Convert::put_run)>> : std::true_type {};
+
 // Puts src[i * stride] into dst[i] for i < n, ORing the flags. Strides 1 and 2 are constants
 // the compiler vectorises.
 template <class Convert>
 uint32_t copy_strided(typename Convert::Out* dst, const typename Convert::In* src, size_t n, size_t stride,
                       const Convert& convert) {
+  if constexpr (HasPutRun<Convert>::value) {
+    if (stride == 1) return convert.put_run(dst, src, n);
+  }
   uint32_t flags = 0;
   auto copy = [&](auto step) {
     for (size_t i = 0; i < n; ++i) flags |= convert.put(dst + i, src + i * step);

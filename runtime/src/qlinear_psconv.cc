@@ -7,6 +7,7 @@
 #include "depthwise_tasks.h"
 #include "gemm_tiles.h"
 #include "phase_planes.h"
+#include "quad_interleave.h"
 
 namespace pscompress {
 namespace {
@@ -49,7 +50,11 @@ struct CopyQuad {
   using Out = Quad;
   size_t stride;
   uint32_t put(Quad* dst, const uint8_t* src) const {
-    *dst = {{src[0], src[stride], src[2 * stride], src[3 * stride]}};
+    interleave_quads(dst, src, stride, 1);
+    return 0;
+  }
+  uint32_t put_run(Quad* dst, const uint8_t* src, size_t n) const {  // copy_strided at stride 1
+    interleave_quads(dst, src, stride, n);
     return 0;
   }
 };

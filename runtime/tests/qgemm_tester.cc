@@ -26,6 +26,7 @@
 #include "dispatch.h"
 #include "kernel_check.h"
 #include "qgemm.h"
+#include "quad_interleave.h"
 
 using namespace pscompress;
 
@@ -235,6 +236,26 @@ bool check_layout(const char* layout, Pick pick, Fn scalar, size_t tiles, unsign
 
 }  // namespace
 
+// interleave_quads (the dot kernels' plane fill) against its definition: runs of every length
+// to past three SIMD blocks, at channel strides equal to, longer than and far from the run.
+bool check_interleave_quads() {
+  std::mt19937 rng(4323);
+  std::vector<uint8_t> src(4 * 200);
+  for (uint8_t& v : src) v = static_cast<uint8_t>(rng());
+  bool ok = true;
+  for (size_t n = 0; n <= 50; ++n) {
+    for (size_t stride : {n, n + 3, size_t{200}}) {
+      std::vector<Quad> got(n + 1, Quad{{7, 7, 7, 7}});
+      interleave_quads(got.data(), src.data(), stride, n);
+      for (size_t i = 0; i < n; ++i)
+        for (size_t l = 0; l < 4; ++l) ok &= got[i].lane[l] == src[l * stride + i];
+      for (size_t l = 0; l < 4; ++l) ok &= got[n].lane[l] == 7;  // nothing written past the run
+    }
+  }
+  std::printf("quad interleave: %s\n", ok ? "ok" : "MISMATCH");
+  return ok;
+}
+
 int main() {
   // avx512f and avx512-vnni run avx2's pair kernel; only some paths have a dot kernel.
   const bool pairs = check_layout<QGemmArgs, QGemmPacking, QGemm>(
@@ -247,6 +268,7 @@ int main() {
   if (std::none_of(paths.begin(), paths.end(), [](const CpuPath& p) { return p.qdot == qdot_6x16_neondot; }))
     std::printf("dots neon-dot: built, not run: this CPU has no dot product\n");
 #endif
+  const bool interleave = check_interleave_quads();
   std::printf("dispatch picks: %s\n", cpu_path().name);
-  return pairs && dots ? 0 : 1;
+  return pairs && dots && interleave ? 0 : 1;
 }
