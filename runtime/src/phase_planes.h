@@ -43,10 +43,12 @@ template <class Convert>
 struct HasPutRun<Convert, std::void_t<decltype(&Convert::put_run)>> : std::true_type {};
 
 // Puts src[i * stride] into dst[i] for i < n, ORing the flags. Strides 1 and 2 are constants
-// the compiler vectorises.
+// the compiler vectorises. The planes never overlap the input: __restrict spares every short
+// row the vectorised loop's run-time overlap checks (a fifth of the copy's instructions on a
+// 14x14 stride-2 layer, callgrind).
 template <class Convert>
-uint32_t copy_strided(typename Convert::Out* dst, const typename Convert::In* src, size_t n, size_t stride,
-                      const Convert& convert) {
+uint32_t copy_strided(typename Convert::Out* __restrict dst, const typename Convert::In* __restrict src, size_t n,
+                      size_t stride, const Convert& convert) {
   if constexpr (HasPutRun<Convert>::value) {
     if (stride == 1) return convert.put_run(dst, src, n);
   }
@@ -65,10 +67,10 @@ uint32_t copy_strided(typename Convert::Out* dst, const typename Convert::In* sr
 }
 
 // Splits n column pairs: even[i] from src[2 i], odd[i] from src[2 i + 1], reading src once (a
-// deinterleave the compiler vectorises).
+// deinterleave the compiler vectorises; no overlap, as in copy_strided).
 template <class Convert>
-uint32_t split_pairs(typename Convert::Out* even, typename Convert::Out* odd, const typename Convert::In* src,
-                     size_t n, const Convert& convert) {
+uint32_t split_pairs(typename Convert::Out* __restrict even, typename Convert::Out* __restrict odd,
+                     const typename Convert::In* __restrict src, size_t n, const Convert& convert) {
   uint32_t flags = 0;
   for (size_t i = 0; i < n; ++i) flags |= convert.put(even + i, src + 2 * i) | convert.put(odd + i, src + 2 * i + 1);
   return flags;
