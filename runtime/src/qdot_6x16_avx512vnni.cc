@@ -95,7 +95,7 @@ void tiles(const QDotArgs* args) {
     }
     a += 4 * kMR;
   };
-  for_each_tap(base[0], offsets, split, args[0].k, step);
+  for_each_tap(base[0], offsets, split, args[0].k, a, 4 * kMR, step);
 #pragma GCC unroll 4
   for (size_t t = 0; t < T; ++t) requantize_rows<R>(c[t], args[t]);
 }

@@ -39,7 +39,7 @@ void tile(const QDotArgs& args) {
     }
     a += 4 * kMR;
   };
-  for_each_tap(base, offsets, split, args.k, step);
+  for_each_tap(base, offsets, split, args.k, a, 4 * kMR, step);
   requantize_tile<Avx2Int8>(c, R, args);
 }
 

@@ -41,7 +41,7 @@ void tile(const QGemmArgs& args) {
 #undef PSC_ROW
     a += 2 * kMR;
   };
-  for_each_tap<2>(b_base, offsets, split, k_end, step);
+  for_each_tap<2>(b_base, offsets, split, k_end, a, 2 * kMR * sizeof(int16_t), step);
 #define PSC_HALVES(c_lo, c_hi) {lower_pixels(c_lo, c_hi), upper_pixels(c_lo, c_hi)}
   const __m256i acc[kMR][2] = {PSC_HALVES(c00, c01), PSC_HALVES(c10, c11), PSC_HALVES(c20, c21),
                                PSC_HALVES(c30, c31), PSC_HALVES(c40, c41), PSC_HALVES(c50, c51)};

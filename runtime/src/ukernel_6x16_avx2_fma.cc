@@ -43,7 +43,7 @@ void tile(const UkernelArgs& args) {
 #undef PSC_ROW
     a += kMR;
   };
-  for_each_tap(b_base, offsets, split, k_end, step);
+  for_each_tap(b_base, offsets, split, k_end, a, kMR * sizeof(float), step);
   const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   store_tile<Avx2>(acc, R, args);
 }

@@ -85,7 +85,7 @@ void tiles(const UkernelArgs* args) {
     }
     a += kMR;
   };
-  for_each_tap(base[0], offsets, split, args[0].k, step);
+  for_each_tap(base[0], offsets, split, args[0].k, a, kMR * sizeof(float), step);
 #pragma GCC unroll 4
   for (size_t t = 0; t < T; ++t) store_rows<R>(c[t], args[t]);
 }
