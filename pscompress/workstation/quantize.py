@@ -189,16 +189,22 @@ def _clamp_node(clamp: tuple[float, float], source: str, target: str, name: str,
 
 # --- packing the quantized convs -------------------------------------------------------
 
-def _pack(model: onnx.ModelProto, psconv_nodes: dict[str, onnx.NodeProto]) -> list[str]:
-    """Replace, in the QDQ ``model``, each DequantizeLinear -> Conv -> QuantizeLinear of a former PSConv
-    node by one QLinearPSConv node. Returns the nodes left dense, each with the reason."""
-    graph = model.graph
+def _graph_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]],
+                                                   dict[str, onnx.TensorProto]]:
+    """(producer of each value, consumers of each value, initializers by name) of ``graph``."""
     producers = {out: n for n in graph.node for out in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
-    initializers = {t.name: t for t in graph.initializer}
+    return producers, consumers, {t.name: t for t in graph.initializer}
+
+
+def _pack(model: onnx.ModelProto, psconv_nodes: dict[str, onnx.NodeProto]) -> list[str]:
+    """Replace, in the QDQ ``model``, each DequantizeLinear -> Conv -> QuantizeLinear of a former PSConv
+    node by one QLinearPSConv node. Returns the nodes left dense, each with the reason."""
+    graph = model.graph
+    producers, consumers, initializers = _graph_index(graph)
     removed: set[int] = set()
     replacements: dict[int, onnx.NodeProto] = {}
     left_dense = []
@@ -277,12 +283,7 @@ def _keep_max_pools_float(model: onnx.ModelProto) -> None:
     exact: (q - zp) * s' / s lies within 255 * 2^-23 of q - zp, so the QuantizeLinear rounds back to q.
     """
     graph = model.graph
-    producers = {out: n for n in graph.node for out in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
-    initializers = {t.name: t for t in graph.initializer}
+    producers, consumers, initializers = _graph_index(graph)
     for pool in graph.node:
         dq, users = producers.get(pool.input[0]), consumers.get(pool.output[0], [])
         if pool.op_type != "MaxPool" or not dq or dq.op_type != "DequantizeLinear" or len(users) != 1:
